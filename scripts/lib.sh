@@ -1,0 +1,133 @@
+# shellcheck shell=bash
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# Shared helpers for scripts/qemu-*.sh.  Source it, do not run it:
+#
+#   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#
+# What it gives:
+#   step NAME          announce a step; on any failure the error names it
+#   die MSG...         print "ERROR ... step NAME: MSG" and exit 1
+#   warn MSG...        print a warning to stderr
+#   as_root CMD...     run CMD as root (directly, or through sudo)
+#   apt_missing PKG... print the packages among PKG that are not installed
+#   debian_mirror_uri [security]
+#                      the archive URI the system's apt sources already use
+#                      (read at run time; never hard-coded)
+#   fmt_secs N         "1m 02s"
+#
+# Variables (all may be overridden from the environment):
+#   PCRS_ROOT   the repository's top directory
+#   PCRS_CACHE  download cache, default ~/.cache/postcopy-rs
+#   PCRS_VENV   Python venv holding meson==1.5.0 and pycotap,
+#               default $PCRS_CACHE/meson-venv
+
+set -Eeuo pipefail
+
+PCRS_SCRIPT=$(basename "${0}")
+PCRS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PCRS_CACHE=${PCRS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/postcopy-rs}
+PCRS_VENV=${PCRS_VENV:-$PCRS_CACHE/meson-venv}
+PCRS_STEP="start"
+PCRS_T0=$SECONDS
+export DEBIAN_FRONTEND=noninteractive
+
+step() {
+    PCRS_STEP=$1
+    printf '==> [%s] %s\n' "$PCRS_SCRIPT" "$PCRS_STEP"
+}
+
+die() {
+    printf 'ERROR [%s] step "%s": %s\n' "$PCRS_SCRIPT" "$PCRS_STEP" "$*" >&2
+    exit 1
+}
+
+warn() {
+    printf 'WARNING [%s]: %s\n' "$PCRS_SCRIPT" "$*" >&2
+}
+
+pcrs_on_err() {
+    local rc=$1 line=$2 cmd=$3
+    printf 'ERROR [%s] step "%s" failed (exit %s at line %s): %s\n' \
+        "$PCRS_SCRIPT" "$PCRS_STEP" "$rc" "$line" "$cmd" >&2
+}
+trap 'pcrs_on_err $? $LINENO "$BASH_COMMAND"' ERR
+
+fmt_secs() {
+    printf '%dm %02ds' $(($1 / 60)) $(($1 % 60))
+}
+
+pcrs_on_exit() {
+    local rc=$?
+    if [ "$rc" -eq 0 ]; then
+        printf '==> [%s] done in %s\n' "$PCRS_SCRIPT" "$(fmt_secs $((SECONDS - PCRS_T0)))"
+    fi
+}
+trap pcrs_on_exit EXIT
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -E "$@"
+    else
+        die "this step needs root (or sudo) to run: $*"
+    fi
+}
+
+# Print the packages among the arguments that are not installed.
+apt_missing() {
+    local p status
+    for p in "$@"; do
+        status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+        case $status in
+            *" installed") ;;
+            *) printf '%s\n' "$p" ;;
+        esac
+    done
+}
+
+# The archive URI that apt is already configured with.  With "security",
+# the URI of the security archive instead (empty if none is configured).
+# Reads deb822 /etc/apt/sources.list.d/*.sources first, then one-line
+# /etc/apt/sources.list{,.d/*.list}.
+debian_mirror_uri() {
+    local want=${1:-main} f uri=""
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -r "$f" ] || continue
+        uri=$(awk -v want="$want" '
+            BEGIN { RS = ""; FS = "\n" }
+            {
+                types = ""; uris = ""; suites = ""; enabled = "yes"
+                for (i = 1; i <= NF; i++) {
+                    line = $i
+                    if (line ~ /^[ \t]*#/) continue
+                    if (line ~ /^Types:/)   { sub(/^Types:[ \t]*/, "", line);   types = line }
+                    if (line ~ /^URIs:/)    { sub(/^URIs:[ \t]*/, "", line);    uris = line }
+                    if (line ~ /^Suites:/)  { sub(/^Suites:[ \t]*/, "", line);  suites = line }
+                    if (line ~ /^Enabled:/) { sub(/^Enabled:[ \t]*/, "", line); enabled = line }
+                }
+                if (enabled == "no" || uris == "" || types !~ /(^|[ \t])deb($|[ \t])/) next
+                n = split(suites, s, /[ \t]+/)
+                for (j = 1; j <= n; j++) {
+                    sec = (s[j] ~ /-security$/)
+                    if ((want == "security") == sec) {
+                        split(uris, u, /[ \t]+/); print u[1]; exit
+                    }
+                }
+            }' "$f")
+        [ -n "$uri" ] && break
+    done
+    if [ -z "$uri" ]; then
+        # One-line format: "deb [opts] URI SUITE COMPONENTS..."
+        uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+            awk -v want="$want" '
+                /^[ \t]*deb[ \t]/ {
+                    i = 2
+                    if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                    sec = ($(i + 1) ~ /-security$/ || $(i + 1) ~ /\/updates$/)
+                    if ((want == "security") == sec) { print $i; exit }
+                }')
+    fi
+    printf '%s\n' "$uri"
+}

@@ -1,0 +1,303 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Source side: canonicalise a dirty bitmap to host pages and extract the
+//! discard runs, in one pass over the bitmap.
+//!
+//! Replaces `postcopy_chunk_hostpages_pass` and `postcopy_send_discard_bm_ram`
+//! of `migration/ram.c`.  The runs are exactly the ones QEMU's C emits
+//! (maximal runs of set bits of the canonical bitmap, ascending, in target
+//! pages), so the wire format is unchanged.
+//!
+//! Where QEMU repairs each partial host page one `test_and_set_bit` at a
+//! time, this works on whole words: for host pages smaller than a word an
+//! OR-fold plus a multiply spreads "any bit set" over each group of bits;
+//! for larger host pages a page is a group of whole words.
+
+use crate::bitmap::{bits_to_longs, last_word_mask, RunBuilder, Word, BITS_PER_LONG};
+use crate::error::{Error, Result};
+use std::ffi::CStr;
+
+/// The largest host page size accepted: 16 GiB, the largest hugepage any
+/// Linux architecture offers.
+pub const MAX_HOST_PAGE_SIZE: u64 = 16 << 30;
+/// The largest host-page / target-page ratio accepted: 16 GiB over 4 KiB.
+pub const MAX_HOST_RATIO: u64 = 1 << 22;
+
+/// A validated host-page / target-page ratio: a power of two in
+/// `1..=MAX_HOST_RATIO`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostRatio(usize);
+
+impl HostRatio {
+    /// Validate a raw ratio.
+    pub fn new(ratio: u64) -> Result<Self> {
+        if ratio == 0 || !ratio.is_power_of_two() || ratio > MAX_HOST_RATIO {
+            return Err(Error::HostRatio(ratio));
+        }
+        Ok(HostRatio(ratio as usize))
+    }
+
+    /// The ratio of a block's host page size to the target page size.
+    pub fn from_page_sizes(page_size: u64, target_page_size: u64) -> Result<Self> {
+        let bad = Error::PageSize {
+            page_size,
+            target_page_size,
+        };
+        if !target_page_size.is_power_of_two()
+            || !page_size.is_power_of_two()
+            || page_size < target_page_size
+            || page_size > MAX_HOST_PAGE_SIZE
+        {
+            return Err(bad);
+        }
+        Self::new(page_size / target_page_size)
+    }
+
+    /// Target pages per host page.
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
+
+/// Check that `nbits` target pages are a whole number of host pages.
+pub fn check_length(nbits: usize, ratio: HostRatio) -> Result<()> {
+    if nbits % ratio.get() != 0 {
+        return Err(Error::Length {
+            len: nbits as u64,
+            page: ratio.get() as u64,
+            unit: "target pages",
+        });
+    }
+    Ok(())
+}
+
+/// Canonicalise `map` (of `nbits` target pages) so that every host page
+/// with any dirty target page is wholly dirty, and call `emit(start, len)`
+/// for every maximal run of dirty pages of the result, ascending.
+///
+/// Returns how many bits it newly set: QEMU adds that to
+/// `migration_dirty_pages`.  Bits of the last word beyond `nbits` are left
+/// untouched.
+pub fn chunk_and_runs(
+    map: &mut [Word],
+    nbits: usize,
+    ratio: HostRatio,
+    mut emit: impl FnMut(usize, usize),
+) -> Result<u64> {
+    check_length(nbits, ratio)?;
+    let nwords = bits_to_longs(nbits);
+    if map.len() < nwords {
+        return Err(Error::OutOfRange {
+            addr: (map.len() * BITS_PER_LONG) as u64,
+            len: nbits as u64,
+        });
+    }
+    let map = &mut map[..nwords];
+    let g = ratio.get();
+    let mut rb = RunBuilder::new();
+    let mut newly: u64 = 0;
+
+    if g >= BITS_PER_LONG {
+        // A host page is `k` whole words: all of them or none end up set.
+        let k = g / BITS_PER_LONG;
+        for (i, page) in map.chunks_exact_mut(k).enumerate() {
+            let base = i * g;
+            if page.iter().fold(0, |a, &w| a | w) == 0 {
+                rb.zeros(base, &mut emit);
+                continue;
+            }
+            let ones: usize = page.iter().map(|w| w.count_ones() as usize).sum();
+            if ones != g {
+                newly += (g - ones) as u64;
+                page.fill(!0);
+            }
+            rb.ones(base);
+        }
+    } else {
+        let (body, last) = map.split_at_mut(nwords.saturating_sub(1));
+        let mut fix = |idx: usize, w: &mut Word, mask: Word, rb: &mut RunBuilder| {
+            let orig = *w & mask;
+            let canon = canonical_word(orig, g);
+            if canon != orig {
+                newly += u64::from((canon ^ orig).count_ones());
+                *w = (*w & !mask) | canon;
+            }
+            rb.word(idx * BITS_PER_LONG, canon, &mut emit);
+        };
+        for (idx, w) in body.iter_mut().enumerate() {
+            fix(idx, w, !0, &mut rb);
+        }
+        if let Some(w) = last.first_mut() {
+            fix(nwords - 1, w, last_word_mask(nbits), &mut rb);
+        }
+    }
+    rb.finish(nbits, &mut emit);
+    Ok(newly)
+}
+
+/// Every group of `g` bits (`g` a power of two below 64) with any bit set
+/// becomes all ones.
+#[inline(always)]
+fn canonical_word(w: Word, g: usize) -> Word {
+    if g == 1 || w == 0 {
+        return w;
+    }
+    // After the fold, the lowest bit of each group holds the OR of the group.
+    let mut y = w;
+    let mut s = 1;
+    while s < g {
+        y |= y >> s;
+        s <<= 1;
+    }
+    let spread: Word = (1 << g) - 1;
+    let lsbs = Word::MAX / spread;
+    // Each lsb times `spread` fills its own group; groups don't overlap, so
+    // there are no carries.
+    (y & lsbs).wrapping_mul(spread)
+}
+
+/// Canonicalise without emitting runs (`postcopy_chunk_hostpages`).
+pub fn chunk_hostpages(map: &mut [Word], nbits: usize, ratio: HostRatio) -> Result<u64> {
+    chunk_and_runs(map, nbits, ratio, |_, _| {})
+}
+
+/// One RAMBlock as the source side sees it during the discard.
+pub struct SourceBlock<'a> {
+    /// `RAMBlock::idstr`.
+    pub name: &'a CStr,
+    /// The block's host page size, in bytes.
+    pub page_size: u64,
+    /// `used_length`, in bytes.
+    pub used_length: u64,
+    /// The migration dirty bitmap, `RAMBlock::bmap`, one bit per target page.
+    pub bmap: &'a mut [Word],
+}
+
+/// Where discard messages go: QEMU's `postcopy_discard_send_*` in
+/// production, a recorder in tests.
+pub trait DiscardSink {
+    /// Start the discards of one block.
+    fn send_init(&mut self, name: &CStr);
+    /// Discard `len` target pages from target page `start` of the block.
+    fn send_range(&mut self, start: u64, len: u64);
+    /// End the discards of one block.
+    fn send_finish(&mut self);
+}
+
+/// What one block's discard did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSummary {
+    /// Bits newly set by host-page canonicalisation.
+    pub newly_dirty: u64,
+    /// Discard runs sent.
+    pub runs: u64,
+    /// Target pages discarded.
+    pub pages: u64,
+}
+
+/// Validate a block: its host page size, and its length as a whole number
+/// of host pages.  Returns the ratio and the number of target pages.
+pub fn validate_block(
+    page_size: u64,
+    used_length: u64,
+    target_page_size: u64,
+) -> Result<(HostRatio, usize)> {
+    let ratio = HostRatio::from_page_sizes(page_size, target_page_size)?;
+    if used_length % page_size != 0 {
+        return Err(Error::Length {
+            len: used_length,
+            page: page_size,
+            unit: "bytes",
+        });
+    }
+    let nbits = usize::try_from(used_length / target_page_size).map_err(|_| Error::OutOfRange {
+        addr: 0,
+        len: used_length,
+    })?;
+    Ok((ratio, nbits))
+}
+
+/// Canonicalise one block's bitmap and send its discard runs, framed by
+/// `send_init` / `send_finish` as `postcopy_each_ram_send_discard` does.
+pub fn discard_block(
+    block: SourceBlock<'_>,
+    target_page_size: u64,
+    sink: &mut impl DiscardSink,
+) -> Result<BlockSummary> {
+    let (ratio, nbits) = validate_block(block.page_size, block.used_length, target_page_size)?;
+    let mut sum = BlockSummary::default();
+    sink.send_init(block.name);
+    let res = chunk_and_runs(block.bmap, nbits, ratio, |start, len| {
+        sum.runs += 1;
+        sum.pages += len as u64;
+        sink.send_range(start as u64, len as u64);
+    });
+    sink.send_finish();
+    sum.newly_dirty = res?;
+    Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios() {
+        assert!(HostRatio::new(0).is_err());
+        assert!(HostRatio::new(3).is_err());
+        assert!(HostRatio::new(MAX_HOST_RATIO * 2).is_err());
+        assert_eq!(HostRatio::new(262_144).unwrap().get(), 262_144);
+        assert!(HostRatio::from_page_sizes(4096, 4096).is_ok());
+        assert!(HostRatio::from_page_sizes(2048, 4096).is_err());
+        assert!(HostRatio::from_page_sizes(3 << 12, 4096).is_err());
+        assert!(HostRatio::from_page_sizes(32 << 30, 4096).is_err());
+        assert_eq!(
+            HostRatio::from_page_sizes(2 << 20, 4096).unwrap().get(),
+            512
+        );
+    }
+
+    #[test]
+    fn canonical_word_groups() {
+        assert_eq!(canonical_word(0b0100_0001, 4), 0b1111_1111);
+        assert_eq!(canonical_word(0b0100_0000, 4), 0b1111_0000);
+        assert_eq!(canonical_word(1 << 63, 32), 0xffff_ffff_0000_0000);
+        assert_eq!(canonical_word(1, 32), 0xffff_ffff);
+        assert_eq!(
+            canonical_word(0x8000_0000_0000_0001, 2),
+            0xc000_0000_0000_0003
+        );
+    }
+
+    #[test]
+    fn rejects_partial_host_page() {
+        let mut m = vec![0 as Word; 2];
+        assert!(matches!(
+            chunk_hostpages(&mut m, 100, HostRatio::new(8).unwrap()),
+            Err(Error::Length { .. })
+        ));
+        assert!(validate_block(2 << 20, 3 << 20, 4096).is_err());
+    }
+
+    #[test]
+    fn huge_page_fill_counts_new_bits() {
+        let mut m = vec![0 as Word; 16];
+        m[9] = 0b11;
+        let mut runs = vec![];
+        let n = chunk_and_runs(&mut m, 1024, HostRatio::new(512).unwrap(), |s, l| {
+            runs.push((s, l))
+        })
+        .unwrap();
+        assert_eq!(n, 510);
+        assert_eq!(runs, vec![(512, 512)]);
+        assert!(m[..8].iter().all(|&w| w == 0) && m[8..].iter().all(|&w| w == !0));
+    }
+
+    #[test]
+    fn tail_bits_beyond_size_are_preserved() {
+        // 72 bits, ratio 8: the last word's bits 8.. are not ours.
+        let mut m = vec![0 as Word, 0xff00 | 0x10];
+        let n = chunk_hostpages(&mut m, 72, HostRatio::new(8).unwrap()).unwrap();
+        assert_eq!(n, 7);
+        assert_eq!(m[1], 0xff00 | 0xff);
+    }
+}

@@ -1,0 +1,32 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! postcopy-rs: QEMU's postcopy live-migration RAM path in Rust, behind a
+//! C ABI.
+//!
+//! - [`bitmap`]: QEMU-layout bitmaps, word at a time.
+//! - [`discard`]: source side, host-page canonicalisation and discard runs.
+//! - [`qemu`]: what the library calls in QEMU; the RAMBlock walk.
+//! - [`ffi`]: the exported C ABI, the one place raw pointers become safe.
+//! - [`error`], [`panic`], [`log`], [`stats`]: errors, the panic boundary,
+//!   the log sink and counters.
+//!
+//! The header `include/postcopy_rs.h` is generated from this crate by
+//! cbindgen; `docs/BOUNDARY.md` describes the QEMU boundary.
+
+pub mod bitmap;
+pub mod discard;
+pub mod error;
+pub mod ffi;
+pub mod log;
+pub mod panic;
+pub mod qemu;
+pub mod stats;
+
+pub use discard::{MAX_HOST_PAGE_SIZE, MAX_HOST_RATIO};
+pub use error::{Error, Result};
+
+/// Largest host-page / target-page ratio accepted (16 GiB over 4 KiB pages).
+pub const POSTCOPY_RS_MAX_HOST_RATIO: u64 = 4_194_304;
+/// Largest host page size accepted, in bytes (16 GiB).
+pub const POSTCOPY_RS_MAX_HOST_PAGE_SIZE: u64 = 17_179_869_184;
+static_assertions::const_assert_eq!(POSTCOPY_RS_MAX_HOST_RATIO, discard::MAX_HOST_RATIO);
+static_assertions::const_assert_eq!(POSTCOPY_RS_MAX_HOST_PAGE_SIZE, discard::MAX_HOST_PAGE_SIZE);

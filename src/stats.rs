@@ -1,0 +1,118 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Process-wide counters of what the library did, for tests, the demo and
+//! reporting.  Relaxed atomics: they are statistics, not synchronisation.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of the library's counters (`postcopy_rs_get_stats`).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PostcopyRsStats {
+    /// RAMBlocks walked by the source-side discard.
+    pub discard_blocks: u64,
+    /// Discard runs sent (`postcopy_discard_send_range` calls).
+    pub discard_runs: u64,
+    /// Target pages covered by those runs.
+    pub discard_pages: u64,
+    /// Bits set by host-page canonicalisation (added to migration_dirty_pages).
+    pub hostpage_bits_set: u64,
+    /// Host pages placed with UFFDIO_COPY.
+    pub pages_placed: u64,
+    /// Host pages placed as zero pages (UFFDIO_ZEROPAGE, or a zero copy on hugetlbfs).
+    pub zero_pages_placed: u64,
+    /// Bytes placed by either.
+    pub bytes_placed: u64,
+    /// Placements that found the page already present (EEXIST) and woke instead.
+    pub eexist: u64,
+    /// Placement retries after EAGAIN or a partial copy.
+    pub eagain_retries: u64,
+    /// Placement ioctls issued.
+    pub place_ioctls: u64,
+    /// uffd_msg records read by the fault thread.
+    pub faults_read: u64,
+    /// read() calls on the userfaultfd that returned messages.
+    pub fault_reads: u64,
+    /// Page requests sent to the source.
+    pub pages_requested: u64,
+    /// Faults not requested because the page was in flight or received.
+    pub requests_deduped: u64,
+    /// Times the fault thread paused for a broken return path.
+    pub fault_thread_pauses: u64,
+    /// Non-pagefault uffd events ignored.
+    pub events_ignored: u64,
+}
+
+const NCOUNTERS: usize = 16;
+static_assertions::assert_eq_size!(PostcopyRsStats, [u64; NCOUNTERS]);
+static_assertions::assert_eq_align!(PostcopyRsStats, u64);
+
+/// One counter: its index is its field's position in [`PostcopyRsStats`]
+/// (checked by a test).
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub enum Counter {
+    DiscardBlocks,
+    DiscardRuns,
+    DiscardPages,
+    HostpageBitsSet,
+    PagesPlaced,
+    ZeroPagesPlaced,
+    BytesPlaced,
+    Eexist,
+    EagainRetries,
+    PlaceIoctls,
+    FaultsRead,
+    FaultReads,
+    PagesRequested,
+    RequestsDeduped,
+    FaultThreadPauses,
+    EventsIgnored,
+}
+
+static STATS: [AtomicU64; NCOUNTERS] = [const { AtomicU64::new(0) }; NCOUNTERS];
+
+/// Add `n` to a counter.
+#[inline]
+pub fn add(c: Counter, n: u64) {
+    STATS[c as usize].fetch_add(n, Relaxed);
+}
+
+/// The counters now.
+pub fn snapshot() -> PostcopyRsStats {
+    let raw: [u64; NCOUNTERS] = std::array::from_fn(|i| STATS[i].load(Relaxed));
+    // SAFETY: PostcopyRsStats is repr(C) with NCOUNTERS u64 fields and no
+    // padding (size and alignment asserted above), so it has the layout of
+    // [u64; NCOUNTERS], and every bit pattern is a valid u64.
+    unsafe { std::mem::transmute::<[u64; NCOUNTERS], PostcopyRsStats>(raw) }
+}
+
+/// Zero every counter.
+pub fn reset() {
+    STATS.iter().for_each(|c| c.store(0, Relaxed));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_indices_match_struct_fields() {
+        macro_rules! check {
+            ($($c:ident => $f:ident),*) => {$(
+                assert_eq!(
+                    Counter::$c as usize * 8,
+                    std::mem::offset_of!(PostcopyRsStats, $f),
+                    stringify!($f)
+                );
+            )*};
+        }
+        check!(DiscardBlocks => discard_blocks, DiscardRuns => discard_runs,
+            DiscardPages => discard_pages, HostpageBitsSet => hostpage_bits_set,
+            PagesPlaced => pages_placed, ZeroPagesPlaced => zero_pages_placed,
+            BytesPlaced => bytes_placed, Eexist => eexist, EagainRetries => eagain_retries,
+            PlaceIoctls => place_ioctls, FaultsRead => faults_read, FaultReads => fault_reads,
+            PagesRequested => pages_requested, RequestsDeduped => requests_deduped,
+            FaultThreadPauses => fault_thread_pauses, EventsIgnored => events_ignored);
+        assert_eq!(Counter::EventsIgnored as usize + 1, NCOUNTERS);
+    }
+}
