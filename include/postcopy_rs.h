@@ -34,6 +34,28 @@ typedef struct RAMBlock RAMBlock;
 
 
 
+// uffd_msg records read per read() at most.
+#define BATCH 64
+
+// UFFDIO_ZEROPAGE works on the block's memory (anonymous or shmem; not
+// hugetlbfs).  QEMU: `qemu_ram_is_uf_zeroable()`.
+#define POSTCOPY_RS_BLOCK_ZEROPAGE 1
+
+// `UFFD_API`.
+#define UFFD_API 170
+
+// `UFFD_EVENT_PAGEFAULT`.
+#define UFFD_EVENT_PAGEFAULT 18
+
+// `UFFD_PAGEFAULT_FLAG_WRITE`.
+#define UFFD_PAGEFAULT_FLAG_WRITE 1
+
+// `UFFD_FEATURE_THREAD_ID`: fault messages carry the faulting thread's id.
+#define UFFD_FEATURE_THREAD_ID (1 << 8)
+
+// `UFFDIO_REGISTER_MODE_MISSING`.
+#define UFFDIO_REGISTER_MODE_MISSING 1
+
 // Message severity, as passed to the log sink.
 typedef enum {
   // Something failed; the caller gets an error code too.
@@ -45,6 +67,9 @@ typedef enum {
   // Per-event detail, for tracing.
   POSTCOPY_RS_LOG_LEVEL_DEBUG = 3,
 } PostcopyRsLogLevel;
+
+// A running fault thread (opaque).
+typedef struct PostcopyRsFaultThread PostcopyRsFaultThread;
 
 // A log sink: `level`, then a NUL-terminated message without a trailing newline.
 typedef void (*PostcopyRsLogFn)(PostcopyRsLogLevel level, const char *msg);
@@ -84,6 +109,81 @@ typedef struct {
   // Non-pagefault uffd events ignored.
   uint64_t events_ignored;
 } PostcopyRsStats;
+
+// A RAMBlock as the destination sees it, filled in by the embedder.
+typedef struct {
+  // Host address of the block's first byte (`RAMBlock::host`), aligned
+  // to `page_size`.
+  void *host;
+  // Bytes of guest RAM in the block (`used_length`), a multiple of
+  // `page_size`.
+  uint64_t used_length;
+  // The block's host page size (`qemu_ram_pagesize()`): the unit of
+  // placement.
+  uint64_t page_size;
+  // `RAMBlock::receivedmap`, one bit per target page, updated
+  // atomically; or NULL to not track.
+  unsigned long *receivedmap;
+  // log2 of the target page size (`qemu_target_page_bits()`).
+  uint32_t target_page_bits;
+  // `POSTCOPY_RS_BLOCK_*` flags.
+  uint32_t flags;
+} PostcopyRsBlockView;
+
+// Where a fault address lies, filled in by `PostcopyRsFaultOps::resolve`.
+typedef struct {
+  // The embedder's handle for the block (QEMU: the `RAMBlock *`); passed
+  // back to `fault` and `request_page`.
+  void *block;
+  // The block's view; its receivedmap must stay valid until the thread
+  // is stopped.
+  PostcopyRsBlockView view;
+} PostcopyRsFaultTarget;
+
+// The embedder's side of the fault thread.  Every callback runs on the
+// fault thread and receives `opaque`.  `resolve` and `request_page` are
+// required; the others may be NULL.
+typedef struct {
+  // Passed to every callback.
+  void *opaque;
+  // First call on the new thread (QEMU: `rcu_register_thread()`).
+  void (*thread_enter)(void *opaque);
+  // Last call on the thread (QEMU: `rcu_unregister_thread()`).
+  void (*thread_exit)(void *opaque);
+  // Map fault address `addr` to its block: fill `*out`, return 0; or
+  // return a negative errno if `addr` is not guest RAM.
+  int (*resolve)(void *opaque, uint64_t addr, PostcopyRsFaultTarget *out);
+  // Every page fault, before de-duplication: `tid` is the faulting
+  // thread (0 without UFFD_FEATURE_THREAD_ID).  QEMU: blocktime begin.
+  void (*fault)(void *opaque, void *block, uint64_t addr, uint32_t tid);
+  // Ask the source for the host page at block offset `offset` (aligned
+  // to the block's page size); `addr` is the faulting address.  Return 0,
+  // or a negative errno if the return path is broken: the thread then
+  // pauses until `postcopy_rs_fault_thread_resume()`, and retries.
+  int (*request_page)(void *opaque, void *block, uint64_t offset, uint64_t addr);
+  // The thread is pausing.
+  void (*paused)(void *opaque);
+  // The thread resumed and retries its request.
+  void (*resumed)(void *opaque);
+  // The thread is ending on error `err` (negative errno), e.g. a fault at
+  // `addr` outside guest RAM (-ERANGE).
+  void (*fatal)(void *opaque, int err, uint64_t addr);
+  // A `struct uffd_msg` read from shared userfaultfd `fd`.
+  int (*shared_fault)(void *opaque, int fd, const void *msg);
+} PostcopyRsFaultOps;
+
+// How to start a fault thread.
+typedef struct {
+  // The userfaultfd guest RAM is registered with; must stay open until
+  // the thread is stopped.
+  int uffd;
+  // Number of entries in `shared_fds`.
+  uint32_t nr_shared_fds;
+  // Extra userfaultfds to poll (vhost-user), or NULL.
+  const int *shared_fds;
+  // The callbacks.
+  PostcopyRsFaultOps ops;
+} PostcopyRsFaultConfig;
 
 typedef int (*RamBlockIterFunc)(RAMBlock *rb, void *opaque);
 
@@ -146,6 +246,102 @@ int postcopy_rs_get_stats(PostcopyRsStats *out);
 
 // Zero the library's counters.
 void postcopy_rs_reset_stats(void);
+
+// Place one host page atomically: `block->page_size` bytes from `from` at
+// `host` with UFFDIO_COPY, which wakes any thread faulting on it, then
+// mark it in `block->receivedmap`.  QEMU: `postcopy_place_page()`.
+//
+// A page that is already present (EEXIST) is not an error: the range is
+// woken and 0 returned.  EAGAIN and partial copies are retried.
+//
+// Returns 0 or:
+// - `-EFAULT` if `block`, `block->host`, `host` or `from` is NULL;
+// - `-EINVAL` if `host` is not aligned to the page size or the view's
+//   geometry is impossible; `-ERANGE` if the page is outside the block;
+// - the ioctl's `-errno` otherwise (logged with the address and length).
+//
+// # Safety
+// `uffd` must be the userfaultfd the block is registered with; `block`
+// must satisfy `PostcopyRsBlockView`'s rules; `from` must be readable for
+// `block->page_size` bytes.  Safe to call from several threads at once.
+int postcopy_rs_place_page(int uffd,
+                           const PostcopyRsBlockView *block,
+                           void *host,
+                           const void *from);
+
+// Place `npages` contiguous host pages with one UFFDIO_COPY where the
+// kernel allows it.  Same rules and return values as
+// `postcopy_rs_place_page()`; `from` must be readable for
+// `npages * block->page_size` bytes, and `npages` must be at least 1.
+//
+// # Safety
+// As `postcopy_rs_place_page()`.
+int postcopy_rs_place_pages(int uffd,
+                            const PostcopyRsBlockView *block,
+                            void *host,
+                            const void *from,
+                            uint64_t npages);
+
+// Place one zero host page at `host` and mark it received: UFFDIO_ZEROPAGE
+// if `block->flags` has `POSTCOPY_RS_BLOCK_ZEROPAGE`, otherwise (hugetlbfs)
+// a copy from a zero buffer of the block's page size.
+// QEMU: `postcopy_place_page_zero()`.  Return values as
+// `postcopy_rs_place_page()`.
+//
+// # Safety
+// As `postcopy_rs_place_page()`, without `from`.
+int postcopy_rs_place_page_zero(int uffd, const PostcopyRsBlockView *block, void *host);
+
+// Start the fault thread (named "fault-default", as QEMU's) and return
+// once it runs; `*out` then holds its handle.  QEMU: the thread creation
+// in `postcopy_ram_incoming_setup()`.
+//
+// Returns 0 or: `-EFAULT` if `cfg` or `out` is NULL, or `resolve` or
+// `request_page` is missing; `-EBADF` for a negative `uffd`; the errno of
+// a failed eventfd or thread creation.  On error `*out` is NULL.
+//
+// # Safety
+// `cfg` must be readable; `cfg->ops` callbacks must be callable from the
+// fault thread with `cfg->ops.opaque` until the thread is stopped, and must
+// not call back into the fault-thread API; `cfg->uffd` and the shared fds
+// must stay open until then.
+int postcopy_rs_fault_thread_start(const PostcopyRsFaultConfig *cfg, PostcopyRsFaultThread **out);
+
+// Stop the fault thread: signal its eventfd, wake it if paused, join it,
+// and free the handle.  Never hangs on pending faults or a pause.
+//
+// Returns 0 if the thread was running until now, or the negative errno
+// that ended it earlier (e.g. -ERANGE after a fault outside guest RAM,
+// -ENOTRECOVERABLE after an internal error).  NULL is a no-op returning
+// -EFAULT.
+//
+// # Safety
+// `t` must be a handle from `postcopy_rs_fault_thread_start()`, not yet
+// stopped, and not used again after this call.
+int postcopy_rs_fault_thread_stop(PostcopyRsFaultThread *t);
+
+// Post one resume: a thread paused after a failed request retries it.
+// Like a semaphore post, a resume before the pause is remembered.
+// QEMU: `qemu_sem_post(&mis->postcopy_pause_sem_fault)`.
+//
+// # Safety
+// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+int postcopy_rs_fault_thread_resume(PostcopyRsFaultThread *t);
+
+// What the thread is doing now (`PostcopyRsFaultThreadState`), or
+// `-EFAULT` for NULL.
+//
+// # Safety
+// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+int postcopy_rs_fault_thread_state(const PostcopyRsFaultThread *t);
+
+// Replace the shared userfaultfds polled besides the main one (QEMU:
+// `postcopy_register_shared_ufd()` / `postcopy_unregister_shared_ufd()`).
+//
+// # Safety
+// `t` must be a live handle; `fds` must hold `n` ints (may be NULL if `n`
+// is 0), each open until replaced or the thread is stopped.
+int postcopy_rs_fault_thread_set_shared_fds(PostcopyRsFaultThread *t, const int *fds, uint32_t n);
 
 extern int foreach_not_ignored_block(RamBlockIterFunc func, void *opaque);
 

@@ -55,6 +55,17 @@ pub enum Error {
         /// The positive errno it failed with.
         errno: i32,
     },
+    /// A userfaultfd ioctl failed on a range.  -errno.
+    Ioctl {
+        /// Which ioctl.
+        op: &'static str,
+        /// Start of the range.
+        addr: u64,
+        /// Length of the range.
+        len: u64,
+        /// The positive errno it failed with.
+        errno: i32,
+    },
     /// A callback provided by the embedder returned an error.  Its own value.
     Callback {
         /// Which callback.
@@ -87,7 +98,7 @@ impl Error {
             | Error::Misaligned { .. } => libc::EINVAL,
             Error::OutOfRange { .. } => libc::ERANGE,
             Error::State(_) => libc::EBUSY,
-            Error::Os { errno, .. } => *errno,
+            Error::Os { errno, .. } | Error::Ioctl { errno, .. } => *errno,
             Error::Callback { ret, .. } => {
                 ret.checked_neg().filter(|e| *e > 0).unwrap_or(libc::EIO)
             }
@@ -143,6 +154,16 @@ impl fmt::Display for Error {
             Error::Os { op, errno } => write!(
                 f,
                 "{op} failed: {} (errno {errno})",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+            Error::Ioctl {
+                op,
+                addr,
+                len,
+                errno,
+            } => write!(
+                f,
+                "{op} of {len:#x} bytes at {addr:#x} failed: {} (errno {errno})",
                 std::io::Error::from_raw_os_error(*errno)
             ),
             Error::Callback { name, ret } => write!(f, "callback '{name}' failed with {ret}"),

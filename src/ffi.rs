@@ -11,17 +11,37 @@
 use crate::bitmap::{bits_to_longs, Word};
 use crate::discard::{self, HostRatio};
 use crate::error::{Error, Result};
+use crate::fault_thread::{FaultHandler, FaultThread, Resolved};
 use crate::log::{self, PostcopyRsLogFn, PostcopyRsLogLevel};
 use crate::panic::{catch, to_c_i64, to_c_int};
+use crate::placement::{self, Block};
 use crate::qemu::{self, MigrationState};
 use crate::stats::{self, PostcopyRsStats};
-use std::os::raw::{c_int, c_ulong};
+use crate::uffd::UffdMsg;
+use std::os::fd::RawFd;
+use std::os::raw::{c_int, c_ulong, c_void};
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
+
+/// Raw pointers of either mutability, for [`nonnull!`].
+trait RawPtr<T> {
+    fn into_mut(self) -> *mut T;
+}
+impl<T> RawPtr<T> for *mut T {
+    fn into_mut(self) -> *mut T {
+        self
+    }
+}
+impl<T> RawPtr<T> for *const T {
+    fn into_mut(self) -> *mut T {
+        self.cast_mut()
+    }
+}
 
 /// `NonNull` from a raw pointer, or return `Error::Null` naming the argument.
 macro_rules! nonnull {
     ($p:ident) => {
-        match NonNull::new($p) {
+        match NonNull::new(RawPtr::into_mut($p)) {
             Some(p) => p,
             None => return Err(Error::Null(stringify!($p))),
         }
@@ -148,4 +168,488 @@ pub unsafe extern "C" fn postcopy_rs_get_stats(out: *mut PostcopyRsStats) -> c_i
 #[no_mangle]
 pub extern "C" fn postcopy_rs_reset_stats() {
     stats::reset();
+}
+
+// ---------------------------------------------------------------------------
+// Destination side: placement.
+
+/// UFFDIO_ZEROPAGE works on the block's memory (anonymous or shmem; not
+/// hugetlbfs).  QEMU: `qemu_ram_is_uf_zeroable()`.
+pub const POSTCOPY_RS_BLOCK_ZEROPAGE: u32 = 1;
+
+/// A RAMBlock as the destination sees it, filled in by the embedder.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PostcopyRsBlockView {
+    /// Host address of the block's first byte (`RAMBlock::host`), aligned
+    /// to `page_size`.
+    pub host: *mut c_void,
+    /// Bytes of guest RAM in the block (`used_length`), a multiple of
+    /// `page_size`.
+    pub used_length: u64,
+    /// The block's host page size (`qemu_ram_pagesize()`): the unit of
+    /// placement.
+    pub page_size: u64,
+    /// `RAMBlock::receivedmap`, one bit per target page, updated
+    /// atomically; or NULL to not track.
+    pub receivedmap: *mut c_ulong,
+    /// log2 of the target page size (`qemu_target_page_bits()`).
+    pub target_page_bits: u32,
+    /// `POSTCOPY_RS_BLOCK_*` flags.
+    pub flags: u32,
+}
+
+static_assertions::assert_eq_size!(PostcopyRsBlockView, [u64; 5]);
+static_assertions::assert_eq_align!(PostcopyRsBlockView, u64);
+
+/// Validate a block view from C.
+///
+/// # Safety
+/// `v.receivedmap`, if not NULL, must point to `BITS_TO_LONGS(used_length
+/// >> target_page_bits)` words that stay valid, and are only accessed
+/// atomically by others, for `'a`.
+pub(crate) unsafe fn block_from_view<'a>(v: &PostcopyRsBlockView) -> Result<Block<'a>> {
+    if v.host.is_null() {
+        return Err(Error::Null("view->host"));
+    }
+    let tpb = v.target_page_bits;
+    let map = if v.receivedmap.is_null() || tpb >= 64 {
+        None
+    } else {
+        let words = bits_to_longs(usize::try_from(v.used_length >> tpb).map_err(|_| {
+            Error::OutOfRange {
+                addr: v.host as u64,
+                len: v.used_length,
+            }
+        })?);
+        // SAFETY: per the function's contract; AtomicU64 has the size and
+        // alignment of unsigned long (asserted in bitmap.rs).
+        Some(unsafe { std::slice::from_raw_parts(v.receivedmap.cast::<AtomicU64>(), words) })
+    };
+    Block::new(
+        v.host as u64,
+        v.used_length,
+        v.page_size,
+        tpb,
+        map,
+        v.flags & POSTCOPY_RS_BLOCK_ZEROPAGE != 0,
+    )
+}
+
+/// Place one host page atomically: `block->page_size` bytes from `from` at
+/// `host` with UFFDIO_COPY, which wakes any thread faulting on it, then
+/// mark it in `block->receivedmap`.  QEMU: `postcopy_place_page()`.
+///
+/// A page that is already present (EEXIST) is not an error: the range is
+/// woken and 0 returned.  EAGAIN and partial copies are retried.
+///
+/// Returns 0 or:
+/// - `-EFAULT` if `block`, `block->host`, `host` or `from` is NULL;
+/// - `-EINVAL` if `host` is not aligned to the page size or the view's
+///   geometry is impossible; `-ERANGE` if the page is outside the block;
+/// - the ioctl's `-errno` otherwise (logged with the address and length).
+///
+/// # Safety
+/// `uffd` must be the userfaultfd the block is registered with; `block`
+/// must satisfy `PostcopyRsBlockView`'s rules; `from` must be readable for
+/// `block->page_size` bytes.  Safe to call from several threads at once.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_place_page(
+    uffd: c_int,
+    block: *const PostcopyRsBlockView,
+    host: *mut c_void,
+    from: *const c_void,
+) -> c_int {
+    // SAFETY: forwarded contract, npages = 1.
+    unsafe { place_pages_impl("postcopy_rs_place_page", uffd, block, host, from, 1) }
+}
+
+/// Place `npages` contiguous host pages with one UFFDIO_COPY where the
+/// kernel allows it.  Same rules and return values as
+/// `postcopy_rs_place_page()`; `from` must be readable for
+/// `npages * block->page_size` bytes, and `npages` must be at least 1.
+///
+/// # Safety
+/// As `postcopy_rs_place_page()`.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_place_pages(
+    uffd: c_int,
+    block: *const PostcopyRsBlockView,
+    host: *mut c_void,
+    from: *const c_void,
+    npages: u64,
+) -> c_int {
+    // SAFETY: forwarded contract.
+    unsafe { place_pages_impl("postcopy_rs_place_pages", uffd, block, host, from, npages) }
+}
+
+/// # Safety
+/// As `postcopy_rs_place_pages()`.
+unsafe fn place_pages_impl(
+    name: &'static str,
+    uffd: c_int,
+    block: *const PostcopyRsBlockView,
+    host: *mut c_void,
+    from: *const c_void,
+    npages: u64,
+) -> c_int {
+    to_c_int(catch(name, || {
+        let view = nonnull!(block);
+        let host = nonnull!(host);
+        let from = nonnull!(from);
+        // SAFETY: view points to a readable PostcopyRsBlockView (contract);
+        // its receivedmap obeys the view's rules for this call.
+        let b = unsafe { block_from_view(view.as_ref()) }?;
+        // SAFETY: from is readable for npages pages (contract).
+        unsafe {
+            placement::place_pages(uffd, &b, host.as_ptr() as u64, from.as_ptr().cast(), npages)
+        }
+    }))
+}
+
+/// Place one zero host page at `host` and mark it received: UFFDIO_ZEROPAGE
+/// if `block->flags` has `POSTCOPY_RS_BLOCK_ZEROPAGE`, otherwise (hugetlbfs)
+/// a copy from a zero buffer of the block's page size.
+/// QEMU: `postcopy_place_page_zero()`.  Return values as
+/// `postcopy_rs_place_page()`.
+///
+/// # Safety
+/// As `postcopy_rs_place_page()`, without `from`.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_place_page_zero(
+    uffd: c_int,
+    block: *const PostcopyRsBlockView,
+    host: *mut c_void,
+) -> c_int {
+    to_c_int(catch("postcopy_rs_place_page_zero", || {
+        let view = nonnull!(block);
+        let host = nonnull!(host);
+        // SAFETY: as in place_pages_impl.
+        let b = unsafe { block_from_view(view.as_ref()) }?;
+        placement::place_zero(uffd, &b, host.as_ptr() as u64)
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// Destination side: the fault thread.
+
+/// Where a fault address lies, filled in by `PostcopyRsFaultOps::resolve`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PostcopyRsFaultTarget {
+    /// The embedder's handle for the block (QEMU: the `RAMBlock *`); passed
+    /// back to `fault` and `request_page`.
+    pub block: *mut c_void,
+    /// The block's view; its receivedmap must stay valid until the thread
+    /// is stopped.
+    pub view: PostcopyRsBlockView,
+}
+
+static_assertions::assert_eq_size!(PostcopyRsFaultTarget, [u64; 6]);
+
+/// The embedder's side of the fault thread.  Every callback runs on the
+/// fault thread and receives `opaque`.  `resolve` and `request_page` are
+/// required; the others may be NULL.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PostcopyRsFaultOps {
+    /// Passed to every callback.
+    pub opaque: *mut c_void,
+    /// First call on the new thread (QEMU: `rcu_register_thread()`).
+    pub thread_enter: Option<unsafe extern "C" fn(opaque: *mut c_void)>,
+    /// Last call on the thread (QEMU: `rcu_unregister_thread()`).
+    pub thread_exit: Option<unsafe extern "C" fn(opaque: *mut c_void)>,
+    /// Map fault address `addr` to its block: fill `*out`, return 0; or
+    /// return a negative errno if `addr` is not guest RAM.
+    pub resolve: Option<
+        unsafe extern "C" fn(
+            opaque: *mut c_void,
+            addr: u64,
+            out: *mut PostcopyRsFaultTarget,
+        ) -> c_int,
+    >,
+    /// Every page fault, before de-duplication: `tid` is the faulting
+    /// thread (0 without UFFD_FEATURE_THREAD_ID).  QEMU: blocktime begin.
+    pub fault:
+        Option<unsafe extern "C" fn(opaque: *mut c_void, block: *mut c_void, addr: u64, tid: u32)>,
+    /// Ask the source for the host page at block offset `offset` (aligned
+    /// to the block's page size); `addr` is the faulting address.  Return 0,
+    /// or a negative errno if the return path is broken: the thread then
+    /// pauses until `postcopy_rs_fault_thread_resume()`, and retries.
+    pub request_page: Option<
+        unsafe extern "C" fn(
+            opaque: *mut c_void,
+            block: *mut c_void,
+            offset: u64,
+            addr: u64,
+        ) -> c_int,
+    >,
+    /// The thread is pausing.
+    pub paused: Option<unsafe extern "C" fn(opaque: *mut c_void)>,
+    /// The thread resumed and retries its request.
+    pub resumed: Option<unsafe extern "C" fn(opaque: *mut c_void)>,
+    /// The thread is ending on error `err` (negative errno), e.g. a fault at
+    /// `addr` outside guest RAM (-ERANGE).
+    pub fatal: Option<unsafe extern "C" fn(opaque: *mut c_void, err: c_int, addr: u64)>,
+    /// A `struct uffd_msg` read from shared userfaultfd `fd`.
+    pub shared_fault:
+        Option<unsafe extern "C" fn(opaque: *mut c_void, fd: c_int, msg: *const c_void) -> c_int>,
+}
+
+static_assertions::assert_eq_size!(PostcopyRsFaultOps, [u64; 10]);
+
+/// How to start a fault thread.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PostcopyRsFaultConfig {
+    /// The userfaultfd guest RAM is registered with; must stay open until
+    /// the thread is stopped.
+    pub uffd: c_int,
+    /// Number of entries in `shared_fds`.
+    pub nr_shared_fds: u32,
+    /// Extra userfaultfds to poll (vhost-user), or NULL.
+    pub shared_fds: *const c_int,
+    /// The callbacks.
+    pub ops: PostcopyRsFaultOps,
+}
+
+static_assertions::assert_eq_size!(PostcopyRsFaultConfig, [u64; 12]);
+
+/// A running fault thread (opaque).
+pub struct PostcopyRsFaultThread(FaultThread);
+
+struct COps(PostcopyRsFaultOps);
+
+// SAFETY: the contract of postcopy_rs_fault_thread_start() is that the
+// callbacks and `opaque` may be used from the fault thread.
+unsafe impl Send for COps {}
+
+impl FaultHandler for COps {
+    fn thread_enter(&mut self) {
+        if let Some(f) = self.0.thread_enter {
+            // SAFETY: callback contract (PostcopyRsFaultOps).
+            unsafe { f(self.0.opaque) }
+        }
+    }
+
+    fn thread_exit(&mut self) {
+        if let Some(f) = self.0.thread_exit {
+            // SAFETY: callback contract.
+            unsafe { f(self.0.opaque) }
+        }
+    }
+
+    fn resolve(&mut self, addr: u64) -> Result<Resolved> {
+        let f = self.0.resolve.ok_or(Error::Null("ops.resolve"))?;
+        let mut out = PostcopyRsFaultTarget {
+            block: std::ptr::null_mut(),
+            view: PostcopyRsBlockView {
+                host: std::ptr::null_mut(),
+                used_length: 0,
+                page_size: 0,
+                receivedmap: std::ptr::null_mut(),
+                target_page_bits: 0,
+                flags: 0,
+            },
+        };
+        // SAFETY: callback contract; `out` is a live struct of the declared type.
+        let r = unsafe { f(self.0.opaque, addr, &mut out) };
+        if r < 0 {
+            return Err(Error::Callback {
+                name: "resolve",
+                ret: r,
+            });
+        }
+        // SAFETY: the contract keeps the receivedmap valid until the thread
+        // is stopped, which outlives every use by the thread.
+        let block: Block<'static> = unsafe { block_from_view(&out.view) }?;
+        Ok(Resolved {
+            handle: out.block as usize,
+            block,
+        })
+    }
+
+    fn fault(&mut self, handle: usize, addr: u64, tid: u32) {
+        if let Some(f) = self.0.fault {
+            // SAFETY: callback contract.
+            unsafe { f(self.0.opaque, handle as *mut c_void, addr, tid) }
+        }
+    }
+
+    fn request_page(&mut self, handle: usize, offset: u64, addr: u64) -> Result<()> {
+        let f = self.0.request_page.ok_or(Error::Null("ops.request_page"))?;
+        // SAFETY: callback contract.
+        let r = unsafe { f(self.0.opaque, handle as *mut c_void, offset, addr) };
+        if r < 0 {
+            return Err(Error::Callback {
+                name: "request_page",
+                ret: r,
+            });
+        }
+        Ok(())
+    }
+
+    fn paused(&mut self) {
+        if let Some(f) = self.0.paused {
+            // SAFETY: callback contract.
+            unsafe { f(self.0.opaque) }
+        }
+    }
+
+    fn resumed(&mut self) {
+        if let Some(f) = self.0.resumed {
+            // SAFETY: callback contract.
+            unsafe { f(self.0.opaque) }
+        }
+    }
+
+    fn fatal(&mut self, err: &Error, addr: u64) {
+        if let Some(f) = self.0.fatal {
+            // SAFETY: callback contract.
+            unsafe { f(self.0.opaque, err.to_neg_errno(), addr) }
+        }
+    }
+
+    fn shared_fault(&mut self, fd: RawFd, msg: &UffdMsg) -> Result<()> {
+        if let Some(f) = self.0.shared_fault {
+            // SAFETY: callback contract; msg is a live uffd_msg.
+            let r = unsafe { f(self.0.opaque, fd, std::ptr::from_ref(msg).cast()) };
+            if r < 0 {
+                return Err(Error::Callback {
+                    name: "shared_fault",
+                    ret: r,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// # Safety
+/// `fds` must point to `n` readable ints when `n > 0`.
+unsafe fn fd_list<'a>(fds: *const c_int, n: u32) -> Result<&'a [c_int]> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    let fds = nonnull!(fds);
+    // SAFETY: per the function's contract.
+    Ok(unsafe { std::slice::from_raw_parts(fds.as_ptr(), n as usize) })
+}
+
+/// Start the fault thread (named "fault-default", as QEMU's) and return
+/// once it runs; `*out` then holds its handle.  QEMU: the thread creation
+/// in `postcopy_ram_incoming_setup()`.
+///
+/// Returns 0 or: `-EFAULT` if `cfg` or `out` is NULL, or `resolve` or
+/// `request_page` is missing; `-EBADF` for a negative `uffd`; the errno of
+/// a failed eventfd or thread creation.  On error `*out` is NULL.
+///
+/// # Safety
+/// `cfg` must be readable; `cfg->ops` callbacks must be callable from the
+/// fault thread with `cfg->ops.opaque` until the thread is stopped, and must
+/// not call back into the fault-thread API; `cfg->uffd` and the shared fds
+/// must stay open until then.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_fault_thread_start(
+    cfg: *const PostcopyRsFaultConfig,
+    out: *mut *mut PostcopyRsFaultThread,
+) -> c_int {
+    to_c_int(catch("postcopy_rs_fault_thread_start", || {
+        let out = nonnull!(out);
+        // SAFETY: out is writable (contract).
+        unsafe { out.as_ptr().write(std::ptr::null_mut()) };
+        let cfg = nonnull!(cfg);
+        // SAFETY: cfg is readable (contract).
+        let cfg = unsafe { cfg.as_ptr().read() };
+        if cfg.ops.resolve.is_none() {
+            return Err(Error::Null("cfg->ops.resolve"));
+        }
+        if cfg.ops.request_page.is_none() {
+            return Err(Error::Null("cfg->ops.request_page"));
+        }
+        // SAFETY: shared_fds holds nr_shared_fds ints (contract).
+        let shared = unsafe { fd_list(cfg.shared_fds, cfg.nr_shared_fds) }?;
+        let t = FaultThread::start(cfg.uffd, shared, Box::new(COps(cfg.ops)))?;
+        // SAFETY: out is writable (contract).
+        unsafe {
+            out.as_ptr()
+                .write(Box::into_raw(Box::new(PostcopyRsFaultThread(t))))
+        };
+        Ok(())
+    }))
+}
+
+/// Stop the fault thread: signal its eventfd, wake it if paused, join it,
+/// and free the handle.  Never hangs on pending faults or a pause.
+///
+/// Returns 0 if the thread was running until now, or the negative errno
+/// that ended it earlier (e.g. -ERANGE after a fault outside guest RAM,
+/// -ENOTRECOVERABLE after an internal error).  NULL is a no-op returning
+/// -EFAULT.
+///
+/// # Safety
+/// `t` must be a handle from `postcopy_rs_fault_thread_start()`, not yet
+/// stopped, and not used again after this call.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_fault_thread_stop(t: *mut PostcopyRsFaultThread) -> c_int {
+    to_c_int(catch("postcopy_rs_fault_thread_stop", || {
+        let t = nonnull!(t);
+        // SAFETY: t came from Box::into_raw in start and is not used again
+        // (contract).
+        let t = unsafe { Box::from_raw(t.as_ptr()) };
+        t.0.stop()
+    }))
+}
+
+/// Post one resume: a thread paused after a failed request retries it.
+/// Like a semaphore post, a resume before the pause is remembered.
+/// QEMU: `qemu_sem_post(&mis->postcopy_pause_sem_fault)`.
+///
+/// # Safety
+/// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_fault_thread_resume(t: *mut PostcopyRsFaultThread) -> c_int {
+    to_c_int(catch("postcopy_rs_fault_thread_resume", || {
+        let t = nonnull!(t);
+        // SAFETY: live handle (contract); only shared access is needed.
+        unsafe { t.as_ref() }.0.resume();
+        Ok(())
+    }))
+}
+
+/// What the thread is doing now (`PostcopyRsFaultThreadState`), or
+/// `-EFAULT` for NULL.
+///
+/// # Safety
+/// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_fault_thread_state(t: *const PostcopyRsFaultThread) -> c_int {
+    let r = catch("postcopy_rs_fault_thread_state", || {
+        let t = nonnull!(t);
+        // SAFETY: live handle (contract).
+        Ok(unsafe { t.as_ref() }.0.state() as c_int)
+    });
+    r.unwrap_or_else(|e| e.to_neg_errno())
+}
+
+/// Replace the shared userfaultfds polled besides the main one (QEMU:
+/// `postcopy_register_shared_ufd()` / `postcopy_unregister_shared_ufd()`).
+///
+/// # Safety
+/// `t` must be a live handle; `fds` must hold `n` ints (may be NULL if `n`
+/// is 0), each open until replaced or the thread is stopped.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_fault_thread_set_shared_fds(
+    t: *mut PostcopyRsFaultThread,
+    fds: *const c_int,
+    n: u32,
+) -> c_int {
+    to_c_int(catch("postcopy_rs_fault_thread_set_shared_fds", || {
+        let t = nonnull!(t);
+        // SAFETY: per the function's contract.
+        let fds = unsafe { fd_list(fds, n) }?;
+        // SAFETY: live handle (contract).
+        unsafe { t.as_ref() }.0.set_shared_fds(fds);
+        Ok(())
+    }))
 }

@@ -5,6 +5,9 @@
 //! - [`bitmap`]: QEMU-layout bitmaps, word at a time.
 //! - [`discard`]: source side, host-page canonicalisation and discard runs.
 //! - [`qemu`]: what the library calls in QEMU; the RAMBlock walk.
+//! - [`uffd`]: the userfaultfd kernel ABI.
+//! - [`placement`]: destination side, atomic page placement.
+//! - [`fault_thread`]: destination side, the userfaultfd fault thread.
 //! - [`ffi`]: the exported C ABI, the one place raw pointers become safe.
 //! - [`error`], [`panic`], [`log`], [`stats`]: errors, the panic boundary,
 //!   the log sink and counters.
@@ -15,11 +18,14 @@
 pub mod bitmap;
 pub mod discard;
 pub mod error;
+pub mod fault_thread;
 pub mod ffi;
 pub mod log;
 pub mod panic;
+pub mod placement;
 pub mod qemu;
 pub mod stats;
+pub mod uffd;
 
 pub use discard::{MAX_HOST_PAGE_SIZE, MAX_HOST_RATIO};
 pub use error::{Error, Result};

@@ -1,0 +1,484 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Destination side: the userfaultfd fault thread.
+//!
+//! Replaces `postcopy_ram_fault_thread` and its start/stop
+//! (migration/postcopy-ram.c).  The thread:
+//! - polls the userfaultfd, a stop eventfd and any shared (vhost-user)
+//!   userfaultfds;
+//! - reads up to [`BATCH`] `uffd_msg` per read() (QEMU reads one);
+//! - maps each fault to its block and host page, tells the embedder about
+//!   every fault (blocktime accounting), and requests each page from the
+//!   source at most once while it is in flight, never once received;
+//! - pauses when a request fails (broken return path) until
+//!   [`FaultThread::resume`] or [`FaultThread::stop`], then retries;
+//! - stops on a fault outside guest RAM, after reporting it.
+//!
+//! Start returns only once the thread runs (ready handshake); stop signals
+//! the eventfd, wakes a paused thread and joins, so it cannot hang.
+
+use crate::error::{Error, Result};
+use crate::log;
+use crate::placement::Block;
+use crate::stats::{self, Counter};
+use crate::uffd::{UffdMsg, UFFD_EVENT_PAGEFAULT};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// uffd_msg records read per read() at most.
+pub const BATCH: usize = 64;
+/// QEMU's name for the thread.
+pub const THREAD_NAME: &str = "fault-default";
+/// In-flight entries kept before received ones are pruned.
+const INFLIGHT_PRUNE_AT: usize = 1 << 16;
+
+/// The block a fault address belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolved {
+    /// The embedder's handle for the block (a `RAMBlock *` in QEMU).
+    pub handle: usize,
+    /// The block's geometry and received bitmap.
+    pub block: Block<'static>,
+}
+
+/// What the fault thread needs from its embedder.  All methods run on the
+/// fault thread.
+pub trait FaultHandler: Send {
+    /// First thing on the new thread (QEMU: rcu_register_thread).
+    fn thread_enter(&mut self) {}
+    /// Last thing on the thread (QEMU: rcu_unregister_thread).
+    fn thread_exit(&mut self) {}
+    /// Map a faulting address to its block; an error means it is outside
+    /// guest RAM.
+    fn resolve(&mut self, addr: u64) -> Result<Resolved>;
+    /// Every page fault, before any de-duplication (QEMU: blocktime begin,
+    /// trace).
+    fn fault(&mut self, _handle: usize, _addr: u64, _tid: u32) {}
+    /// Ask the source for the host page at block offset `offset`.  An error
+    /// means the return path is broken: the thread pauses, then retries.
+    fn request_page(&mut self, handle: usize, offset: u64, addr: u64) -> Result<()>;
+    /// The thread is about to pause.
+    fn paused(&mut self) {}
+    /// The thread resumed and will retry.
+    fn resumed(&mut self) {}
+    /// The thread is stopping because of `err` (at `addr` if a fault).
+    fn fatal(&mut self, _err: &Error, _addr: u64) {}
+    /// A message on a shared userfaultfd.
+    fn shared_fault(&mut self, _fd: RawFd, _msg: &UffdMsg) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What the thread is doing.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostcopyRsFaultThreadState {
+    /// Serving faults.
+    Running = 0,
+    /// Waiting for resume (or stop) after a failed request.
+    Paused = 1,
+    /// Gone: stopped, or ended by a fatal error.
+    Exited = 2,
+}
+
+#[derive(Debug)]
+struct Control {
+    state: PostcopyRsFaultThreadState,
+    /// Resumes posted and not yet consumed: QEMU's pause semaphore.
+    resumes: u32,
+}
+
+struct Shared {
+    quit: AtomicBool,
+    event: OwnedFd,
+    control: Mutex<Control>,
+    cond: Condvar,
+    shared_fds: Mutex<Option<Vec<RawFd>>>,
+}
+
+impl Shared {
+    fn kick(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a live u64 to our own eventfd.
+        let r = unsafe { libc::write(self.event.as_raw_fd(), std::ptr::from_ref(&one).cast(), 8) };
+        if r != 8 {
+            // Only fails if the counter would overflow: it is then readable anyway.
+            log::debug!("fault thread eventfd write returned {r}");
+        }
+    }
+
+    fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reading 8 bytes into a live u64 from our non-blocking eventfd.
+        unsafe { libc::read(self.event.as_raw_fd(), std::ptr::from_mut(&mut v).cast(), 8) };
+    }
+
+    fn set_state(&self, s: PostcopyRsFaultThreadState) {
+        self.control.lock().unwrap_or_else(|p| p.into_inner()).state = s;
+    }
+
+    /// Wait for a resume or stop.  Returns false when stopping.
+    fn wait_resume(&self) -> bool {
+        let mut c = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        c.state = PostcopyRsFaultThreadState::Paused;
+        while c.resumes == 0 && !self.quit.load(Ordering::Acquire) {
+            c = self.cond.wait(c).unwrap_or_else(|p| p.into_inner());
+        }
+        if self.quit.load(Ordering::Acquire) {
+            return false;
+        }
+        c.resumes -= 1;
+        c.state = PostcopyRsFaultThreadState::Running;
+        true
+    }
+}
+
+/// A running fault thread.  Dropping it stops it.
+pub struct FaultThread {
+    shared: Arc<Shared>,
+    join: Option<JoinHandle<Result<()>>>,
+}
+
+impl FaultThread {
+    /// Start the thread on `uffd` (which must stay open until stop) and
+    /// return once it is running.
+    pub fn start(
+        uffd: RawFd,
+        shared_fds: &[RawFd],
+        handler: Box<dyn FaultHandler>,
+    ) -> Result<Self> {
+        if uffd < 0 {
+            return Err(Error::Os {
+                op: "fault thread start (bad userfaultfd)",
+                errno: libc::EBADF,
+            });
+        }
+        // SAFETY: plain syscall; the fd it returns is owned below.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(Error::last_os("eventfd"));
+        }
+        let shared = Arc::new(Shared {
+            quit: AtomicBool::new(false),
+            // SAFETY: a fresh fd from eventfd() that nothing else owns.
+            event: unsafe { OwnedFd::from_raw_fd(efd) },
+            control: Mutex::new(Control {
+                state: PostcopyRsFaultThreadState::Running,
+                resumes: 0,
+            }),
+            cond: Condvar::new(),
+            shared_fds: Mutex::new(Some(shared_fds.to_vec())),
+        });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let sh = Arc::clone(&shared);
+        let join = std::thread::Builder::new()
+            .name(THREAD_NAME.into())
+            .spawn(move || thread_main(sh, uffd, handler, ready_tx))
+            .map_err(|e| Error::Os {
+                op: "spawning the fault thread",
+                errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
+            })?;
+        match ready_rx.recv() {
+            Ok(()) => Ok(FaultThread {
+                shared,
+                join: Some(join),
+            }),
+            // The thread died before it was ready: report why.
+            Err(_) => Err(join
+                .join()
+                .unwrap_or(Err(Error::Panic))
+                .err()
+                .unwrap_or(Error::Panic)),
+        }
+    }
+
+    /// Post one resume: a paused thread retries its request (QEMU's
+    /// `qemu_sem_post(&mis->postcopy_pause_sem_fault)`).
+    pub fn resume(&self) {
+        let mut c = self
+            .shared
+            .control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        c.resumes = c.resumes.saturating_add(1);
+        self.shared.cond.notify_all();
+    }
+
+    /// Replace the set of shared userfaultfds polled besides the main one.
+    pub fn set_shared_fds(&self, fds: &[RawFd]) {
+        *self
+            .shared
+            .shared_fds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(fds.to_vec());
+        self.shared.kick();
+    }
+
+    /// What the thread is doing now.
+    pub fn state(&self) -> PostcopyRsFaultThreadState {
+        self.shared
+            .control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .state
+    }
+
+    /// Stop the thread and join it.  Returns how it ended: Ok after a clean
+    /// stop, or the error that ended it earlier.
+    pub fn stop(mut self) -> Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<()> {
+        let Some(join) = self.join.take() else {
+            return Ok(());
+        };
+        self.shared.quit.store(true, Ordering::Release);
+        self.shared.kick();
+        {
+            let _c = self
+                .shared
+                .control
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            self.shared.cond.notify_all();
+        }
+        join.join().unwrap_or(Err(Error::Panic))
+    }
+}
+
+impl Drop for FaultThread {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
+
+fn thread_main(
+    shared: Arc<Shared>,
+    uffd: RawFd,
+    mut handler: Box<dyn FaultHandler>,
+    ready: mpsc::Sender<()>,
+) -> Result<()> {
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        handler.thread_enter();
+        let _ = ready.send(());
+        let r = Loop {
+            shared: &shared,
+            uffd,
+            handler: handler.as_mut(),
+            inflight: HashMap::new(),
+            shared_fds: Vec::new(),
+        }
+        .run();
+        if let Err(e) = &r {
+            log::error!("postcopy fault thread: {e}");
+        }
+        handler.thread_exit();
+        r
+    }));
+    shared.set_state(PostcopyRsFaultThreadState::Exited);
+    res.unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("?");
+        log::error!("postcopy fault thread: internal error: {msg}");
+        // The handler may be in any state after a panic; tell the embedder
+        // through a fresh borrow only if it did not panic itself.
+        let _ = catch_unwind(AssertUnwindSafe(|| handler.fatal(&Error::Panic, 0)));
+        Err(Error::Panic)
+    })
+}
+
+struct Loop<'a> {
+    shared: &'a Shared,
+    uffd: RawFd,
+    handler: &'a mut dyn FaultHandler,
+    /// Host pages requested and not yet seen received, with their block.
+    inflight: HashMap<u64, (Block<'static>, u64)>,
+    shared_fds: Vec<RawFd>,
+}
+
+enum Next {
+    Go,
+    Quit,
+}
+
+impl Loop<'_> {
+    fn run(&mut self) -> Result<()> {
+        let mut buf = [UffdMsg::default(); BATCH];
+        let mut pfds: Vec<libc::pollfd> = Vec::new();
+        loop {
+            if let Some(fds) = self
+                .shared
+                .shared_fds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                self.shared_fds = fds;
+            }
+            pfds.clear();
+            for fd in [self.uffd, self.shared.event.as_raw_fd()]
+                .into_iter()
+                .chain(self.shared_fds.iter().copied())
+            {
+                pfds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            // SAFETY: pfds is a live, correctly sized array of pollfd.
+            let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+            if r < 0 {
+                let e = Error::last_os("poll on the userfaultfd");
+                if e.errno() == libc::EINTR {
+                    continue;
+                }
+                self.handler.fatal(&e, 0);
+                return Err(e);
+            }
+            if self.shared.quit.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            if pfds[1].revents != 0 {
+                self.shared.drain();
+            }
+            if pfds[0].revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+                let e = Error::Os {
+                    op: "poll on the userfaultfd (POLLERR/POLLNVAL)",
+                    errno: libc::EBADF,
+                };
+                self.handler.fatal(&e, 0);
+                return Err(e);
+            }
+            if pfds[0].revents & libc::POLLIN != 0 {
+                if let Next::Quit = self.read_batch(&mut buf)? {
+                    return Ok(());
+                }
+            }
+            for p in &pfds[2..] {
+                if p.revents & libc::POLLIN != 0 {
+                    self.read_shared(p.fd);
+                }
+            }
+        }
+    }
+
+    fn read_batch(&mut self, buf: &mut [UffdMsg; BATCH]) -> Result<Next> {
+        let sz = std::mem::size_of::<UffdMsg>();
+        // SAFETY: buf is BATCH writable uffd_msg; the kernel writes whole
+        // messages only.
+        let n = unsafe { libc::read(self.uffd, buf.as_mut_ptr().cast(), BATCH * sz) };
+        if n < 0 {
+            let e = Error::last_os("read of the userfaultfd");
+            return match e.errno() {
+                libc::EAGAIN | libc::EINTR => Ok(Next::Go),
+                _ => {
+                    self.handler.fatal(&e, 0);
+                    Err(e)
+                }
+            };
+        }
+        let count = n as usize / sz;
+        if count == 0 {
+            return Ok(Next::Go);
+        }
+        stats::add(Counter::FaultReads, 1);
+        stats::add(Counter::FaultsRead, count as u64);
+        for msg in &buf[..count] {
+            if let Next::Quit = self.handle(msg)? {
+                return Ok(Next::Quit);
+            }
+        }
+        Ok(Next::Go)
+    }
+
+    fn read_shared(&mut self, fd: RawFd) {
+        let mut msg = UffdMsg::default();
+        let sz = std::mem::size_of::<UffdMsg>();
+        // SAFETY: reading one uffd_msg into a live, correctly sized struct.
+        let n = unsafe { libc::read(fd, std::ptr::from_mut(&mut msg).cast(), sz) };
+        if n != sz as isize {
+            return;
+        }
+        if let Err(e) = self.handler.shared_fault(fd, &msg) {
+            log::error!("postcopy fault thread: shared userfaultfd {fd}: {e}");
+        }
+    }
+
+    fn handle(&mut self, msg: &UffdMsg) -> Result<Next> {
+        if msg.event != UFFD_EVENT_PAGEFAULT {
+            stats::add(Counter::EventsIgnored, 1);
+            log::warning!(
+                "postcopy fault thread: ignoring userfaultfd event {:#x}",
+                msg.event
+            );
+            return Ok(Next::Go);
+        }
+        let addr = msg.pf_address;
+        let r = match self.handler.resolve(addr) {
+            Ok(r) => r,
+            Err(e) => {
+                let e = match e {
+                    Error::Callback { .. } | Error::OutOfRange { .. } => {
+                        Error::OutOfRange { addr, len: 1 }
+                    }
+                    e => e,
+                };
+                log::error!(
+                    "postcopy fault thread: fault at {addr:#x} is not in guest RAM; stopping"
+                );
+                self.handler.fatal(&e, addr);
+                return Err(e);
+            }
+        };
+        let block = r.block;
+        let page = addr & !(block.page_size - 1);
+        let offset = match block.offset_of(page, 1) {
+            Ok(o) => o,
+            Err(e) => {
+                self.handler.fatal(&e, addr);
+                return Err(e);
+            }
+        };
+        self.handler.fault(r.handle, addr, msg.pf_ptid);
+        if block.is_received(offset) {
+            self.inflight.remove(&page);
+            stats::add(Counter::RequestsDeduped, 1);
+            return Ok(Next::Go);
+        }
+        if self.inflight.contains_key(&page) {
+            stats::add(Counter::RequestsDeduped, 1);
+            return Ok(Next::Go);
+        }
+        loop {
+            match self.handler.request_page(r.handle, offset, addr) {
+                Ok(()) => break,
+                Err(e) => {
+                    log::warning!("postcopy fault thread: page request failed ({e}); pausing until the return path is back");
+                    stats::add(Counter::FaultThreadPauses, 1);
+                    self.handler.paused();
+                    if !self.shared.wait_resume() {
+                        return Ok(Next::Quit);
+                    }
+                    self.handler.resumed();
+                    // Requests sent before the break may be lost with the
+                    // old channel: let later faults ask again.
+                    self.inflight.clear();
+                }
+            }
+        }
+        stats::add(Counter::PagesRequested, 1);
+        if self.inflight.len() >= INFLIGHT_PRUNE_AT {
+            self.inflight.retain(|_, (b, off)| !b.is_received(*off));
+        }
+        self.inflight.insert(page, (block, offset));
+        Ok(Next::Go)
+    }
+}
