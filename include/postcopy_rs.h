@@ -170,6 +170,10 @@ typedef struct {
   void (*fatal)(void *opaque, int err, uint64_t addr);
   // A `struct uffd_msg` read from shared userfaultfd `fd`.
   int (*shared_fault)(void *opaque, int fd, const void *msg);
+  // Called each time the thread wakes: return true to pause now (QEMU:
+  // the return path is gone, `!mis->to_src_file`).  Wake the thread to
+  // re-check with `postcopy_rs_fault_thread_notify()`.
+  bool (*check_pause)(void *opaque);
 } PostcopyRsFaultOps;
 
 // How to start a fault thread.
@@ -183,6 +187,9 @@ typedef struct {
   const int *shared_fds;
   // The callbacks.
   PostcopyRsFaultOps ops;
+  // The thread's name (QEMU: `MIGRATION_THREAD_DST_FAULT`), or NULL for
+  // "fault-default".
+  const char *name;
 } PostcopyRsFaultConfig;
 
 typedef int (*RamBlockIterFunc)(RAMBlock *rb, void *opaque);
@@ -292,7 +299,7 @@ int postcopy_rs_place_pages(int uffd,
 // As `postcopy_rs_place_page()`, without `from`.
 int postcopy_rs_place_page_zero(int uffd, const PostcopyRsBlockView *block, void *host);
 
-// Start the fault thread (named "fault-default", as QEMU's) and return
+// Start the fault thread (named `cfg->name`, default "fault-default") and return
 // once it runs; `*out` then holds its handle.  QEMU: the thread creation
 // in `postcopy_ram_incoming_setup()`.
 //
@@ -301,11 +308,12 @@ int postcopy_rs_place_page_zero(int uffd, const PostcopyRsBlockView *block, void
 // a failed eventfd or thread creation.  On error `*out` is NULL.
 //
 // # Safety
-// `cfg` must be readable; `cfg->ops` callbacks must be callable from the
+// `cfg` must be readable, `cfg->name` NULL or a C string; `cfg->ops` callbacks must be callable from the
 // fault thread with `cfg->ops.opaque` until the thread is stopped, and must
 // not call back into the fault-thread API; `cfg->uffd` and the shared fds
 // must stay open until then.
-int postcopy_rs_fault_thread_start(const PostcopyRsFaultConfig *cfg, PostcopyRsFaultThread **out);
+int postcopy_rs_fault_thread_start(const PostcopyRsFaultConfig *cfg,
+                                   PostcopyRsFaultThread **out);
 
 // Stop the fault thread: signal its eventfd, wake it if paused, join it,
 // and free the handle.  Never hangs on pending faults or a pause.
@@ -327,6 +335,13 @@ int postcopy_rs_fault_thread_stop(PostcopyRsFaultThread *t);
 // # Safety
 // `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
 int postcopy_rs_fault_thread_resume(PostcopyRsFaultThread *t);
+
+// Wake the thread so that it calls `ops.check_pause` again (QEMU:
+// `postcopy_fault_thread_notify()`, after closing the return path).
+//
+// # Safety
+// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+int postcopy_rs_fault_thread_notify(PostcopyRsFaultThread *t);
 
 // What the thread is doing now (`PostcopyRsFaultThreadState`), or
 // `-EFAULT` for NULL.

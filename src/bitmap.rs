@@ -156,31 +156,55 @@ impl RunBuilder {
         RunBuilder { open: None }
     }
 
+    /// Is a run open (carried over from the previous word)?
+    #[inline(always)]
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// Feed word `w` whose bit 0 is bit `base` of the bitmap.  Bits of `w`
     /// outside the bitmap must already be clear.
+    ///
+    /// Runs come from two masks, the first and the last bit of each run
+    /// inside the word, consumed in step: two independent
+    /// `trailing_zeros` / clear-lowest chains instead of one serial scan.
     #[inline(always)]
-    pub fn word(&mut self, base: usize, mut w: Word, emit: &mut impl FnMut(usize, usize)) {
+    pub fn word(&mut self, base: usize, w: Word, emit: &mut impl FnMut(usize, usize)) {
         if let Some(start) = self.open {
-            if w == !0 {
+            if w & 1 == 0 {
+                emit(start, base - start);
+                self.open = None;
+            } else if w == !0 {
                 return;
             }
-            let end = (!w).trailing_zeros() as usize;
-            emit(start, base + end - start);
-            self.open = None;
-            // end < 64 here: the word was not all ones.
-            w &= !0 << end;
         }
-        while w != 0 {
-            let s = w.trailing_zeros() as usize;
-            // Fill below s so the first zero at or above s ends the run.
-            let filled = w | ((1 << s) - 1);
-            if filled == !0 {
+        if w == 0 {
+            return;
+        }
+        if w == !0 {
+            self.open = Some(base);
+            return;
+        }
+        let carry = Word::from(self.open.is_some());
+        let mut starts = w & !((w << 1) | carry);
+        // A run reaching bit 63 does not end here: leave it open.
+        let mut ends = w & !(w >> 1) & !(1 << (BITS_PER_LONG - 1));
+        if let Some(start) = self.open.take() {
+            // w has a zero, so the run through bit 0 ends inside the word.
+            let e = ends.trailing_zeros() as usize;
+            ends &= ends - 1;
+            emit(start, base + e + 1 - start);
+        }
+        while starts != 0 {
+            let s = starts.trailing_zeros() as usize;
+            starts &= starts - 1;
+            if ends != 0 {
+                let e = ends.trailing_zeros() as usize;
+                ends &= ends - 1;
+                emit(base + s, e + 1 - s);
+            } else {
                 self.open = Some(base + s);
-                return;
             }
-            let e = (!filled).trailing_zeros() as usize;
-            emit(base + s, e - s);
-            w &= !0 << e;
         }
     }
 

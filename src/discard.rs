@@ -92,46 +92,150 @@ pub fn chunk_and_runs(
         });
     }
     let map = &mut map[..nwords];
-    let g = ratio.get();
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("popcnt")
+        && std::is_x86_feature_detected!("bmi1")
+    {
+        // SAFETY: the CPU has every feature pass_x86_v3 is compiled for.
+        return Ok(unsafe { pass_x86_v3(map, nbits, ratio.get(), &mut emit) });
+    }
+    Ok(pass(map, nbits, ratio.get(), &mut emit))
+}
+
+/// [`chunk_and_runs`] without CPU-specific dispatch, so that tests cover the
+/// portable build of the pass on any machine.
+#[doc(hidden)]
+pub fn chunk_and_runs_portable(
+    map: &mut [Word],
+    nbits: usize,
+    ratio: HostRatio,
+    mut emit: impl FnMut(usize, usize),
+) -> Result<u64> {
+    check_length(nbits, ratio)?;
+    let nwords = bits_to_longs(nbits);
+    let map = map.get_mut(..nwords).ok_or(Error::OutOfRange {
+        addr: 0,
+        len: nbits as u64,
+    })?;
+    Ok(pass(map, nbits, ratio.get(), &mut emit))
+}
+
+/// [`pass`] compiled for AVX2, POPCNT and BMI1 (wider folds, hardware
+/// popcount, `tzcnt`/`blsr` in the run loop).
+///
+/// # Safety
+/// The CPU must support avx2, popcnt and bmi1.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt,bmi1")]
+unsafe fn pass_x86_v3(
+    map: &mut [Word],
+    nbits: usize,
+    g: usize,
+    emit: &mut impl FnMut(usize, usize),
+) -> u64 {
+    pass(map, nbits, g, emit)
+}
+
+/// Words skipped at a time when scanning over all-zero or all-one stretches.
+const SKIP: usize = 8;
+
+/// The single pass: `map` holds exactly the words of `nbits` bits, `g` is
+/// the validated ratio and `nbits` a multiple of it.
+#[inline(always)]
+fn pass(map: &mut [Word], nbits: usize, g: usize, emit: &mut impl FnMut(usize, usize)) -> u64 {
     let mut rb = RunBuilder::new();
     let mut newly: u64 = 0;
-
     if g >= BITS_PER_LONG {
-        // A host page is `k` whole words: all of them or none end up set.
-        let k = g / BITS_PER_LONG;
-        for (i, page) in map.chunks_exact_mut(k).enumerate() {
-            let base = i * g;
-            if page.iter().fold(0, |a, &w| a | w) == 0 {
-                rb.zeros(base, &mut emit);
-                continue;
-            }
-            let ones: usize = page.iter().map(|w| w.count_ones() as usize).sum();
-            if ones != g {
-                newly += (g - ones) as u64;
-                page.fill(!0);
-            }
-            rb.ones(base);
-        }
-    } else {
-        let (body, last) = map.split_at_mut(nwords.saturating_sub(1));
-        let mut fix = |idx: usize, w: &mut Word, mask: Word, rb: &mut RunBuilder| {
-            let orig = *w & mask;
-            let canon = canonical_word(orig, g);
-            if canon != orig {
-                newly += u64::from((canon ^ orig).count_ones());
-                *w = (*w & !mask) | canon;
-            }
-            rb.word(idx * BITS_PER_LONG, canon, &mut emit);
-        };
-        for (idx, w) in body.iter_mut().enumerate() {
-            fix(idx, w, !0, &mut rb);
-        }
-        if let Some(w) = last.first_mut() {
-            fix(nwords - 1, w, last_word_mask(nbits), &mut rb);
-        }
+        return pass_huge(map, nbits, g, emit);
     }
-    rb.finish(nbits, &mut emit);
-    Ok(newly)
+
+    let n = map.len();
+    let body = n.saturating_sub(1);
+    let mut idx = 0;
+    while idx < body {
+        // Stretches that change nothing: zero words with no run open, or
+        // all-one words continuing one (canonicalisation keeps both as
+        // they are).
+        let skip = if rb.is_open() { !0 } else { 0 };
+        while idx + SKIP <= body && map[idx..idx + SKIP].iter().all(|&w| w == skip) {
+            idx += SKIP;
+        }
+        while idx < body && map[idx] == skip {
+            idx += 1;
+        }
+        if idx == body {
+            break;
+        }
+        let orig = map[idx];
+        let canon = canonical_word(orig, g);
+        if canon != orig {
+            newly += u64::from((canon ^ orig).count_ones());
+            map[idx] = canon;
+        }
+        rb.word(idx * BITS_PER_LONG, canon, emit);
+        idx += 1;
+    }
+    if n > 0 {
+        // The last word: only the bits below nbits are ours.
+        let mask = last_word_mask(nbits);
+        let w = map[n - 1];
+        let orig = w & mask;
+        let canon = canonical_word(orig, g);
+        if canon != orig {
+            newly += u64::from((canon ^ orig).count_ones());
+            map[n - 1] = (w & !mask) | canon;
+        }
+        rb.word((n - 1) * BITS_PER_LONG, canon, emit);
+    }
+    rb.finish(nbits, emit);
+    newly
+}
+
+/// Host pages of `k = g / 64` whole words, in groups of 64 pages.
+///
+/// Inside a group there is no data-dependent branch: every word of a page
+/// is stored as `dirty ? !0 : 0` (a clean page is all zeroes already), the
+/// count grows by `dirty * g - popcount`, and the pages' dirty bits form one
+/// word that the ordinary run builder turns into runs of host pages.  A
+/// group that is all clean or all dirty is passed over whole.
+#[inline(always)]
+fn pass_huge(map: &mut [Word], nbits: usize, g: usize, emit: &mut impl FnMut(usize, usize)) -> u64 {
+    let k = g / BITS_PER_LONG;
+    let npages = map.len() / k;
+    let mut rb = RunBuilder::new();
+    let mut newly: u64 = 0;
+    let mut scaled = |s: usize, l: usize| emit(s * g, l * g);
+    for (gi, group) in map.chunks_mut(k * BITS_PER_LONG).enumerate() {
+        let first = gi * BITS_PER_LONG;
+        let n = group.len() / k;
+        let (or, and) = group.iter().fold((0, !0), |(o, a), &w| (o | w, a & w));
+        let dirty: Word = if or == 0 {
+            0
+        } else if and == !0 {
+            !0
+        } else {
+            let mut dirty: Word = 0;
+            for (j, page) in group.chunks_exact_mut(k).enumerate() {
+                let any = page.iter().fold(0, |a, &w| a | w) != 0;
+                let ones: u32 = page.iter().map(|w| w.count_ones()).sum();
+                let fill = Word::from(any).wrapping_neg();
+                page.fill(fill);
+                newly += u64::from(any) * g as u64 - u64::from(ones);
+                dirty |= Word::from(any) << j;
+            }
+            dirty
+        };
+        let dirty = if n < BITS_PER_LONG {
+            dirty & ((1 << n) - 1)
+        } else {
+            dirty
+        };
+        rb.word(first, dirty, &mut scaled);
+    }
+    rb.finish(npages, &mut scaled);
+    debug_assert_eq!(npages * g, nbits);
+    newly
 }
 
 /// Every group of `g` bits (`g` a power of two below 64) with any bit set

@@ -30,8 +30,10 @@ use std::thread::JoinHandle;
 
 /// uffd_msg records read per read() at most.
 pub const BATCH: usize = 64;
-/// QEMU's name for the thread.
-pub const THREAD_NAME: &str = "fault-default";
+/// The thread's name when the embedder gives none.  (QEMU 10.0 passes
+/// its own, `MIGRATION_THREAD_DST_FAULT`, "mig/dst/fault"; older QEMUs
+/// called it "fault-default".)
+pub const DEFAULT_THREAD_NAME: &str = "fault-default";
 /// In-flight entries kept before received ones are pruned.
 const INFLIGHT_PRUNE_AT: usize = 1 << 16;
 
@@ -60,6 +62,12 @@ pub trait FaultHandler: Send {
     /// Ask the source for the host page at block offset `offset`.  An error
     /// means the return path is broken: the thread pauses, then retries.
     fn request_page(&mut self, handle: usize, offset: u64, addr: u64) -> Result<()>;
+    /// Checked each time the thread wakes: true if it must pause now
+    /// because the return path is gone (QEMU: `!mis->to_src_file`).  See
+    /// [`FaultThread::notify`].
+    fn should_pause(&mut self) -> bool {
+        false
+    }
     /// The thread is about to pause.
     fn paused(&mut self) {}
     /// The thread resumed and will retry.
@@ -143,11 +151,13 @@ pub struct FaultThread {
 }
 
 impl FaultThread {
-    /// Start the thread on `uffd` (which must stay open until stop) and
-    /// return once it is running.
+    /// Start the thread on `uffd` (which must stay open until stop), named
+    /// `name` (default [`DEFAULT_THREAD_NAME`]), and return once it is
+    /// running.
     pub fn start(
         uffd: RawFd,
         shared_fds: &[RawFd],
+        name: Option<&str>,
         handler: Box<dyn FaultHandler>,
     ) -> Result<Self> {
         if uffd < 0 {
@@ -175,7 +185,7 @@ impl FaultThread {
         let (ready_tx, ready_rx) = mpsc::channel();
         let sh = Arc::clone(&shared);
         let join = std::thread::Builder::new()
-            .name(THREAD_NAME.into())
+            .name(name.unwrap_or(DEFAULT_THREAD_NAME).into())
             .spawn(move || thread_main(sh, uffd, handler, ready_tx))
             .map_err(|e| Error::Os {
                 op: "spawning the fault thread",
@@ -205,6 +215,12 @@ impl FaultThread {
             .unwrap_or_else(|p| p.into_inner());
         c.resumes = c.resumes.saturating_add(1);
         self.shared.cond.notify_all();
+    }
+
+    /// Wake the thread so that it re-checks
+    /// [`FaultHandler::should_pause`] (QEMU: `postcopy_fault_thread_notify`).
+    pub fn notify(&self) {
+        self.shared.kick();
     }
 
     /// Replace the set of shared userfaultfds polled besides the main one.
@@ -349,6 +365,9 @@ impl Loop<'_> {
             if pfds[1].revents != 0 {
                 self.shared.drain();
             }
+            if self.handler.should_pause() && !self.pause()? {
+                return Ok(());
+            }
             if pfds[0].revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
                 let e = Error::Os {
                     op: "poll on the userfaultfd (POLLERR/POLLNVAL)",
@@ -363,11 +382,32 @@ impl Loop<'_> {
                 }
             }
             for p in &pfds[2..] {
-                if p.revents & libc::POLLIN != 0 {
+                if p.revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+                    // As QEMU does: report it and stop polling that fd.
+                    log::error!(
+                        "postcopy fault thread: error on shared userfaultfd {}; ignoring it",
+                        p.fd
+                    );
+                    self.shared_fds.retain(|&fd| fd != p.fd);
+                } else if p.revents & libc::POLLIN != 0 {
                     self.read_shared(p.fd);
                 }
             }
         }
+    }
+
+    /// Pause until resumed (true) or stopped (false).
+    fn pause(&mut self) -> Result<bool> {
+        stats::add(Counter::FaultThreadPauses, 1);
+        self.handler.paused();
+        if !self.shared.wait_resume() {
+            return Ok(false);
+        }
+        self.handler.resumed();
+        // Requests sent before the break may be lost with the old channel:
+        // let later faults ask again.
+        self.inflight.clear();
+        Ok(true)
     }
 
     fn read_batch(&mut self, buf: &mut [UffdMsg; BATCH]) -> Result<Next> {
@@ -405,6 +445,14 @@ impl Loop<'_> {
         // SAFETY: reading one uffd_msg into a live, correctly sized struct.
         let n = unsafe { libc::read(fd, std::ptr::from_mut(&mut msg).cast(), sz) };
         if n != sz as isize {
+            return;
+        }
+        if msg.event != UFFD_EVENT_PAGEFAULT {
+            stats::add(Counter::EventsIgnored, 1);
+            log::warning!(
+                "postcopy fault thread: ignoring event {:#x} on shared userfaultfd {fd}",
+                msg.event
+            );
             return;
         }
         if let Err(e) = self.handler.shared_fault(fd, &msg) {
@@ -462,15 +510,9 @@ impl Loop<'_> {
                 Ok(()) => break,
                 Err(e) => {
                     log::warning!("postcopy fault thread: page request failed ({e}); pausing until the return path is back");
-                    stats::add(Counter::FaultThreadPauses, 1);
-                    self.handler.paused();
-                    if !self.shared.wait_resume() {
+                    if !self.pause()? {
                         return Ok(Next::Quit);
                     }
-                    self.handler.resumed();
-                    // Requests sent before the break may be lost with the
-                    // old channel: let later faults ask again.
-                    self.inflight.clear();
                 }
             }
         }

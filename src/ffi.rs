@@ -19,7 +19,7 @@ use crate::qemu::{self, MigrationState};
 use crate::stats::{self, PostcopyRsStats};
 use crate::uffd::UffdMsg;
 use std::os::fd::RawFd;
-use std::os::raw::{c_int, c_ulong, c_void};
+use std::os::raw::{c_char, c_int, c_ulong, c_void};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 
@@ -394,9 +394,13 @@ pub struct PostcopyRsFaultOps {
     /// A `struct uffd_msg` read from shared userfaultfd `fd`.
     pub shared_fault:
         Option<unsafe extern "C" fn(opaque: *mut c_void, fd: c_int, msg: *const c_void) -> c_int>,
+    /// Called each time the thread wakes: return true to pause now (QEMU:
+    /// the return path is gone, `!mis->to_src_file`).  Wake the thread to
+    /// re-check with `postcopy_rs_fault_thread_notify()`.
+    pub check_pause: Option<unsafe extern "C" fn(opaque: *mut c_void) -> bool>,
 }
 
-static_assertions::assert_eq_size!(PostcopyRsFaultOps, [u64; 10]);
+static_assertions::assert_eq_size!(PostcopyRsFaultOps, [u64; 11]);
 
 /// How to start a fault thread.
 #[repr(C)]
@@ -411,9 +415,12 @@ pub struct PostcopyRsFaultConfig {
     pub shared_fds: *const c_int,
     /// The callbacks.
     pub ops: PostcopyRsFaultOps,
+    /// The thread's name (QEMU: `MIGRATION_THREAD_DST_FAULT`), or NULL for
+    /// "fault-default".
+    pub name: *const c_char,
 }
 
-static_assertions::assert_eq_size!(PostcopyRsFaultConfig, [u64; 12]);
+static_assertions::assert_eq_size!(PostcopyRsFaultConfig, [u64; 14]);
 
 /// A running fault thread (opaque).
 pub struct PostcopyRsFaultThread(FaultThread);
@@ -489,6 +496,14 @@ impl FaultHandler for COps {
         Ok(())
     }
 
+    fn should_pause(&mut self) -> bool {
+        match self.0.check_pause {
+            // SAFETY: callback contract.
+            Some(f) => unsafe { f(self.0.opaque) },
+            None => false,
+        }
+    }
+
     fn paused(&mut self) {
         if let Some(f) = self.0.paused {
             // SAFETY: callback contract.
@@ -536,7 +551,7 @@ unsafe fn fd_list<'a>(fds: *const c_int, n: u32) -> Result<&'a [c_int]> {
     Ok(unsafe { std::slice::from_raw_parts(fds.as_ptr(), n as usize) })
 }
 
-/// Start the fault thread (named "fault-default", as QEMU's) and return
+/// Start the fault thread (named `cfg->name`, default "fault-default") and return
 /// once it runs; `*out` then holds its handle.  QEMU: the thread creation
 /// in `postcopy_ram_incoming_setup()`.
 ///
@@ -545,7 +560,7 @@ unsafe fn fd_list<'a>(fds: *const c_int, n: u32) -> Result<&'a [c_int]> {
 /// a failed eventfd or thread creation.  On error `*out` is NULL.
 ///
 /// # Safety
-/// `cfg` must be readable; `cfg->ops` callbacks must be callable from the
+/// `cfg` must be readable, `cfg->name` NULL or a C string; `cfg->ops` callbacks must be callable from the
 /// fault thread with `cfg->ops.opaque` until the thread is stopped, and must
 /// not call back into the fault-thread API; `cfg->uffd` and the shared fds
 /// must stay open until then.
@@ -569,7 +584,17 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_start(
         }
         // SAFETY: shared_fds holds nr_shared_fds ints (contract).
         let shared = unsafe { fd_list(cfg.shared_fds, cfg.nr_shared_fds) }?;
-        let t = FaultThread::start(cfg.uffd, shared, Box::new(COps(cfg.ops)))?;
+        let name = if cfg.name.is_null() {
+            None
+        } else {
+            // SAFETY: a non-NULL name is a NUL-terminated string (contract).
+            Some(
+                unsafe { std::ffi::CStr::from_ptr(cfg.name) }
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        };
+        let t = FaultThread::start(cfg.uffd, shared, name.as_deref(), Box::new(COps(cfg.ops)))?;
         // SAFETY: out is writable (contract).
         unsafe {
             out.as_ptr()
@@ -613,6 +638,21 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_resume(t: *mut PostcopyRsFault
         let t = nonnull!(t);
         // SAFETY: live handle (contract); only shared access is needed.
         unsafe { t.as_ref() }.0.resume();
+        Ok(())
+    }))
+}
+
+/// Wake the thread so that it calls `ops.check_pause` again (QEMU:
+/// `postcopy_fault_thread_notify()`, after closing the return path).
+///
+/// # Safety
+/// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_fault_thread_notify(t: *mut PostcopyRsFaultThread) -> c_int {
+    to_c_int(catch("postcopy_rs_fault_thread_notify", || {
+        let t = nonnull!(t);
+        // SAFETY: live handle (contract).
+        unsafe { t.as_ref() }.0.notify();
         Ok(())
     }))
 }

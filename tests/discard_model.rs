@@ -110,6 +110,16 @@ proptest! {
             let mask = !bitmap::last_word_mask(n);
             prop_assert_eq!(words.last().unwrap() & mask, tail_before.unwrap() & mask);
         }
+
+        // The portable build of the same pass (the one above may be the
+        // AVX2 one) must agree exactly.
+        let mut words2 = to_words(&bits, junk);
+        let mut runs2 = vec![];
+        let newly2 = discard::chunk_and_runs_portable(&mut words2, n, HostRatio::new(r as u64).unwrap(),
+            |s, l| runs2.push((s, l))).unwrap();
+        prop_assert_eq!(newly2, model_newly);
+        prop_assert_eq!(&words2, &words);
+        prop_assert_eq!(runs2, model_runs(&model));
     }
 
     #[test]

@@ -1,0 +1,233 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Shared helpers for the tests on real userfaultfd: registered memory
+//! regions, hugepage reservations, page patterns, loud skips.
+#![allow(dead_code)]
+
+use postcopy_rs::placement::Block;
+use postcopy_rs::uffd::{Userfaultfd, UFFD_FEATURE_THREAD_ID};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, MutexGuard};
+
+pub const PAGE_4K: u64 = 4096;
+pub const PAGE_2M: u64 = 2 << 20;
+
+/// Record a skipped case where the test command prints it at the end, as
+/// cargo hides the output of passing tests.
+pub fn skip_loudly(what: &str, why: &str) {
+    let line = format!("SKIPPED: {what}: {why}");
+    eprintln!("{line}");
+    let path = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// Memory of one page kind, mmapped and registered with a userfaultfd.
+pub struct Region {
+    pub uffd: Userfaultfd,
+    pub base: u64,
+    pub len: u64,
+    pub page_size: u64,
+    pub receivedmap: &'static [AtomicU64],
+}
+
+impl Region {
+    /// `npages` host pages of `page_size` (4 KiB anonymous or 2 MiB hugetlbfs).
+    pub fn new(page_size: u64, npages: u64) -> Region {
+        let uffd = Userfaultfd::new(UFFD_FEATURE_THREAD_ID).expect("userfaultfd (are we root?)");
+        Self::map_into(uffd, page_size, npages)
+    }
+
+    fn map_into(uffd: Userfaultfd, page_size: u64, npages: u64) -> Region {
+        let len = page_size * npages;
+        let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        if page_size == PAGE_2M {
+            flags |= libc::MAP_HUGETLB | (21 << libc::MAP_HUGE_SHIFT);
+        }
+        // SAFETY: a fresh anonymous mapping.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        if page_size == PAGE_4K {
+            // SAFETY: advice on our own mapping.
+            unsafe { libc::madvise(p, len as usize, libc::MADV_NOHUGEPAGE) };
+        }
+        uffd.register(p as u64, len).expect("UFFDIO_REGISTER");
+        let words = ((len / PAGE_4K) as usize).div_ceil(64);
+        let map: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
+        Region {
+            uffd,
+            base: p as u64,
+            len,
+            page_size,
+            receivedmap: Box::leak(map.into_boxed_slice()),
+        }
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.uffd.as_raw_fd()
+    }
+
+    pub fn block(&self) -> Block<'static> {
+        Block::new(
+            self.base,
+            self.len,
+            self.page_size,
+            12,
+            Some(self.receivedmap),
+            self.page_size == PAGE_4K,
+        )
+        .expect("valid block")
+    }
+
+    pub fn page(&self, i: u64) -> u64 {
+        self.base + i * self.page_size
+    }
+
+    pub fn npages(&self) -> u64 {
+        self.len / self.page_size
+    }
+
+    /// Read the u64 at `addr` inside the region: blocks while its page is
+    /// missing, which is the point.
+    pub fn peek(&self, addr: u64) -> u64 {
+        assert!(addr >= self.base && addr + 8 <= self.base + self.len && addr % 8 == 0);
+        // SAFETY: aligned and inside our live mapping (checked above).
+        unsafe { std::ptr::read_volatile(addr as *const u64) }
+    }
+}
+
+/// `place_pages` from a buffer whose length is checked.
+pub fn place(
+    fd: i32,
+    b: &Block<'_>,
+    host: u64,
+    buf: &[u64],
+    npages: u64,
+) -> postcopy_rs::Result<()> {
+    assert!(
+        buf.len() as u64 * 8 >= npages * b.page_size,
+        "buffer shorter than the pages"
+    );
+    // SAFETY: buf is readable for npages pages (checked above).
+    unsafe { postcopy_rs::placement::place_pages(fd, b, host, buf.as_ptr().cast(), npages) }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping; nothing references it after drop.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len as usize) };
+    }
+}
+
+/// The word stored at word `w` of host page `page` by the test pattern.
+pub fn pattern_word(page: u64, w: u64, salt: u64) -> u64 {
+    (page.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ w.wrapping_mul(0xff51_afd7_ed55_8ccd)) ^ salt
+}
+
+pub fn pattern_page(page: u64, page_size: u64, salt: u64) -> Vec<u64> {
+    (0..page_size / 8)
+        .map(|w| pattern_word(page, w, salt))
+        .collect()
+}
+
+/// Read a few words of host page `i` (touching it: this faults if missing)
+/// and check them against the pattern.
+pub fn check_page(r: &Region, i: u64, salt: u64) -> Result<(), String> {
+    let words = r.page_size / 8;
+    for w in [0, 1, words / 2, words - 1] {
+        let v = r.peek(r.page(i) + w * 8);
+        let want = pattern_word(i, w, salt);
+        if v != want {
+            return Err(format!("page {i} word {w}: {v:#x} != {want:#x}"));
+        }
+    }
+    Ok(())
+}
+
+/// Serialises tests that reserve hugepages or assert on global counters.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Hugepages reserved for one test, given back on drop.
+pub struct HugePages {
+    path: String,
+    prev: u64,
+}
+
+impl HugePages {
+    /// Reserve `n` more pages of `size_kb`; None (after a loud skip) if the
+    /// kernel will not.
+    pub fn reserve(size_kb: u64, n: u64, what: &str) -> Option<HugePages> {
+        let dir = format!("/sys/kernel/mm/hugepages/hugepages-{size_kb}kB");
+        let path = format!("{dir}/nr_hugepages");
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        let Some(prev) = read(&path) else {
+            skip_loudly(
+                what,
+                &format!("no {size_kb} kB hugepage support ({path} unreadable)"),
+            );
+            return None;
+        };
+        if let Err(e) = std::fs::write(&path, format!("{}", prev + n)) {
+            skip_loudly(
+                what,
+                &format!("cannot reserve {n} x {size_kb} kB hugepages: {e} (not root?)"),
+            );
+            return None;
+        }
+        let guard = HugePages { path, prev };
+        let free = read(&format!("{dir}/free_hugepages")).unwrap_or(0);
+        if free < n {
+            skip_loudly(
+                what,
+                &format!("kernel granted only {free} of {n} x {size_kb} kB hugepages"),
+            );
+            return None;
+        }
+        Some(guard)
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, format!("{}", self.prev));
+    }
+}
+
+/// xorshift64*, for reproducible test randomness.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
