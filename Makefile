@@ -1,11 +1,27 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Front door.  `make test` is the test command CI runs (.ci/run calls it).
-.PHONY: all build header test test-rust lint bench clean
+.PHONY: all build install header test bench clean
+
+# Where `make install` puts the library, header and pkg-config file; QEMU's
+# build finds it with PKG_CONFIG_PATH=$(PREFIX)/lib/pkgconfig.
+PREFIX ?= $(CURDIR)/build/prefix
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+# What the static library needs from the system (cargo rustc --print
+# native-static-libs), minus libc which every link has.
+NATIVE_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl
 
 all: build
 
 build:
-	cargo build --release
+	cargo build --release --locked
+
+install: build
+	install -D -m 0644 target/release/libpostcopy_rs.a $(PREFIX)/lib/libpostcopy_rs.a
+	install -D -m 0644 include/postcopy_rs.h $(PREFIX)/include/postcopy_rs.h
+	mkdir -p $(PREFIX)/lib/pkgconfig
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' \
+	    -e 's|@NATIVE_LIBS@|$(NATIVE_LIBS)|' postcopy-rs.pc.in \
+	    > $(PREFIX)/lib/pkgconfig/postcopy-rs.pc
 
 # Refresh the committed header from the source (pinned cbindgen, via build.rs).
 header:

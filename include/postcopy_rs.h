@@ -18,9 +18,11 @@
 #include <stdint.h>
 /*
  * Opaque QEMU types, declared exactly as qemu/typedefs.h declares them.
- * The functions under "QEMU imports" below are the ones the library calls;
- * the embedder (QEMU, or tests/c/fake_qemu.c) defines them, and this header
- * lets the C compiler check those definitions.
+ *
+ * The library also calls QEMU: postcopy_rs_ram_*() are declared below and
+ * defined by QEMU's migration/ram.c (or tests/c/fake_qemu.c); QEMU's own
+ * functions it calls, and ram_postcopy_send_discard_bitmap(), are declared
+ * by QEMU's headers.  See docs/BOUNDARY.md.
  */
 typedef struct MigrationState MigrationState;
 typedef struct RAMBlock RAMBlock;
@@ -192,8 +194,6 @@ typedef struct {
   const char *name;
 } PostcopyRsFaultConfig;
 
-typedef int (*RamBlockIterFunc)(RAMBlock *rb, void *opaque);
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -216,24 +216,6 @@ extern "C" {
 // `bmap` must point to `BITS_TO_LONGS(nr_pages)` writable `unsigned long`s
 // that no other thread touches during the call.
 int64_t postcopy_chunk_hostpages(unsigned long *bmap, uint64_t nr_pages, uint64_t host_ratio);
-
-// QEMU's `ram_postcopy_send_discard_bitmap`, same signature.
-//
-// At the switch to postcopy: sync the dirty bitmap a last time, canonicalise
-// every not-ignored RAMBlock's bitmap to its host page size, and send one
-// discard range per maximal run of dirty target pages, framed per block by
-// `postcopy_discard_send_init` / `_finish`.  The wire format is QEMU's.
-//
-// Every block is checked first; if one has an impossible page size or a
-// length that is not a whole number of its pages, nothing is sent or
-// changed and `postcopy_rs_ram_discard_failed()` is called with `-EINVAL`
-// and a message naming the block, so QEMU fails the migration and the
-// source VM keeps running.  A NULL `ms` is logged and ignored.
-//
-// # Safety
-// `ms` must be QEMU's MigrationState, on the migration thread, with the
-// source VM stopped, exactly where QEMU's postcopy_start() calls it.
-void ram_postcopy_send_discard_bitmap(MigrationState *ms);
 
 // Route the library's messages to `log_fn` (NULL: back to stderr).
 // Messages above `max_level` (a `PostcopyRsLogLevel`; out-of-range values
@@ -358,23 +340,7 @@ int postcopy_rs_fault_thread_state(const PostcopyRsFaultThread *t);
 // is 0), each open until replaced or the thread is stopped.
 int postcopy_rs_fault_thread_set_shared_fds(PostcopyRsFaultThread *t, const int *fds, uint32_t n);
 
-extern int foreach_not_ignored_block(RamBlockIterFunc func, void *opaque);
-
-extern const char *qemu_ram_get_idstr(RAMBlock *rb);
-
-extern size_t qemu_ram_pagesize(RAMBlock *rb);
-
-extern uint64_t qemu_ram_get_used_length(RAMBlock *rb);
-
-extern size_t qemu_target_page_size(void);
-
-extern void postcopy_discard_send_init(MigrationState *ms, const char *name);
-
-extern void postcopy_discard_send_range(MigrationState *ms,
-                                        unsigned long start,
-                                        unsigned long length);
-
-extern void postcopy_discard_send_finish(MigrationState *ms);
+extern size_t postcopy_rs_ram_target_page_size(void);
 
 extern void postcopy_rs_ram_discard_prepare(MigrationState *ms);
 

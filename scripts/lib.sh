@@ -25,6 +25,7 @@
 set -Eeuo pipefail
 
 PCRS_SCRIPT=$(basename "${0}")
+# shellcheck disable=SC2034  # used by the scripts that source this file
 PCRS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PCRS_CACHE=${PCRS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/postcopy-rs}
 PCRS_VENV=${PCRS_VENV:-$PCRS_CACHE/meson-venv}

@@ -283,6 +283,8 @@ pub trait DiscardSink {
     fn send_init(&mut self, name: &CStr);
     /// Discard `len` target pages from target page `start` of the block.
     fn send_range(&mut self, start: u64, len: u64);
+    /// The block's discard is complete (called just before `send_finish`).
+    fn block_done(&mut self, _summary: &BlockSummary) {}
     /// End the discards of one block.
     fn send_finish(&mut self);
 }
@@ -335,9 +337,12 @@ pub fn discard_block(
         sum.pages += len as u64;
         sink.send_range(start as u64, len as u64);
     });
+    if let Ok(n) = res {
+        sum.newly_dirty = n;
+        sink.block_done(&sum);
+    }
     sink.send_finish();
-    sum.newly_dirty = res?;
-    Ok(sum)
+    res.map(|_| sum)
 }
 
 #[cfg(test)]

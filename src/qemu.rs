@@ -38,13 +38,14 @@ extern "C" {
     fn qemu_ram_get_idstr(rb: *mut RAMBlock) -> *const c_char;
     fn qemu_ram_pagesize(rb: *mut RAMBlock) -> usize;
     fn qemu_ram_get_used_length(rb: *mut RAMBlock) -> u64;
-    fn qemu_target_page_size() -> usize;
     fn postcopy_discard_send_init(ms: *mut MigrationState, name: *const c_char);
     fn postcopy_discard_send_range(ms: *mut MigrationState, start: c_ulong, length: c_ulong);
     fn postcopy_discard_send_finish(ms: *mut MigrationState);
 
     // Glue the patch series adds to migration/ram.c: these touch ram.c's
-    // statics, which nothing outside ram.c can reach.
+    // statics, which nothing outside ram.c can reach, and TARGET_PAGE_SIZE
+    // (QEMU's qemu_target_page_size() is static inline: no symbol).
+    fn postcopy_rs_ram_target_page_size() -> usize;
     fn postcopy_rs_ram_discard_prepare(ms: *mut MigrationState);
     fn postcopy_rs_ram_block_bmap(rb: *mut RAMBlock) -> *mut c_ulong;
     fn postcopy_rs_ram_dirty_pages_add(pages: u64);
@@ -67,6 +68,18 @@ impl DiscardSink for QemuSink {
         // SAFETY: as above.  c_ulong is 64-bit (asserted in bitmap.rs), so
         // the casts are lossless.
         unsafe { postcopy_discard_send_range(self.ms, start as c_ulong, len as c_ulong) }
+    }
+
+    fn block_done(&mut self, sum: &discard::BlockSummary) {
+        if sum.newly_dirty > 0 {
+            // SAFETY: plain counter update in ram.c, on the migration thread.
+            unsafe { postcopy_rs_ram_dirty_pages_add(sum.newly_dirty) };
+        }
+        // Before send_finish, so QEMU's trace there sees this block counted.
+        stats::add(Counter::DiscardBlocks, 1);
+        stats::add(Counter::DiscardRuns, sum.runs);
+        stats::add(Counter::DiscardPages, sum.pages);
+        stats::add(Counter::HostpageBitsSet, sum.newly_dirty);
     }
 
     fn send_finish(&mut self) {
@@ -182,14 +195,6 @@ unsafe fn visit(w: &mut Walk, rb: *mut RAMBlock) -> Result<()> {
     };
     let sum = discard::discard_block(block, w.target_page_size, &mut QemuSink { ms: w.ms })
         .map_err(named)?;
-    if sum.newly_dirty > 0 {
-        // SAFETY: plain counter update in ram.c, on the migration thread.
-        unsafe { postcopy_rs_ram_dirty_pages_add(sum.newly_dirty) };
-    }
-    stats::add(Counter::DiscardBlocks, 1);
-    stats::add(Counter::DiscardRuns, sum.runs);
-    stats::add(Counter::DiscardPages, sum.pages);
-    stats::add(Counter::HostpageBitsSet, sum.newly_dirty);
     log::debug!(
         "discard '{}': {} runs, {} pages, {} bits set by host-page canonicalisation",
         name.to_string_lossy(),
@@ -211,7 +216,7 @@ unsafe fn visit(w: &mut Walk, rb: *mut RAMBlock) -> Result<()> {
 /// with the source VM stopped, as QEMU's postcopy_start() does.
 pub unsafe fn send_discard_bitmap(ms: *mut MigrationState) -> Result<()> {
     // SAFETY: no preconditions beyond QEMU being initialised.
-    let target_page_size = unsafe { qemu_target_page_size() } as u64;
+    let target_page_size = unsafe { postcopy_rs_ram_target_page_size() } as u64;
     let mut w = Walk {
         ms,
         target_page_size,

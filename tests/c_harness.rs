@@ -53,11 +53,14 @@ fn compile(name: &str, sources: &[&str], extra: &[&str]) -> PathBuf {
     std::fs::create_dir_all(&out_dir).unwrap();
     let exe = out_dir.join(name);
     let mut cmd = compiler.to_command();
+    // -Wredundant-decls as QEMU builds: the header must not re-declare
+    // what QEMU's own headers (mimicked by fake_qemu.h) declare.
     cmd.args([
         "-std=gnu11",
         "-g",
         "-Wall",
         "-Wextra",
+        "-Wredundant-decls",
         "-Werror",
         "-pthread",
     ])

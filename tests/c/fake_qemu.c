@@ -39,7 +39,7 @@ void fake_log_sink(PostcopyRsLogLevel level, const char *msg)
 
 /* QEMU's own functions. */
 
-int foreach_not_ignored_block(RamBlockIterFunc func, void *opaque)
+int foreach_not_ignored_block(RAMBlockIterFunc func, void *opaque)
 {
     for (int i = 0; i < FAKE_MAX_BLOCKS && fake_blocks[i]; i++) {
         int ret;
@@ -70,10 +70,6 @@ uint64_t qemu_ram_get_used_length(RAMBlock *rb)
     return rb->used_length;
 }
 
-size_t qemu_target_page_size(void)
-{
-    return fake_target_page_size;
-}
 
 void postcopy_discard_send_init(MigrationState *ms, const char *name)
 {
@@ -95,6 +91,11 @@ void postcopy_discard_send_finish(MigrationState *ms)
 }
 
 /* The ram.c glue the patch series adds. */
+
+size_t postcopy_rs_ram_target_page_size(void)
+{
+    return fake_target_page_size;
+}
 
 void postcopy_rs_ram_discard_prepare(MigrationState *ms)
 {

@@ -10,6 +10,23 @@
 
 #include "postcopy_rs.h"
 
+/*
+ * QEMU's own declarations (QEMU 10.0: include/exec/cpu-common.h,
+ * migration/migration.h, migration/postcopy-ram.h, migration/ram.h) of the
+ * functions the library calls or exports; the generated header leaves them
+ * out because QEMU builds with -Wredundant-decls.
+ */
+typedef int (RAMBlockIterFunc)(RAMBlock *rb, void *opaque);
+int foreach_not_ignored_block(RAMBlockIterFunc func, void *opaque);
+const char *qemu_ram_get_idstr(RAMBlock *rb);
+size_t qemu_ram_pagesize(RAMBlock *block);
+uint64_t qemu_ram_get_used_length(RAMBlock *rb); /* ram_addr_t */
+void postcopy_discard_send_init(MigrationState *ms, const char *name);
+void postcopy_discard_send_range(MigrationState *ms, unsigned long start,
+                                 unsigned long length);
+void postcopy_discard_send_finish(MigrationState *ms);
+void ram_postcopy_send_discard_bitmap(MigrationState *ms);
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

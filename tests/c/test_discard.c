@@ -72,8 +72,8 @@ static void test_known_bitmaps(void)
     static const char *const want[] = {
         "prepare",
         "init pc.ram", "range 0 3", "range 63 3", "range 999 1", "finish",
-        "init hp.ram", "range 0 1024", "range 1536 512", "finish",
-        "dirty 1022",
+        "init hp.ram", "range 0 1024", "range 1536 512", "dirty 1022",
+        "finish",
         "init vga.ram", "finish",
     };
 

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# Configure and build QEMU's qemu-system-x86_64 and tests/qtest/migration-test
+# (and nothing else) from an unpacked source tree.
+#
+# Usage: scripts/qemu-build.sh SRC BUILDDIR [--patches DIR]
+#
+#   SRC       QEMU source tree, e.g. build/qemu-src from scripts/qemu-fetch.sh
+#   BUILDDIR  build directory (created; out-of-tree)
+#   --patches DIR
+#             apply the patch series DIR/series to SRC first: one patch file
+#             name per line, in order; blank lines and '#' comments are
+#             ignored.  Patches are applied with `patch -p1 --fuzz=0` (git
+#             format-patch / git am style patches are fine).  The patches
+#             applied are recorded in SRC/.postcopy-rs-patches, so running
+#             again with the same series skips them; a tree carrying a
+#             different series is refused: re-run scripts/qemu-fetch.sh.
+#
+# Environment:
+#   QEMU_EXTRA_CONFIGURE  extra arguments for configure, split on white
+#                         space, e.g. QEMU_EXTRA_CONFIGURE="-Dfoo=/path"
+#                         (configure passes -Dopt=value through to meson)
+#   NINJA_JOBS            ninja -j value (default: ninja's own)
+#
+# Firmware: the Debian +ds source carries none.  After building, every
+# *.bin/*.rom of Debian's seabios, qemu-system-data and ipxe-qemu packages
+# (installed by scripts/qemu-deps.sh) is copied into
+# BUILDDIR/qemu-bundle/usr/local/share/qemu/, where a binary run from
+# BUILDDIR looks first.  (--firmwarepath=/usr/share/seabios:... does NOT
+# work for a binary run from the build tree: QEMU 10.0's
+# get_relocated_path() rewrites every configured firmware dir to
+# BUILDDIR/qemu-bundle/<dir> whenever BUILDDIR/qemu-bundle exists, so
+# `qemu-system-x86_64 -L help` lists only qemu-bundle paths and SeaBIOS
+# is not found.)
+#
+# Configure is re-run (in a wiped BUILDDIR) only when SRC or the configure
+# arguments change; otherwise only ninja runs.
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() { echo "usage: $0 SRC BUILDDIR [--patches DIR]" >&2; exit 2; }
+
+[ $# -ge 2 ] || usage
+SRC=$1
+BUILDDIR=$2
+shift 2
+PATCHES=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --patches) [ $# -ge 2 ] || usage; PATCHES=$2; shift 2 ;;
+        --patches=*) PATCHES=${1#--patches=}; shift ;;
+        *) usage ;;
+    esac
+done
+
+FIRMWARE_PKGS=(seabios qemu-system-data ipxe-qemu)  # later ones win on clashes
+TARGETS=(qemu-system-x86_64 tests/qtest/migration-test)
+
+step "check inputs"
+[ -x "$SRC/configure" ] || die "$SRC is not a QEMU source tree (no configure); run scripts/qemu-fetch.sh"
+SRC=$(cd "$SRC" && pwd)
+mkdir -p "$BUILDDIR"
+BUILDDIR=$(cd "$BUILDDIR" && pwd)
+[ "$BUILDDIR" != "$SRC" ] || die "BUILDDIR must differ from SRC"
+[ -x "$PCRS_VENV/bin/meson" ] || die "no meson in $PCRS_VENV: run scripts/qemu-deps.sh"
+for tool in ninja cc pkg-config patch; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found: run scripts/qemu-deps.sh"
+done
+for f in /usr/share/seabios/bios-256k.bin /usr/share/qemu/kvmvapic.bin /usr/lib/ipxe/qemu/efi-e1000e.rom; do
+    [ -e "$f" ] || die "firmware $f is missing: run scripts/qemu-deps.sh"
+done
+
+if [ -n "$PATCHES" ]; then
+    step "apply patches from $PATCHES"
+    [ -f "$PATCHES/series" ] || die "$PATCHES/series not found"
+    PATCHES=$(cd "$PATCHES" && pwd)
+    stamp=$SRC/.postcopy-rs-patches
+    touch "$stamp"
+    mapfile -t applied <"$stamp"
+    n=0
+    while IFS= read -r line || [ -n "$line" ]; do
+        line=${line%%#*}
+        line=$(printf '%s' "$line" | tr -d '[:space:]')
+        [ -n "$line" ] || continue
+        p=$PATCHES/$line
+        [ -f "$p" ] || die "patch $line listed in $PATCHES/series does not exist"
+        entry="$line $(sha256sum "$p" | cut -d' ' -f1)"
+        if [ "$n" -lt "${#applied[@]}" ]; then
+            [ "${applied[$n]}" = "$entry" ] ||
+                die "SRC already carries a different patch series (at $line; see $stamp): re-run scripts/qemu-fetch.sh for a fresh tree"
+            echo "already applied: $line"
+        else
+            popts=(-p1 --batch --forward --fuzz=0 --no-backup-if-mismatch --reject-file=-)
+            # Dry run first, so a failing patch leaves the tree untouched.
+            if ! out=$(cd "$SRC" && patch --dry-run "${popts[@]}" <"$p" 2>&1); then
+                printf '%s\n' "$out" >&2
+                die "patch $line does not apply to $SRC (patches before it in the series are applied and recorded in $stamp)"
+            fi
+            (cd "$SRC" && patch -s "${popts[@]}" <"$p") || die "patch $line failed to apply to $SRC after a good dry run"
+            printf '%s\n' "$entry" >>"$stamp"
+            echo "applied: $line"
+        fi
+        n=$((n + 1))
+    done <"$PATCHES/series"
+    [ "$n" -ge "${#applied[@]}" ] ||
+        die "SRC carries ${#applied[@]} patches but $PATCHES/series lists $n: re-run scripts/qemu-fetch.sh"
+fi
+
+CONFIGURE_ARGS=(
+    --target-list=x86_64-softmmu
+    --disable-docs --disable-werror --disable-rust
+    --without-default-features
+    --enable-slirp --enable-tcg --enable-kvm
+    --disable-download --disable-install-blobs
+    --python="$PCRS_VENV/bin/python3"
+)
+if [ -n "${QEMU_EXTRA_CONFIGURE:-}" ]; then
+    read -r -a extra <<<"$QEMU_EXTRA_CONFIGURE"
+    CONFIGURE_ARGS+=("${extra[@]}")
+fi
+
+cfg_stamp=$BUILDDIR/.postcopy-rs-configure
+want_cfg=$(printf '%s\n' "$SRC" "${CONFIGURE_ARGS[@]}")
+if [ -f "$BUILDDIR/build.ninja" ] && [ "$(cat "$cfg_stamp" 2>/dev/null || true)" = "$want_cfg" ]; then
+    echo "already configured with the same arguments: $BUILDDIR"
+else
+    step "configure"
+    if [ -n "$(ls -A "$BUILDDIR")" ]; then
+        if [ -f "$cfg_stamp" ] || [ -f "$BUILDDIR/build.ninja" ]; then
+            echo "configure arguments changed: wiping $BUILDDIR"
+            find "$BUILDDIR" -mindepth 1 -delete
+        else
+            die "$BUILDDIR is not empty and not a QEMU build directory; refusing to wipe it"
+        fi
+    fi
+    echo "$SRC/configure ${CONFIGURE_ARGS[*]}"
+    # PATH: let configure/meson see the venv's meson first.
+    if ! (cd "$BUILDDIR" && PATH="$PCRS_VENV/bin:$PATH" "$SRC/configure" "${CONFIGURE_ARGS[@]}") \
+        >"$BUILDDIR/configure.log.txt" 2>&1; then
+        tail -40 "$BUILDDIR/configure.log.txt" >&2
+        die "configure failed (full log: $BUILDDIR/configure.log.txt)"
+    fi
+    tail -5 "$BUILDDIR/configure.log.txt"
+    printf '%s\n' "$want_cfg" >"$cfg_stamp"
+fi
+
+step "ninja ${TARGETS[*]}"
+jobs=()
+[ -z "${NINJA_JOBS:-}" ] || jobs=(-j "$NINJA_JOBS")
+if ! PATH="$PCRS_VENV/bin:$PATH" ninja -C "$BUILDDIR" "${jobs[@]}" "${TARGETS[@]}" \
+    >"$BUILDDIR/ninja.log.txt" 2>&1; then
+    grep -E -B2 -A12 'error|FAILED' "$BUILDDIR/ninja.log.txt" | tail -60 >&2 || tail -40 "$BUILDDIR/ninja.log.txt" >&2
+    die "ninja build failed (full log: $BUILDDIR/ninja.log.txt)"
+fi
+tail -2 "$BUILDDIR/ninja.log.txt"
+
+step "copy firmware into $BUILDDIR/qemu-bundle/usr/local/share/qemu"
+fwdir=$BUILDDIR/qemu-bundle/usr/local/share/qemu
+mkdir -p "$fwdir"
+nfw=0
+for pkg in "${FIRMWARE_PKGS[@]}"; do
+    mapfile -t files < <(dpkg -L "$pkg" 2>/dev/null | grep -E '\.(bin|rom)$' || true)
+    [ "${#files[@]}" -gt 0 ] || die "package $pkg lists no *.bin/*.rom: run scripts/qemu-deps.sh"
+    for f in "${files[@]}"; do
+        [ -f "$f" ] || continue
+        cp -fL "$f" "$fwdir/" || die "could not copy $f to $fwdir"
+        nfw=$((nfw + 1))
+    done
+done
+for f in bios-256k.bin kvmvapic.bin linuxboot_dma.bin efi-e1000e.rom vgabios-stdvga.bin; do
+    [ -f "$fwdir/$f" ] || die "firmware $f missing from $fwdir after copying"
+done
+echo "copied $nfw firmware files"
+
+step "check results"
+for t in "${TARGETS[@]}"; do
+    [ -x "$BUILDDIR/$t" ] || die "$BUILDDIR/$t was not built"
+done
+"$BUILDDIR/qemu-system-x86_64" --version | head -1
+echo "built: $BUILDDIR/qemu-system-x86_64 $BUILDDIR/tests/qtest/migration-test"
