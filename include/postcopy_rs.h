@@ -36,27 +36,9 @@ typedef struct RAMBlock RAMBlock;
 
 
 
-// uffd_msg records read per read() at most.
-#define BATCH 64
-
 // UFFDIO_ZEROPAGE works on the block's memory (anonymous or shmem; not
 // hugetlbfs).  QEMU: `qemu_ram_is_uf_zeroable()`.
 #define POSTCOPY_RS_BLOCK_ZEROPAGE 1
-
-// `UFFD_API`.
-#define UFFD_API 170
-
-// `UFFD_EVENT_PAGEFAULT`.
-#define UFFD_EVENT_PAGEFAULT 18
-
-// `UFFD_PAGEFAULT_FLAG_WRITE`.
-#define UFFD_PAGEFAULT_FLAG_WRITE 1
-
-// `UFFD_FEATURE_THREAD_ID`: fault messages carry the faulting thread's id.
-#define UFFD_FEATURE_THREAD_ID (1 << 8)
-
-// `UFFDIO_REGISTER_MODE_MISSING`.
-#define UFFDIO_REGISTER_MODE_MISSING 1
 
 // Message severity, as passed to the log sink.
 typedef enum {
@@ -69,6 +51,16 @@ typedef enum {
   // Per-event detail, for tracing.
   POSTCOPY_RS_LOG_LEVEL_DEBUG = 3,
 } PostcopyRsLogLevel;
+
+// What the thread is doing.
+typedef enum {
+  // Serving faults.
+  POSTCOPY_RS_FAULT_THREAD_STATE_RUNNING = 0,
+  // Waiting for resume (or stop) after a failed request.
+  POSTCOPY_RS_FAULT_THREAD_STATE_PAUSED = 1,
+  // Gone: stopped, or ended by a fatal error.
+  POSTCOPY_RS_FAULT_THREAD_STATE_EXITED = 2,
+} PostcopyRsFaultThreadState;
 
 // A running fault thread (opaque).
 typedef struct PostcopyRsFaultThread PostcopyRsFaultThread;
@@ -339,6 +331,32 @@ int postcopy_rs_fault_thread_state(const PostcopyRsFaultThread *t);
 // `t` must be a live handle; `fds` must hold `n` ints (may be NULL if `n`
 // is 0), each open until replaced or the thread is stopped.
 int postcopy_rs_fault_thread_set_shared_fds(PostcopyRsFaultThread *t, const int *fds, uint32_t n);
+
+// The `MIG_RP_MSG_PONG` value a destination sends before failing on
+// mismatched page sizes, carrying its page-size summary
+// (`ram_pagesize_summary()`); 0 if the summary cannot be carried (then
+// send nothing).  Any QEMU source accepts the pong; a postcopy-rs source
+// decodes it with `postcopy_rs_pagesize_pong_decode()`.
+uint32_t postcopy_rs_pagesize_pong_encode(uint64_t summary);
+
+// If `pong` is a page-size pong, store the peer's summary in `*summary`
+// and return true; otherwise (any other pong, or NULL `summary`) false.
+//
+// # Safety
+// `summary`, if not NULL, must be writable.
+bool postcopy_rs_pagesize_pong_decode(uint32_t pong, uint64_t *summary);
+
+// Write the error for mismatched page summaries, naming both sides' page
+// sizes, into `buf` (at most `len` bytes, always NUL-terminated when
+// `len > 0`, like snprintf).  Returns the message's full length, or
+// `-EFAULT` if `buf` is NULL and `len` is not 0.
+//
+// # Safety
+// `buf` must be writable for `len` bytes.
+int postcopy_rs_pagesize_mismatch_message(uint64_t source_summary,
+                                          uint64_t destination_summary,
+                                          char *buf,
+                                          size_t len);
 
 extern size_t postcopy_rs_ram_target_page_size(void);
 

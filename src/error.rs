@@ -39,6 +39,8 @@ pub enum Error {
         /// The alignment it needed.
         align: u64,
     },
+    /// Any other invalid argument.  -EINVAL.
+    Invalid(&'static str),
     /// An address or range outside the memory it must lie in.  -ERANGE.
     OutOfRange {
         /// The address.
@@ -95,7 +97,8 @@ impl Error {
             Error::PageSize { .. }
             | Error::HostRatio(_)
             | Error::Length { .. }
-            | Error::Misaligned { .. } => libc::EINVAL,
+            | Error::Misaligned { .. }
+            | Error::Invalid(_) => libc::EINVAL,
             Error::OutOfRange { .. } => libc::ERANGE,
             Error::State(_) => libc::EBUSY,
             Error::Os { errno, .. } | Error::Ioctl { errno, .. } => *errno,
@@ -147,6 +150,7 @@ impl fmt::Display for Error {
             Error::Misaligned { addr, align } => {
                 write!(f, "address {addr:#x} is not aligned to {align:#x}")
             }
+            Error::Invalid(what) => write!(f, "invalid argument: {what}"),
             Error::OutOfRange { addr, len } => {
                 write!(f, "range {addr:#x}+{len:#x} lies outside guest RAM")
             }

@@ -27,6 +27,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// uffd_msg records read per read() at most.
 pub const BATCH: usize = 64;
@@ -36,6 +37,12 @@ pub const BATCH: usize = 64;
 pub const DEFAULT_THREAD_NAME: &str = "fault-default";
 /// In-flight entries kept before received ones are pruned.
 const INFLIGHT_PRUNE_AT: usize = 1 << 16;
+/// A fault on a page requested longer ago than this asks again.  QEMU's
+/// own thread asks on every fault; asking once per page bounds what a
+/// lost request (or a page discarded after placement) can cost, and a
+/// second copy of a page is harmless (EEXIST).  Generous: a 1 GiB page can
+/// take a second to arrive.
+const REQUEST_AGAIN_AFTER: Duration = Duration::from_secs(2);
 
 /// The block a fault address belongs to.
 #[derive(Debug, Clone, Copy)]
@@ -314,8 +321,9 @@ struct Loop<'a> {
     shared: &'a Shared,
     uffd: RawFd,
     handler: &'a mut dyn FaultHandler,
-    /// Host pages requested and not yet seen received, with their block.
-    inflight: HashMap<u64, (Block<'static>, u64)>,
+    /// Host pages requested and not yet seen received: their block, offset
+    /// and when they were requested.
+    inflight: HashMap<u64, (Block<'static>, u64, Instant)>,
     shared_fds: Vec<RawFd>,
 }
 
@@ -501,7 +509,11 @@ impl Loop<'_> {
             stats::add(Counter::RequestsDeduped, 1);
             return Ok(Next::Go);
         }
-        if self.inflight.contains_key(&page) {
+        if self
+            .inflight
+            .get(&page)
+            .is_some_and(|(_, _, at)| at.elapsed() < REQUEST_AGAIN_AFTER)
+        {
             stats::add(Counter::RequestsDeduped, 1);
             return Ok(Next::Go);
         }
@@ -518,9 +530,9 @@ impl Loop<'_> {
         }
         stats::add(Counter::PagesRequested, 1);
         if self.inflight.len() >= INFLIGHT_PRUNE_AT {
-            self.inflight.retain(|_, (b, off)| !b.is_received(*off));
+            self.inflight.retain(|_, (b, off, _)| !b.is_received(*off));
         }
-        self.inflight.insert(page, (block, offset));
+        self.inflight.insert(page, (block, offset, Instant::now()));
         Ok(Next::Go)
     }
 }

@@ -13,6 +13,7 @@ use crate::discard::{self, HostRatio};
 use crate::error::{Error, Result};
 use crate::fault_thread::{FaultHandler, FaultThread, Resolved};
 use crate::log::{self, PostcopyRsLogFn, PostcopyRsLogLevel};
+use crate::pagesize;
 use crate::panic::{catch, to_c_i64, to_c_int};
 use crate::placement::{self, Block};
 use crate::qemu::{self, MigrationState};
@@ -692,4 +693,65 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_set_shared_fds(
         unsafe { t.as_ref() }.0.set_shared_fds(fds);
         Ok(())
     }))
+}
+
+// ---------------------------------------------------------------------------
+// Mismatched page sizes between source and destination.
+
+/// The `MIG_RP_MSG_PONG` value a destination sends before failing on
+/// mismatched page sizes, carrying its page-size summary
+/// (`ram_pagesize_summary()`); 0 if the summary cannot be carried (then
+/// send nothing).  Any QEMU source accepts the pong; a postcopy-rs source
+/// decodes it with `postcopy_rs_pagesize_pong_decode()`.
+#[no_mangle]
+pub extern "C" fn postcopy_rs_pagesize_pong_encode(summary: u64) -> u32 {
+    pagesize::pong_encode(summary).unwrap_or(0)
+}
+
+/// If `pong` is a page-size pong, store the peer's summary in `*summary`
+/// and return true; otherwise (any other pong, or NULL `summary`) false.
+///
+/// # Safety
+/// `summary`, if not NULL, must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_pagesize_pong_decode(pong: u32, summary: *mut u64) -> bool {
+    let r = catch("postcopy_rs_pagesize_pong_decode", || {
+        let out = nonnull!(summary);
+        Ok(pagesize::pong_decode(pong).map(|s| {
+            // SAFETY: out is writable (contract).
+            unsafe { out.as_ptr().write(s) };
+        }))
+    });
+    matches!(r, Ok(Some(())))
+}
+
+/// Write the error for mismatched page summaries, naming both sides' page
+/// sizes, into `buf` (at most `len` bytes, always NUL-terminated when
+/// `len > 0`, like snprintf).  Returns the message's full length, or
+/// `-EFAULT` if `buf` is NULL and `len` is not 0.
+///
+/// # Safety
+/// `buf` must be writable for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_pagesize_mismatch_message(
+    source_summary: u64,
+    destination_summary: u64,
+    buf: *mut c_char,
+    len: usize,
+) -> c_int {
+    let r = catch("postcopy_rs_pagesize_mismatch_message", || {
+        let msg = pagesize::mismatch_message(source_summary, destination_summary);
+        if len > 0 {
+            let out = nonnull!(buf);
+            let n = msg.len().min(len - 1);
+            // SAFETY: buf is writable for len > n bytes (contract); the
+            // source is a live String of at least n bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(msg.as_ptr(), out.as_ptr().cast::<u8>(), n);
+                out.as_ptr().add(n).write(0);
+            }
+        }
+        Ok(c_int::try_from(msg.len()).unwrap_or(c_int::MAX))
+    });
+    r.unwrap_or_else(|e| e.to_neg_errno())
 }

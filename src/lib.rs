@@ -8,6 +8,7 @@
 //! - [`uffd`]: the userfaultfd kernel ABI.
 //! - [`placement`]: destination side, atomic page placement.
 //! - [`fault_thread`]: destination side, the userfaultfd fault thread.
+//! - [`pagesize`]: telling the source which page sizes did not match.
 //! - [`ffi`]: the exported C ABI, the one place raw pointers become safe.
 //! - [`error`], [`panic`], [`log`], [`stats`]: errors, the panic boundary,
 //!   the log sink and counters.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod fault_thread;
 pub mod ffi;
 pub mod log;
+pub mod pagesize;
 pub mod panic;
 pub mod placement;
 pub mod qemu;

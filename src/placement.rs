@@ -112,7 +112,10 @@ impl<'a> Block<'a> {
                 align: self.page_size,
             });
         }
-        let len = npages.checked_mul(self.page_size).filter(|&l| l > 0);
+        if npages == 0 {
+            return Err(Error::Invalid("zero pages to place"));
+        }
+        let len = npages.checked_mul(self.page_size);
         match (addr.checked_sub(self.host), len) {
             (Some(off), Some(len)) if off.checked_add(len).is_some_and(|end| end <= self.len) => {
                 Ok(off)
@@ -187,13 +190,14 @@ fn issue(uffd: RawFd, fill: Fill, dst: u64, len: u64) -> std::result::Result<(),
 }
 
 /// Fill `dst..dst + len` atomically, page by page as the kernel allows,
-/// handling EEXIST and EAGAIN.
-fn fill_range(uffd: RawFd, fill: Fill, dst: u64, len: u64, page_size: u64) -> Result<()> {
+/// handling EEXIST and EAGAIN.  Returns how many bytes were already there.
+fn fill_range(uffd: RawFd, fill: Fill, dst: u64, len: u64, page_size: u64) -> Result<u64> {
     let op = match fill {
         Fill::Copy(_) => "UFFDIO_COPY",
         Fill::Zero => "UFFDIO_ZEROPAGE",
     };
     let mut done = 0;
+    let mut present = 0;
     let mut stalled = 0;
     while done < len {
         let src = match fill {
@@ -201,7 +205,7 @@ fn fill_range(uffd: RawFd, fill: Fill, dst: u64, len: u64, page_size: u64) -> Re
             Fill::Zero => Fill::Zero,
         };
         match issue(uffd, src, dst + done, len - done) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(present),
             Err((libc::EAGAIN, progress)) => {
                 stats::add(Counter::EagainRetries, 1);
                 // The kernel only ever stops on a page boundary.
@@ -232,6 +236,7 @@ fn fill_range(uffd: RawFd, fill: Fill, dst: u64, len: u64, page_size: u64) -> Re
                     dst + done
                 );
                 done += page_size;
+                present += page_size;
             }
             Err((errno, _)) => {
                 return Err(Error::Ioctl {
@@ -243,7 +248,7 @@ fn fill_range(uffd: RawFd, fill: Fill, dst: u64, len: u64, page_size: u64) -> Re
             }
         }
     }
-    Ok(())
+    Ok(present)
 }
 
 /// Place `npages` contiguous host pages at `host` from `from`, in one
@@ -260,10 +265,11 @@ pub unsafe fn place_pages(
 ) -> Result<()> {
     let off = block.offset_of(host, npages)?;
     let len = npages * block.page_size;
-    fill_range(uffd, Fill::Copy(from as u64), host, len, block.page_size)?;
+    let present = fill_range(uffd, Fill::Copy(from as u64), host, len, block.page_size)?;
     block.mark_received(off, len);
-    stats::add(Counter::PagesPlaced, npages);
-    stats::add(Counter::BytesPlaced, len);
+    // Pages found already there (EEXIST) were not placed by this call.
+    stats::add(Counter::PagesPlaced, (len - present) / block.page_size);
+    stats::add(Counter::BytesPlaced, len - present);
     Ok(())
 }
 
@@ -278,10 +284,12 @@ pub fn place_zero(uffd: RawFd, block: &Block<'_>, host: u64) -> Result<()> {
     } else {
         Fill::Copy(zero_source(ps)?)
     };
-    fill_range(uffd, fill, host, ps, ps)?;
+    let present = fill_range(uffd, fill, host, ps, ps)?;
     block.mark_received(off, ps);
-    stats::add(Counter::ZeroPagesPlaced, 1);
-    stats::add(Counter::BytesPlaced, ps);
+    if present == 0 {
+        stats::add(Counter::ZeroPagesPlaced, 1);
+        stats::add(Counter::BytesPlaced, ps);
+    }
     Ok(())
 }
 
@@ -332,10 +340,7 @@ mod tests {
             ok.offset_of(0x20_0000, 3),
             Err(Error::OutOfRange { .. })
         ));
-        assert!(matches!(
-            ok.offset_of(0x20_0000, 0),
-            Err(Error::OutOfRange { .. })
-        ));
+        assert!(matches!(ok.offset_of(0x20_0000, 0), Err(Error::Invalid(_))));
         assert!(matches!(ok.offset_of(0, 1), Err(Error::OutOfRange { .. })));
         assert!(ok.offset_of(0x20_0000, u64::MAX).is_err());
         // Misaligned host, impossible page sizes, partial page lengths.

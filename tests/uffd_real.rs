@@ -268,12 +268,20 @@ fn double_placement(page_size: u64) {
 fn zero_pages(page_size: u64) {
     let r = Region::new(page_size, 2);
     let b = r.block();
+    let s0 = stats::snapshot();
     assert_eq!(placement::place_zero(r.fd(), &b, r.page(1)), Ok(()));
     assert_eq!(
         placement::place_zero(r.fd(), &b, r.page(1)),
         Ok(()),
         "second zero placement"
     );
+    let s1 = stats::snapshot();
+    assert_eq!(
+        s1.zero_pages_placed - s0.zero_pages_placed,
+        1,
+        "the second found it present"
+    );
+    assert_eq!(s1.eexist - s0.eexist, 1);
     for w in [0, page_size / 16, page_size / 8 - 1] {
         assert_eq!(r.peek(r.page(1) + w * 8), 0);
     }
@@ -453,6 +461,11 @@ fn place_pages_over_present_page(page_size: u64) {
         s1.eexist > s0.eexist && s1.eagain_retries > s0.eagain_retries,
         "{s0:?} -> {s1:?}"
     );
+    // Five placements asked for, four pages really placed: the present one
+    // is not counted again.
+    assert_eq!(s1.pages_placed - s0.pages_placed, 4, "{s0:?} -> {s1:?}");
+    assert_eq!(s1.eexist - s0.eexist, 1, "{s0:?} -> {s1:?}");
+    assert_eq!(s1.bytes_placed - s0.bytes_placed, 4 * page_size);
     for i in 0..4 {
         assert!(b.is_received(i * page_size));
     }
@@ -473,7 +486,7 @@ fn placement_errors(page_size: u64) {
     ));
     assert!(matches!(
         place(r.fd(), &b, r.page(0), &buf, 0),
-        Err(Error::OutOfRange { .. })
+        Err(Error::Invalid(_))
     ));
     assert!(matches!(
         place(-1, &b, r.page(0), &buf, 1),
@@ -511,26 +524,31 @@ fn anon_double_placement() {
 
 #[test]
 fn anon_zero_pages() {
+    let _g = serial();
     zero_pages(PAGE_4K);
 }
 
 #[test]
 fn anon_stop_with_pending_faults() {
+    let _g = serial();
     stop_with_pending_faults(PAGE_4K);
 }
 
 #[test]
 fn anon_pause_resume_and_stop_while_paused() {
+    let _g = serial();
     pause_resume_and_stop_while_paused(PAGE_4K);
 }
 
 #[test]
 fn anon_proactive_pause_on_notify() {
+    let _g = serial();
     proactive_pause_on_notify(PAGE_4K);
 }
 
 #[test]
 fn anon_fault_outside_guest_ram() {
+    let _g = serial();
     fault_outside_guest_ram(PAGE_4K);
 }
 
@@ -542,6 +560,7 @@ fn anon_place_pages_over_present_page() {
 
 #[test]
 fn anon_placement_errors() {
+    let _g = serial();
     placement_errors(PAGE_4K);
 }
 

@@ -183,6 +183,35 @@ static void test_chunk_hostpages_export(void)
     CHECK(map[4] == ~0UL && map[7] == ~0UL && map[3] == 0);
 }
 
+static void test_pagesize_mismatch(void)
+{
+    char msg[512], tiny[8];
+    uint64_t peer = 0;
+    uint32_t pong = postcopy_rs_pagesize_pong_encode(0x200000);
+    int n;
+
+    CHECK(pong != 0);
+    CHECK(postcopy_rs_pagesize_pong_decode(pong, &peer) && peer == 0x200000);
+    /* QEMU's own pongs (echoed pings) are not ours. */
+    CHECK(!postcopy_rs_pagesize_pong_decode(3, &peer));
+    CHECK(!postcopy_rs_pagesize_pong_decode(pong, NULL));
+    /* A page size a pong cannot carry: nothing to send. */
+    CHECK(postcopy_rs_pagesize_pong_encode(1ULL << 34) == 0);
+
+    n = postcopy_rs_pagesize_mismatch_message(0x1000, 0x200000, msg,
+                                              sizeof(msg));
+    CHECK(n > 0 && (size_t)n == strlen(msg));
+    CHECK(strstr(msg, "4 KiB") && strstr(msg, "2 MiB"));
+    /* Truncated like snprintf: NUL-terminated, full length returned. */
+    CHECK(postcopy_rs_pagesize_mismatch_message(0x1000, 0x200000, tiny,
+                                                sizeof(tiny)) == n);
+    CHECK(strlen(tiny) == sizeof(tiny) - 1);
+    CHECK(postcopy_rs_pagesize_mismatch_message(0x1000, 0x200000, NULL, 0) ==
+          n);
+    CHECK(postcopy_rs_pagesize_mismatch_message(0x1000, 0x200000, NULL, 4) ==
+          -EFAULT);
+}
+
 int main(void)
 {
     PostcopyRsStats st;
@@ -203,6 +232,7 @@ int main(void)
     CHECK(strstr(fake_last_error, "NULL") != NULL);
 
     test_chunk_hostpages_export();
+    test_pagesize_mismatch();
     CHECK(postcopy_rs_get_stats(NULL) == -EFAULT);
     CHECK(postcopy_rs_get_stats(&st) == 0);
 
