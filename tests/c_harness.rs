@@ -145,3 +145,8 @@ fn check_program(name: &str, sources: &[&str]) {
 fn c_discard_harness() {
     check_program("test_discard", &["test_discard.c", "fake_qemu.c"]);
 }
+
+#[test]
+fn c_dest_harness() {
+    check_program("test_dest", &["test_dest.c", "fake_qemu.c"]);
+}
