@@ -137,9 +137,6 @@ unsafe fn pass_x86_v3(
     pass(map, nbits, g, emit)
 }
 
-/// Words skipped at a time when scanning over all-zero or all-one stretches.
-const SKIP: usize = 8;
-
 /// The single pass: `map` holds exactly the words of `nbits` bits, `g` is
 /// the validated ratio and `nbits` a multiple of it.
 #[inline(always)]
@@ -152,29 +149,56 @@ fn pass(map: &mut [Word], nbits: usize, g: usize, emit: &mut impl FnMut(usize, u
 
     let n = map.len();
     let body = n.saturating_sub(1);
-    let mut idx = 0;
-    while idx < body {
-        // Stretches that change nothing: zero words with no run open, or
-        // all-one words continuing one (canonicalisation keeps both as
-        // they are).
-        let skip = if rb.is_open() { !0 } else { 0 };
-        while idx + SKIP <= body && map[idx..idx + SKIP].iter().all(|&w| w == skip) {
-            idx += SKIP;
+    let mut base = 0;
+    while base < body {
+        let end = (base + BITS_PER_LONG).min(body);
+        // A block that is all zeros with no run open, or all ones
+        // continuing one, changes nothing (canonicalisation keeps both).
+        let skip: Word = if rb.is_open() { !0 } else { 0 };
+        let blk = &map[base..end];
+        // A full fold, not an early exit: it vectorises.
+        if blk.iter().fold(0, |a, &w| a | (w ^ skip)) == 0 {
+            base = end;
+            continue;
         }
-        while idx < body && map[idx] == skip {
-            idx += 1;
+        // Otherwise visit only the words where something can happen: a
+        // mixed word, the word after one, or a step between all-zero and
+        // all-one words.  The masks are built without data-dependent
+        // branches, so sparse bitmaps cost no mispredictions per word.
+        let (mixed, low, high) =
+            blk.iter()
+                .enumerate()
+                .fold((0u64, 0u64, 0u64), |(m, l, h), (j, &w)| {
+                    (
+                        m | u64::from(w.wrapping_add(1) > 1) << j,
+                        l | (w & 1) << j,
+                        h | (w >> (BITS_PER_LONG - 1)) << j,
+                    )
+                });
+        let prev = if base == 0 { 0 } else { map[base - 1] };
+        let prev_mixed = u64::from(prev.wrapping_add(1) > 1);
+        let prev_high = prev >> (BITS_PER_LONG - 1);
+        let step = low ^ (high << 1 | prev_high);
+        // At ratio 1 words are their own canonical form and `step` sees
+        // every change after a mixed word; above it, canonicalisation can
+        // turn a mixed word uniform, so the word after one is visited too.
+        let after_mixed = if g == 1 { 0 } else { mixed << 1 | prev_mixed };
+        let mut mask = mixed | after_mixed | step;
+        if end - base < BITS_PER_LONG {
+            mask &= (1 << (end - base)) - 1;
         }
-        if idx == body {
-            break;
+        while mask != 0 {
+            let idx = base + mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let orig = map[idx];
+            let canon = canonical_word(orig, g);
+            if canon != orig {
+                newly += u64::from((canon ^ orig).count_ones());
+                map[idx] = canon;
+            }
+            rb.word(idx * BITS_PER_LONG, canon, emit);
         }
-        let orig = map[idx];
-        let canon = canonical_word(orig, g);
-        if canon != orig {
-            newly += u64::from((canon ^ orig).count_ones());
-            map[idx] = canon;
-        }
-        rb.word(idx * BITS_PER_LONG, canon, emit);
-        idx += 1;
+        base = end;
     }
     if n > 0 {
         // The last word: only the bits below nbits are ours.
