@@ -31,8 +31,13 @@ header:
 test:
 	scripts/test.sh
 
+# Both benchmarks, then docs/BENCHMARKS.md from their results (run it on a
+# quiet machine: every figure is a ratio to a baseline of the same run).
 bench:
-	cargo bench --bench discard
+	cargo bench --locked --bench discard
+	cargo bench --locked --bench fault
+	python3 scripts/bench-report.py > docs/BENCHMARKS.generated.md
+	@echo "docs/BENCHMARKS.generated.md written; merge it into docs/BENCHMARKS.md"
 
 clean:
 	cargo clean

@@ -3,8 +3,8 @@
 #
 # Install what fetching, building and testing QEMU 10.0.x needs on Debian 12:
 #   - Debian packages: build tools and libraries, dpkg-dev (dpkg-source),
-#     libclang-dev (bindgen for the userfaultfd crate), and the firmware
-#     packages seabios, qemu-system-data and ipxe-qemu (the +ds source
+#     binutils (nm, for the test that the library is linked in), and the
+#     firmware packages seabios, qemu-system-data and ipxe-qemu (the +ds source
 #     ships no firmware);
 #   - a Python venv with meson==1.5.0 and pycotap (Debian 12's meson is too
 #     old), at $PCRS_VENV (default ~/.cache/postcopy-rs/meson-venv).
@@ -28,8 +28,8 @@ APT_PKGS=(
     python3 python3-venv
     # fetching / unpacking the Debian source package
     dpkg-dev xz-utils
-    # bindgen for the Rust userfaultfd crate
-    libclang-dev
+    # nm, to check the patched binary carries the library
+    binutils
     # firmware (bios-256k.bin, vgabios, option ROMs, efi-*.rom)
     seabios qemu-system-data ipxe-qemu
 )

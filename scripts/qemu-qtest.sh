@@ -19,7 +19,7 @@
 #   QTEST_QEMU_BINARY=./qemu-system-x86_64 \
 #       ./tests/qtest/migration-test --full --tap -p PATH
 # under `timeout $QTEST_TIMEOUT` (default 600 s).  Logs go to
-# BUILDDIR/qtest-logs/.  The paths are first checked against
+# BUILDDIR/qtest-logs/ (or $QTEST_LOGDIR).  The paths are first checked against
 # `migration-test --full -l`.  Prints a per-test PASS/FAIL/SKIP line with
 # its duration, then the summary line "N passed, N failed" (", N skipped"
 # added when tests skip).  Exits 1 if any test fails or is not listed.
@@ -57,7 +57,7 @@ if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
     echo "!!! /dev/kvm is missing or not usable: tests fall back to TCG (slow) !!!"
     echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
 fi
-LOGDIR=$BUILDDIR/qtest-logs
+LOGDIR=${QTEST_LOGDIR:-$BUILDDIR/qtest-logs}
 mkdir -p "$LOGDIR"
 export QTEST_QEMU_BINARY=./qemu-system-x86_64
 

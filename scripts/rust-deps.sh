@@ -2,13 +2,12 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
 # Install what building and testing the Rust library needs on Debian:
-# a C compiler (the C harness and the cc crate), valgrind (memcheck run of
-# the C harness), libclang-dev (bindgen, for the userfaultfd crate's
-# tests), and rustfmt/clippy for the toolchain.  Idempotent.
+# a C compiler (the C harness and the cc crate) and valgrind (memcheck run of
+# the C harness), plus rustfmt/clippy for the toolchain.  Idempotent.
 
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-APT_PKGS=(build-essential pkg-config valgrind libclang-dev)
+APT_PKGS=(build-essential pkg-config valgrind)
 
 step "check Debian packages"
 mapfile -t missing < <(apt_missing "${APT_PKGS[@]}")

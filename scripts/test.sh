@@ -4,11 +4,29 @@
 # The test command (`make test`; .ci/run calls it).  From a fresh clone on
 # a fresh Debian machine, as root, it installs what it needs and runs:
 #   1. rustfmt and clippy (-D warnings);
-#   2. cargo test: unit and property tests, the header drift check, and the
-#      C harness (plain, valgrind memcheck, AddressSanitizer).
+#   2. cargo test: unit and property tests, the header drift check, the C
+#      harness (plain, valgrind memcheck, AddressSanitizer), and the tests
+#      on real userfaultfd (4 KiB and 2 MiB hugetlbfs pages);
+#   3. the QEMU stage (scripts/qemu-test.sh): Debian's QEMU 10.0 with the
+#      patch series, QEMU's postcopy qtests, interoperability both ways;
+#   4. end-to-end scenarios QEMU lacks (scripts/e2e.py): hugepage-backed
+#      RAM (2 MiB, 1 GiB where granted), two blocks of different page
+#      sizes, mismatched page sizes both ways with a retry.
+#      POSTCOPY_RS_SKIP_QEMU=1 skips 3 and 4: the Rust tests stand alone.
 
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-cd "$PCRS_ROOT"
+cd "$PCRS_ROOT" || exit 1
+
+skipped=target/tmp/skipped-tests.txt
+report_skips() {
+    if [ -s "$skipped" ]; then
+        echo "==================== SKIPPED TESTS ===================="
+        cat "$skipped"
+        echo "======================================================="
+    fi
+}
+trap report_skips EXIT
 
 step "install dependencies"
 scripts/rust-deps.sh
@@ -20,4 +38,16 @@ step "clippy"
 cargo clippy --locked --all-targets -- -D warnings
 
 step "cargo test"
+rm -f "$skipped"
 cargo test --locked
+
+if [ "${POSTCOPY_RS_SKIP_QEMU:-0}" = 1 ]; then
+    warn "POSTCOPY_RS_SKIP_QEMU=1: the QEMU stage is skipped"
+    exit 0
+fi
+
+step "QEMU stage"
+scripts/qemu-test.sh
+
+step "end-to-end: hugepages and mismatched page sizes"
+python3 scripts/e2e.py test
