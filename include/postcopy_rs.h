@@ -65,7 +65,9 @@ typedef enum {
 // A running fault thread (opaque).
 typedef struct PostcopyRsFaultThread PostcopyRsFaultThread;
 
-// A log sink: `level`, then a NUL-terminated message without a trailing newline.
+// A log sink: `level`, then a NUL-terminated message without a trailing
+// newline.  It must stay callable for the life of the process: a thread
+// may have loaded it just before it is replaced.
 typedef void (*PostcopyRsLogFn)(PostcopyRsLogLevel level, const char *msg);
 
 // A snapshot of the library's counters (`postcopy_rs_get_stats`).
@@ -163,7 +165,7 @@ typedef struct {
   // `addr` outside guest RAM (-ERANGE).
   void (*fatal)(void *opaque, int err, uint64_t addr);
   // A `struct uffd_msg` read from shared userfaultfd `fd`.
-  int (*shared_fault)(void *opaque, int fd, const void *msg);
+  int (*shared_fault)(void *opaque, int fd, void *msg);
   // Called each time the thread wakes: return true to pause now (QEMU:
   // the return path is gone, `!mis->to_src_file`).  Wake the thread to
   // re-check with `postcopy_rs_fault_thread_notify()`.
@@ -214,8 +216,9 @@ int64_t postcopy_chunk_hostpages(unsigned long *bmap, uint64_t nr_pages, uint64_
 // are clamped) are not formatted at all.
 //
 // # Safety
-// `log_fn`, if not NULL, must be callable from any thread at any time
-// until replaced, and must not call back into this library.
+// `log_fn`, if not NULL, must be callable from any thread for the life of
+// the process (a thread may call it just after it is replaced), and must
+// not call back into this library.
 void postcopy_rs_set_log_fn(PostcopyRsLogFn log_fn, int max_level);
 
 // Copy the library's counters into `*out`.  Returns 0, or `-EFAULT` if
@@ -278,8 +281,11 @@ int postcopy_rs_place_page_zero(int uffd, const PostcopyRsBlockView *block, void
 // in `postcopy_ram_incoming_setup()`.
 //
 // Returns 0 or: `-EFAULT` if `cfg` or `out` is NULL, or `resolve` or
-// `request_page` is missing; `-EBADF` for a negative `uffd`; the errno of
-// a failed eventfd or thread creation.  On error `*out` is NULL.
+// `request_page` is missing; `-EBADF` for a negative `uffd`; `-EINVAL` if
+// `uffd` is not `O_NONBLOCK` (a fault can vanish between poll() and
+// read()); the errno of a failed eventfd or thread creation.  On error
+// `*out` is NULL.  The thread starts with every signal blocked, as QEMU's
+// threads do.
 //
 // # Safety
 // `cfg` must be readable, `cfg->name` NULL or a C string; `cfg->ops` callbacks must be callable from the
@@ -305,6 +311,7 @@ int postcopy_rs_fault_thread_stop(PostcopyRsFaultThread *t);
 // Post one resume: a thread paused after a failed request retries it.
 // Like a semaphore post, a resume before the pause is remembered.
 // QEMU: `qemu_sem_post(&mis->postcopy_pause_sem_fault)`.
+// Returns 0, or `-EFAULT` for NULL.
 //
 // # Safety
 // `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
@@ -312,6 +319,7 @@ int postcopy_rs_fault_thread_resume(PostcopyRsFaultThread *t);
 
 // Wake the thread so that it calls `ops.check_pause` again (QEMU:
 // `postcopy_fault_thread_notify()`, after closing the return path).
+// Returns 0, or `-EFAULT` for NULL.
 //
 // # Safety
 // `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
@@ -324,12 +332,14 @@ int postcopy_rs_fault_thread_notify(PostcopyRsFaultThread *t);
 // `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
 int postcopy_rs_fault_thread_state(const PostcopyRsFaultThread *t);
 
-// Replace the shared userfaultfds polled besides the main one (QEMU:
-// `postcopy_register_shared_ufd()` / `postcopy_unregister_shared_ufd()`).
+// Replace the shared userfaultfds polled besides the main one.  The
+// change takes effect when the thread next wakes (it is woken now), so
+// an fd taken out of the set must stay open until the thread is stopped.
+// Returns 0, or `-EFAULT` for a NULL `t`, or NULL `fds` with `n > 0`.
 //
 // # Safety
 // `t` must be a live handle; `fds` must hold `n` ints (may be NULL if `n`
-// is 0), each open until replaced or the thread is stopped.
+// is 0), each open until the thread is stopped.
 int postcopy_rs_fault_thread_set_shared_fds(PostcopyRsFaultThread *t, const int *fds, uint32_t n);
 
 // The `MIG_RP_MSG_PONG` value a destination sends before failing on

@@ -173,6 +173,16 @@ impl FaultThread {
                 errno: libc::EBADF,
             });
         }
+        // A fault can vanish between poll() and read() (a placement woke
+        // its thread): a blocking read would then hang the thread.
+        // SAFETY: F_GETFL only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(uffd, libc::F_GETFL) };
+        if flags < 0 {
+            return Err(Error::last_os("fcntl(F_GETFL) on the userfaultfd"));
+        }
+        if flags & libc::O_NONBLOCK == 0 {
+            return Err(Error::Invalid("the userfaultfd must be opened O_NONBLOCK"));
+        }
         // SAFETY: plain syscall; the fd it returns is owned below.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if efd < 0 {
@@ -191,13 +201,27 @@ impl FaultThread {
         });
         let (ready_tx, ready_rx) = mpsc::channel();
         let sh = Arc::clone(&shared);
-        let join = std::thread::Builder::new()
+        // Like qemu_thread_create(): the new thread starts with every
+        // signal blocked, so QEMU's handlers never run on it.
+        // SAFETY: zeroed sigset_t values are valid to pass to sigfillset /
+        // pthread_sigmask, which fully initialise them.
+        let (mut all, mut old): (libc::sigset_t, libc::sigset_t) =
+            unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        // SAFETY: both sets are live; this only changes this thread's mask,
+        // restored right after the spawn.
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        }
+        let spawned = std::thread::Builder::new()
             .name(name.unwrap_or(DEFAULT_THREAD_NAME).into())
-            .spawn(move || thread_main(sh, uffd, handler, ready_tx))
-            .map_err(|e| Error::Os {
-                op: "spawning the fault thread",
-                errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
-            })?;
+            .spawn(move || thread_main(sh, uffd, handler, ready_tx));
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        let join = spawned.map_err(|e| Error::Os {
+            op: "spawning the fault thread",
+            errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
+        })?;
         match ready_rx.recv() {
             Ok(()) => Ok(FaultThread {
                 shared,
@@ -288,33 +312,35 @@ fn thread_main(
     let res = catch_unwind(AssertUnwindSafe(|| {
         handler.thread_enter();
         let _ = ready.send(());
-        let r = Loop {
+        Loop {
             shared: &shared,
             uffd,
             handler: handler.as_mut(),
             inflight: HashMap::new(),
             shared_fds: Vec::new(),
         }
-        .run();
-        if let Err(e) = &r {
-            log::error!("postcopy fault thread: {e}");
-        }
-        handler.thread_exit();
-        r
+        .run()
     }));
-    shared.set_state(PostcopyRsFaultThreadState::Exited);
-    res.unwrap_or_else(|p| {
+    let res = res.unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<&str>()
             .copied()
             .or_else(|| p.downcast_ref::<String>().map(String::as_str))
             .unwrap_or("?");
         log::error!("postcopy fault thread: internal error: {msg}");
-        // The handler may be in any state after a panic; tell the embedder
-        // through a fresh borrow only if it did not panic itself.
+        // The embedder's own callback cannot have panicked (it is C); tell
+        // it, guarded all the same.
         let _ = catch_unwind(AssertUnwindSafe(|| handler.fatal(&Error::Panic, 0)));
         Err(Error::Panic)
-    })
+    });
+    if let Err(e) = &res {
+        log::error!("postcopy fault thread: {e}");
+    }
+    // On every path, panic included: QEMU must unregister the thread from
+    // RCU, or synchronize_rcu() would wait on a dead thread.
+    let _ = catch_unwind(AssertUnwindSafe(|| handler.thread_exit()));
+    shared.set_state(PostcopyRsFaultThreadState::Exited);
+    res
 }
 
 struct Loop<'a> {
@@ -367,11 +393,14 @@ impl Loop<'_> {
                 self.handler.fatal(&e, 0);
                 return Err(e);
             }
-            if self.shared.quit.load(Ordering::Acquire) {
-                return Ok(());
-            }
+            // Drain before looking at `quit`: stop() sets `quit` and then
+            // writes the eventfd, so a write drained here is either seen
+            // with its `quit` below or is still pending for the next poll.
             if pfds[1].revents != 0 {
                 self.shared.drain();
+            }
+            if self.shared.quit.load(Ordering::Acquire) {
+                return Ok(());
             }
             if self.handler.should_pause() && !self.pause()? {
                 return Ok(());
@@ -390,7 +419,7 @@ impl Loop<'_> {
                 }
             }
             for p in &pfds[2..] {
-                if p.revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+                if p.revents & (libc::POLLERR | libc::POLLNVAL | libc::POLLHUP) != 0 {
                     // As QEMU does: report it and stop polling that fd.
                     log::error!(
                         "postcopy fault thread: error on shared userfaultfd {}; ignoring it",
@@ -453,6 +482,13 @@ impl Loop<'_> {
         // SAFETY: reading one uffd_msg into a live, correctly sized struct.
         let n = unsafe { libc::read(fd, std::ptr::from_mut(&mut msg).cast(), sz) };
         if n != sz as isize {
+            let e = std::io::Error::last_os_error();
+            if n < 0 && matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
+                return;
+            }
+            // Anything else would make poll() report it again at once.
+            log::error!("postcopy fault thread: shared userfaultfd {fd}: read returned {n} ({e}); ignoring it");
+            self.shared_fds.retain(|&f| f != fd);
             return;
         }
         if msg.event != UFFD_EVENT_PAGEFAULT {
@@ -482,14 +518,15 @@ impl Loop<'_> {
             Ok(r) => r,
             Err(e) => {
                 let e = match e {
-                    Error::Callback { .. } | Error::OutOfRange { .. } => {
+                    Error::Callback { .. } => {
+                        log::error!("postcopy fault thread: fault at {addr:#x} is not in guest RAM; stopping");
                         Error::OutOfRange { addr, len: 1 }
                     }
-                    e => e,
+                    e => {
+                        log::error!("postcopy fault thread: the block of fault {addr:#x} is unusable: {e}; stopping");
+                        e
+                    }
                 };
-                log::error!(
-                    "postcopy fault thread: fault at {addr:#x} is not in guest RAM; stopping"
-                );
                 self.handler.fatal(&e, addr);
                 return Err(e);
             }

@@ -135,8 +135,9 @@ pub unsafe extern "C" fn ram_postcopy_send_discard_bitmap(ms: *mut MigrationStat
 /// are clamped) are not formatted at all.
 ///
 /// # Safety
-/// `log_fn`, if not NULL, must be callable from any thread at any time
-/// until replaced, and must not call back into this library.
+/// `log_fn`, if not NULL, must be callable from any thread for the life of
+/// the process (a thread may call it just after it is replaced), and must
+/// not call back into this library.
 #[no_mangle]
 pub unsafe extern "C" fn postcopy_rs_set_log_fn(log_fn: PostcopyRsLogFn, max_level: c_int) {
     // An int, not the enum: a C caller can pass any value, and an
@@ -213,27 +214,39 @@ pub(crate) unsafe fn block_from_view<'a>(v: &PostcopyRsBlockView) -> Result<Bloc
     if v.host.is_null() {
         return Err(Error::Null("view->host"));
     }
-    let tpb = v.target_page_bits;
-    let map = if v.receivedmap.is_null() || tpb >= 64 {
-        None
-    } else {
-        let words = bits_to_longs(usize::try_from(v.used_length >> tpb).map_err(|_| {
-            Error::OutOfRange {
-                addr: v.host as u64,
-                len: v.used_length,
-            }
-        })?);
-        // SAFETY: per the function's contract; AtomicU64 has the size and
-        // alignment of unsigned long (asserted in bitmap.rs).
-        Some(unsafe { std::slice::from_raw_parts(v.receivedmap.cast::<AtomicU64>(), words) })
+    let zeropage = v.flags & POSTCOPY_RS_BLOCK_ZEROPAGE != 0;
+    // The geometry first: the slice below is only sound for a valid one.
+    let block = Block::new(
+        v.host as u64,
+        v.used_length,
+        v.page_size,
+        v.target_page_bits,
+        None,
+        zeropage,
+    )?;
+    if v.receivedmap.is_null() {
+        return Ok(block);
+    }
+    let bits =
+        usize::try_from(v.used_length >> v.target_page_bits).map_err(|_| Error::OutOfRange {
+            addr: v.host as u64,
+            len: v.used_length,
+        })?;
+    // SAFETY: per the function's contract the map holds this many words
+    // for 'a.  AtomicU64 has the size and alignment of unsigned long
+    // (asserted in bitmap.rs).  QEMU also reads and clears bits with plain
+    // accesses (test_bit, bitmap_clear); it does so only where no placement
+    // of the same page can race, as its own C relied on.
+    let map = unsafe {
+        std::slice::from_raw_parts(v.receivedmap.cast::<AtomicU64>(), bits_to_longs(bits))
     };
     Block::new(
         v.host as u64,
         v.used_length,
         v.page_size,
-        tpb,
-        map,
-        v.flags & POSTCOPY_RS_BLOCK_ZEROPAGE != 0,
+        v.target_page_bits,
+        Some(map),
+        zeropage,
     )
 }
 
@@ -347,6 +360,7 @@ pub struct PostcopyRsFaultTarget {
 }
 
 static_assertions::assert_eq_size!(PostcopyRsFaultTarget, [u64; 6]);
+static_assertions::assert_eq_align!(PostcopyRsFaultTarget, u64);
 
 /// The embedder's side of the fault thread.  Every callback runs on the
 /// fault thread and receives `opaque`.  `resolve` and `request_page` are
@@ -394,7 +408,7 @@ pub struct PostcopyRsFaultOps {
     pub fatal: Option<unsafe extern "C" fn(opaque: *mut c_void, err: c_int, addr: u64)>,
     /// A `struct uffd_msg` read from shared userfaultfd `fd`.
     pub shared_fault:
-        Option<unsafe extern "C" fn(opaque: *mut c_void, fd: c_int, msg: *const c_void) -> c_int>,
+        Option<unsafe extern "C" fn(opaque: *mut c_void, fd: c_int, msg: *mut c_void) -> c_int>,
     /// Called each time the thread wakes: return true to pause now (QEMU:
     /// the return path is gone, `!mis->to_src_file`).  Wake the thread to
     /// re-check with `postcopy_rs_fault_thread_notify()`.
@@ -402,6 +416,7 @@ pub struct PostcopyRsFaultOps {
 }
 
 static_assertions::assert_eq_size!(PostcopyRsFaultOps, [u64; 11]);
+static_assertions::assert_eq_align!(PostcopyRsFaultOps, u64);
 
 /// How to start a fault thread.
 #[repr(C)]
@@ -422,6 +437,9 @@ pub struct PostcopyRsFaultConfig {
 }
 
 static_assertions::assert_eq_size!(PostcopyRsFaultConfig, [u64; 14]);
+static_assertions::assert_eq_align!(PostcopyRsFaultConfig, u64);
+static_assertions::assert_eq_size!(crate::fault_thread::PostcopyRsFaultThreadState, c_int);
+static_assertions::assert_eq_size!(PostcopyRsLogLevel, c_int);
 
 /// A running fault thread (opaque).
 pub struct PostcopyRsFaultThread(FaultThread);
@@ -528,8 +546,11 @@ impl FaultHandler for COps {
 
     fn shared_fault(&mut self, fd: RawFd, msg: &UffdMsg) -> Result<()> {
         if let Some(f) = self.0.shared_fault {
-            // SAFETY: callback contract; msg is a live uffd_msg.
-            let r = unsafe { f(self.0.opaque, fd, std::ptr::from_ref(msg).cast()) };
+            // QEMU's handlers take a non-const struct uffd_msg *: give them
+            // a copy of their own.
+            let mut copy = *msg;
+            // SAFETY: callback contract; `copy` is a live uffd_msg.
+            let r = unsafe { f(self.0.opaque, fd, std::ptr::from_mut(&mut copy).cast()) };
             if r < 0 {
                 return Err(Error::Callback {
                     name: "shared_fault",
@@ -557,8 +578,11 @@ unsafe fn fd_list<'a>(fds: *const c_int, n: u32) -> Result<&'a [c_int]> {
 /// in `postcopy_ram_incoming_setup()`.
 ///
 /// Returns 0 or: `-EFAULT` if `cfg` or `out` is NULL, or `resolve` or
-/// `request_page` is missing; `-EBADF` for a negative `uffd`; the errno of
-/// a failed eventfd or thread creation.  On error `*out` is NULL.
+/// `request_page` is missing; `-EBADF` for a negative `uffd`; `-EINVAL` if
+/// `uffd` is not `O_NONBLOCK` (a fault can vanish between poll() and
+/// read()); the errno of a failed eventfd or thread creation.  On error
+/// `*out` is NULL.  The thread starts with every signal blocked, as QEMU's
+/// threads do.
 ///
 /// # Safety
 /// `cfg` must be readable, `cfg->name` NULL or a C string; `cfg->ops` callbacks must be callable from the
@@ -630,6 +654,7 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_stop(t: *mut PostcopyRsFaultTh
 /// Post one resume: a thread paused after a failed request retries it.
 /// Like a semaphore post, a resume before the pause is remembered.
 /// QEMU: `qemu_sem_post(&mis->postcopy_pause_sem_fault)`.
+/// Returns 0, or `-EFAULT` for NULL.
 ///
 /// # Safety
 /// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
@@ -645,6 +670,7 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_resume(t: *mut PostcopyRsFault
 
 /// Wake the thread so that it calls `ops.check_pause` again (QEMU:
 /// `postcopy_fault_thread_notify()`, after closing the return path).
+/// Returns 0, or `-EFAULT` for NULL.
 ///
 /// # Safety
 /// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
@@ -673,12 +699,14 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_state(t: *const PostcopyRsFaul
     r.unwrap_or_else(|e| e.to_neg_errno())
 }
 
-/// Replace the shared userfaultfds polled besides the main one (QEMU:
-/// `postcopy_register_shared_ufd()` / `postcopy_unregister_shared_ufd()`).
+/// Replace the shared userfaultfds polled besides the main one.  The
+/// change takes effect when the thread next wakes (it is woken now), so
+/// an fd taken out of the set must stay open until the thread is stopped.
+/// Returns 0, or `-EFAULT` for a NULL `t`, or NULL `fds` with `n > 0`.
 ///
 /// # Safety
 /// `t` must be a live handle; `fds` must hold `n` ints (may be NULL if `n`
-/// is 0), each open until replaced or the thread is stopped.
+/// is 0), each open until the thread is stopped.
 #[no_mangle]
 pub unsafe extern "C" fn postcopy_rs_fault_thread_set_shared_fds(
     t: *mut PostcopyRsFaultThread,

@@ -24,7 +24,9 @@ pub enum PostcopyRsLogLevel {
     Debug = 3,
 }
 
-/// A log sink: `level`, then a NUL-terminated message without a trailing newline.
+/// A log sink: `level`, then a NUL-terminated message without a trailing
+/// newline.  It must stay callable for the life of the process: a thread
+/// may have loaded it just before it is replaced.
 pub type PostcopyRsLogFn =
     Option<unsafe extern "C" fn(level: PostcopyRsLogLevel, msg: *const c_char)>;
 
@@ -50,7 +52,9 @@ pub fn log(level: PostcopyRsLogLevel, msg: &str) {
     }
     let raw = SINK.load(Ordering::Acquire);
     if raw == 0 {
-        eprintln!("postcopy-rs: {msg}");
+        // Not eprintln!: it panics when stderr fails (EPIPE, ENOSPC).
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "postcopy-rs: {msg}");
         return;
     }
     // SAFETY: `raw` was stored by `set_sink` from a non-null fn pointer of

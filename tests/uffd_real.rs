@@ -31,6 +31,9 @@ struct Events {
     fail_requests: AtomicU32,
     bad_handle: AtomicBool,
     return_path_gone: AtomicBool,
+    panic_in_resolve: AtomicBool,
+    /// The fault thread's SigBlk line from /proc, read on the thread.
+    sigblk: Mutex<String>,
 }
 
 struct Handler {
@@ -42,11 +45,24 @@ struct Handler {
 impl FaultHandler for Handler {
     fn thread_enter(&mut self) {
         self.ev.enters.fetch_add(1, SeqCst);
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let status =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap_or_default();
+        *self.ev.sigblk.lock().unwrap() = status
+            .lines()
+            .find(|l| l.starts_with("SigBlk:"))
+            .unwrap_or("")
+            .to_string();
     }
     fn thread_exit(&mut self) {
         self.ev.exits.fetch_add(1, SeqCst);
     }
     fn resolve(&mut self, addr: u64) -> postcopy_rs::Result<Resolved> {
+        assert!(
+            !self.ev.panic_in_resolve.load(SeqCst),
+            "injected panic in resolve"
+        );
         if addr >= self.block.host && addr < self.block.host + self.block.len {
             Ok(Resolved {
                 handle: HANDLE,
@@ -397,6 +413,94 @@ fn proactive_pause_on_notify(page_size: u64) {
     src.join().unwrap();
 }
 
+/// stop() right after a notify(), many times: the stop's eventfd write
+/// must never be drained unseen (the thread would sleep in poll() for
+/// ever).  A stress test: the window (between the thread's drain and its
+/// `quit` check) is too narrow to hit on demand, so this guards against
+/// gross regressions rather than proving the ordering.
+fn stop_races_notify(page_size: u64) {
+    let r = Region::new(page_size, 1);
+    for i in 0..300 {
+        let ev = Arc::new(Events::default());
+        let (ft, _rx) = start(&r, &ev);
+        ft.notify();
+        if i % 2 == 0 {
+            std::thread::yield_now();
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(ft.stop()).unwrap());
+        let res = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("stop() hung after a notify()");
+        assert_eq!(res, Ok(()));
+    }
+}
+
+/// The thread runs with every signal blocked, as qemu_thread_create()
+/// makes QEMU's threads; and a blocking userfaultfd is refused.
+fn thread_signals_and_blocking_fd(page_size: u64) {
+    let r = Region::new(page_size, 1);
+    let ev = Arc::new(Events::default());
+    let (ft, _rx) = start(&r, &ev);
+    assert_eq!(ft.stop(), Ok(()));
+    let sigblk = ev.sigblk.lock().unwrap().clone();
+    let mask = u64::from_str_radix(sigblk.trim_start_matches("SigBlk:").trim(), 16)
+        .unwrap_or_else(|_| panic!("bad SigBlk line {sigblk:?}"));
+    for sig in [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGCHLD,
+    ] {
+        assert!(
+            mask >> (sig - 1) & 1 == 1,
+            "signal {sig} not blocked on the fault thread: {sigblk}"
+        );
+    }
+
+    // SAFETY: F_GETFL/F_SETFL on our own userfaultfd.
+    unsafe {
+        let fl = libc::fcntl(r.fd(), libc::F_GETFL);
+        libc::fcntl(r.fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    }
+    let (tx, _rx) = mpsc::channel();
+    let h = Handler {
+        ev: Arc::new(Events::default()),
+        block: r.block(),
+        tx,
+    };
+    let e = FaultThread::start(r.fd(), &[], None, Box::new(h)).err();
+    assert!(
+        matches!(e, Some(Error::Invalid(_))),
+        "blocking uffd accepted: {e:?}"
+    );
+}
+
+/// A panic on the thread is reported, and thread_exit still runs (QEMU
+/// must unregister the thread from RCU).
+fn panic_on_the_thread(page_size: u64) {
+    let r = Region::new(page_size, 1);
+    let ev = Arc::new(Events::default());
+    ev.panic_in_resolve.store(true, SeqCst);
+    let (ft, _rx) = start(&r, &ev);
+    std::thread::scope(|s| {
+        let r = &r;
+        s.spawn(move || r.peek(r.page(0)));
+        wait_until("the thread to exit", 10, || {
+            ft.state() == PostcopyRsFaultThreadState::Exited
+        });
+        assert_eq!(
+            ev.exits.load(SeqCst),
+            1,
+            "thread_exit not called after a panic"
+        );
+        assert_eq!(*ev.fatal.lock().unwrap(), Some((-libc::ENOTRECOVERABLE, 0)));
+        placement::place_zero(r.fd(), &r.block(), r.page(0)).unwrap();
+    });
+    assert_eq!(ft.stop(), Err(Error::Panic));
+}
+
 /// A fault outside guest RAM: reported, and the thread stops by itself.
 fn fault_outside_guest_ram(page_size: u64) {
     let guest = Region::new(page_size, 2);
@@ -544,6 +648,24 @@ fn anon_pause_resume_and_stop_while_paused() {
 fn anon_proactive_pause_on_notify() {
     let _g = serial();
     proactive_pause_on_notify(PAGE_4K);
+}
+
+#[test]
+fn anon_stop_races_notify() {
+    let _g = serial();
+    stop_races_notify(PAGE_4K);
+}
+
+#[test]
+fn anon_thread_signals_and_blocking_fd() {
+    let _g = serial();
+    thread_signals_and_blocking_fd(PAGE_4K);
+}
+
+#[test]
+fn anon_panic_on_the_thread() {
+    let _g = serial();
+    panic_on_the_thread(PAGE_4K);
 }
 
 #[test]

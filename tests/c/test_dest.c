@@ -345,7 +345,7 @@ static void cb_fatal(void *opaque, int err, uint64_t addr)
     atomic_fetch_add(&c->fatal_count, 1);
 }
 
-static int cb_shared_fault(void *opaque, int fd, const void *msg)
+static int cb_shared_fault(void *opaque, int fd, void *msg)
 {
     struct fctx *c = opaque;
     struct uffd_msg m;
