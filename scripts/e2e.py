@@ -308,8 +308,11 @@ def workdir_with_bootsect():
     return d
 
 
+BINARIES = {}  # --patched / --unpatched overrides
+
+
 def qemu(kind):
-    b = BUILD / f"qemu-{kind}" / "qemu-system-x86_64"
+    b = BINARIES.get(kind) or BUILD / f"qemu-{kind}" / "qemu-system-x86_64"
     if not b.exists():
         raise Failure(f"{b} missing: run scripts/qemu-test.sh (or qemu-build.sh) first")
     return b
@@ -477,12 +480,16 @@ def run_blocktime(runs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for kind in ("patched", "unpatched"):
+        ap.add_argument(f"--{kind}", type=Path, help=f"{kind} qemu-system-x86_64 "
+                        f"(default build/qemu-{kind}/qemu-system-x86_64)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("test")
     t.add_argument("--only", nargs="*", default=[], choices=list(TESTS))
     b = sub.add_parser("blocktime")
     b.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
+    BINARIES.update({k: v for k, v in (("patched", a.patched), ("unpatched", a.unpatched)) if v})
     try:
         if a.cmd == "test":
             return run_tests(set(a.only))

@@ -83,15 +83,7 @@ pub fn chunk_and_runs(
     ratio: HostRatio,
     mut emit: impl FnMut(usize, usize),
 ) -> Result<u64> {
-    check_length(nbits, ratio)?;
-    let nwords = bits_to_longs(nbits);
-    if map.len() < nwords {
-        return Err(Error::OutOfRange {
-            addr: (map.len() * BITS_PER_LONG) as u64,
-            len: nbits as u64,
-        });
-    }
-    let map = &mut map[..nwords];
+    let map = words_of(map, nbits, ratio)?;
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("popcnt")
@@ -103,6 +95,18 @@ pub fn chunk_and_runs(
     Ok(pass(map, nbits, ratio.get(), &mut emit))
 }
 
+/// The words of an `nbits` bitmap, after checking it is a whole number of
+/// host pages and that `map` is long enough.
+fn words_of(map: &mut [Word], nbits: usize, ratio: HostRatio) -> Result<&mut [Word]> {
+    check_length(nbits, ratio)?;
+    let nwords = bits_to_longs(nbits);
+    let len = map.len();
+    map.get_mut(..nwords).ok_or(Error::OutOfRange {
+        addr: (len * BITS_PER_LONG) as u64,
+        len: nbits as u64,
+    })
+}
+
 /// [`chunk_and_runs`] without CPU-specific dispatch, so that tests cover the
 /// portable build of the pass on any machine.
 #[doc(hidden)]
@@ -112,12 +116,7 @@ pub fn chunk_and_runs_portable(
     ratio: HostRatio,
     mut emit: impl FnMut(usize, usize),
 ) -> Result<u64> {
-    check_length(nbits, ratio)?;
-    let nwords = bits_to_longs(nbits);
-    let map = map.get_mut(..nwords).ok_or(Error::OutOfRange {
-        addr: 0,
-        len: nbits as u64,
-    })?;
+    let map = words_of(map, nbits, ratio)?;
     Ok(pass(map, nbits, ratio.get(), &mut emit))
 }
 

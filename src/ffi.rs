@@ -660,12 +660,8 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_stop(t: *mut PostcopyRsFaultTh
 /// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
 #[no_mangle]
 pub unsafe extern "C" fn postcopy_rs_fault_thread_resume(t: *mut PostcopyRsFaultThread) -> c_int {
-    to_c_int(catch("postcopy_rs_fault_thread_resume", || {
-        let t = nonnull!(t);
-        // SAFETY: live handle (contract); only shared access is needed.
-        unsafe { t.as_ref() }.0.resume();
-        Ok(())
-    }))
+    // SAFETY: forwarded contract.
+    unsafe { with_thread("postcopy_rs_fault_thread_resume", t, |t| t.resume()) }
 }
 
 /// Wake the thread so that it calls `ops.check_pause` again (QEMU:
@@ -676,10 +672,23 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_resume(t: *mut PostcopyRsFault
 /// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
 #[no_mangle]
 pub unsafe extern "C" fn postcopy_rs_fault_thread_notify(t: *mut PostcopyRsFaultThread) -> c_int {
-    to_c_int(catch("postcopy_rs_fault_thread_notify", || {
+    // SAFETY: forwarded contract.
+    unsafe { with_thread("postcopy_rs_fault_thread_notify", t, FaultThread::notify) }
+}
+
+/// Run `f` on a live thread handle: 0, or -EFAULT for NULL.
+///
+/// # Safety
+/// `t` must be NULL or a live handle from `postcopy_rs_fault_thread_start()`.
+unsafe fn with_thread(
+    name: &'static str,
+    t: *mut PostcopyRsFaultThread,
+    f: impl FnOnce(&FaultThread),
+) -> c_int {
+    to_c_int(catch(name, || {
         let t = nonnull!(t);
-        // SAFETY: live handle (contract).
-        unsafe { t.as_ref() }.0.notify();
+        // SAFETY: live handle (contract); only shared access is needed.
+        f(&unsafe { t.as_ref() }.0);
         Ok(())
     }))
 }
@@ -713,14 +722,19 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_set_shared_fds(
     fds: *const c_int,
     n: u32,
 ) -> c_int {
-    to_c_int(catch("postcopy_rs_fault_thread_set_shared_fds", || {
-        let t = nonnull!(t);
-        // SAFETY: per the function's contract.
-        let fds = unsafe { fd_list(fds, n) }?;
-        // SAFETY: live handle (contract).
-        unsafe { t.as_ref() }.0.set_shared_fds(fds);
-        Ok(())
-    }))
+    // SAFETY: per the function's contract.
+    let fds = match catch("postcopy_rs_fault_thread_set_shared_fds", || unsafe {
+        fd_list(fds, n)
+    }) {
+        Ok(fds) => fds,
+        Err(e) => return e.to_neg_errno(),
+    };
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_thread("postcopy_rs_fault_thread_set_shared_fds", t, |t| {
+            t.set_shared_fds(fds)
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------

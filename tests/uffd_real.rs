@@ -508,22 +508,7 @@ fn fault_outside_guest_ram(page_size: u64) {
     let (ft, _rx) = start(&guest, &ev);
     // Register a second mapping with the same uffd, unknown to `resolve`.
     let len = page_size;
-    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-    if page_size == PAGE_2M {
-        flags |= libc::MAP_HUGETLB | (21 << libc::MAP_HUGE_SHIFT);
-    }
-    // SAFETY: fresh anonymous mapping.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
+    let p = map_anon(page_size, len);
     guest.uffd.register(p as u64, len).unwrap();
     let outside = Block::new(p as u64, len, page_size, 12, None, page_size == PAGE_4K).unwrap();
     std::thread::scope(|s| {

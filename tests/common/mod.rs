@@ -28,6 +28,33 @@ pub fn skip_loudly(what: &str, why: &str) {
     }
 }
 
+/// Fresh private anonymous memory of `len` bytes on pages of `page_size`
+/// (4 KiB, or 2 MiB hugetlbfs).
+pub fn map_anon(page_size: u64, len: u64) -> *mut libc::c_void {
+    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    if page_size == PAGE_2M {
+        flags |= libc::MAP_HUGETLB | (21 << libc::MAP_HUGE_SHIFT);
+    }
+    // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    p
+}
+
 /// Memory of one page kind, mmapped and registered with a userfaultfd.
 pub struct Region {
     pub uffd: Userfaultfd,
@@ -46,27 +73,7 @@ impl Region {
 
     fn map_into(uffd: Userfaultfd, page_size: u64, npages: u64) -> Region {
         let len = page_size * npages;
-        let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-        if page_size == PAGE_2M {
-            flags |= libc::MAP_HUGETLB | (21 << libc::MAP_HUGE_SHIFT);
-        }
-        // SAFETY: a fresh anonymous mapping.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(
-            p,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
+        let p = map_anon(page_size, len);
         if page_size == PAGE_4K {
             // SAFETY: advice on our own mapping.
             unsafe { libc::madvise(p, len as usize, libc::MADV_NOHUGEPAGE) };
