@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Front door.  `make test` is the test command CI runs (.ci/run calls it).
-.PHONY: all build install header test bench clean
+.PHONY: all build install header test bench clean demo
 
 # Where `make install` puts the library, header and pkg-config file; QEMU's
 # build finds it with PKG_CONFIG_PATH=$(PREFIX)/lib/pkgconfig.
@@ -13,7 +13,7 @@ NATIVE_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl
 all: build
 
 build:
-	cargo build --release --locked
+	cargo build --release
 
 install: build
 	install -D -m 0644 target/release/libpostcopy_rs.a $(PREFIX)/lib/libpostcopy_rs.a
@@ -31,11 +31,17 @@ header:
 test:
 	scripts/test.sh
 
+# The main command: build the library and a patched QEMU, boot a Linux guest,
+# live-migrate it with postcopy and show what happened (scripts/demo.sh).
+# Options for scripts/migrate.py go in ARGS, e.g. ARGS="--hugepages 2M".
+demo:
+	scripts/demo.sh $(ARGS)
+
 # Both benchmarks, then docs/BENCHMARKS.md from their results (run it on a
 # quiet machine: every figure is a ratio to a baseline of the same run).
 bench:
-	cargo bench --locked --bench discard
-	cargo bench --locked --bench fault
+	cargo bench --bench discard
+	cargo bench --bench fault
 	python3 scripts/bench-report.py > docs/BENCHMARKS.generated.md
 	@echo "docs/BENCHMARKS.generated.md written; merge it into docs/BENCHMARKS.md"
 
