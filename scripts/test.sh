@@ -22,14 +22,6 @@
 cd "$PCRS_ROOT" || exit 1
 
 skipped=target/tmp/skipped-tests.txt
-report_skips() {
-    if [ -s "$skipped" ]; then
-        echo "==================== SKIPPED TESTS ===================="
-        cat "$skipped"
-        echo "======================================================="
-    fi
-}
-trap report_skips EXIT
 
 step "install dependencies"
 scripts/rust-deps.sh
@@ -43,6 +35,12 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test"
 rm -f "$skipped"
 cargo test
+# cargo hides the output of passing tests: say here what was skipped.
+if [ -s "$skipped" ]; then
+    echo "==================== SKIPPED TESTS ===================="
+    cat "$skipped"
+    echo "======================================================="
+fi
 
 if [ "${POSTCOPY_RS_SKIP_QEMU:-0}" = 1 ]; then
     warn "POSTCOPY_RS_SKIP_QEMU=1: the QEMU stage is skipped"
