@@ -357,29 +357,34 @@ class QMPError(Exception):
         self.desc = desc
 
 
+def connect_unix(path, proc, name, what, timeout):
+    """Connect to QEMU's unix socket `path` once QEMU has created it, or
+    fail if QEMU exits or `timeout` passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise MigrateError("%s QEMU exited (status %s) before its %s was up"
+                               % (name, proc.returncode, what))
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            return s
+        except OSError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise MigrateError("%s QEMU: no %s at %s after %.0fs"
+                                   % (name, what, path, timeout))
+            time.sleep(0.05)
+
+
 class QMP:
     def __init__(self, path: str, proc: subprocess.Popen, name: str, timeout=30.0):
         self.name = name
         self.events: List[dict] = []
         self._id = 0
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise MigrateError("%s QEMU exited (status %s) before its QMP socket was up"
-                                   % (name, proc.returncode))
-            try:
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.connect(path)
-                break
-            except OSError:
-                s.close()
-                if time.monotonic() > deadline:
-                    raise MigrateError("%s QEMU: no QMP socket at %s after %.0fs"
-                                       % (name, path, timeout))
-                time.sleep(0.05)
-        self.sock = s
+        self.sock = connect_unix(path, proc, name, "QMP socket", timeout)
         self.sock.settimeout(timeout)
-        self.rfile = s.makefile("rb")
+        self.rfile = self.sock.makefile("rb")
         greeting = self._read()
         if "QMP" not in greeting:
             raise MigrateError("%s: unexpected QMP greeting %r" % (name, greeting))
@@ -432,21 +437,7 @@ class Console:
         self.closed = False
         self.partial = ""             # the current line, not yet ended
         self.log = open(log_path, "ab", buffering=0)
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise MigrateError("%s QEMU exited (status %s) before its console was up"
-                                   % (name, proc.returncode))
-            try:
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.connect(path)
-                break
-            except OSError:
-                s.close()
-                if time.monotonic() > deadline:
-                    raise MigrateError("%s QEMU: no console socket at %s" % (name, path))
-                time.sleep(0.05)
-        self.sock = s
+        self.sock = connect_unix(path, proc, name, "console socket", timeout)
         self.thread = threading.Thread(target=self._reader, name="console-" + name,
                                        daemon=True)
         self.thread.start()

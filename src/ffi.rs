@@ -450,19 +450,23 @@ struct COps(PostcopyRsFaultOps);
 // callbacks and `opaque` may be used from the fault thread.
 unsafe impl Send for COps {}
 
-impl FaultHandler for COps {
-    fn thread_enter(&mut self) {
-        if let Some(f) = self.0.thread_enter {
+impl COps {
+    /// Call an optional `void (*)(void *opaque)` callback.
+    fn notify(&self, f: Option<unsafe extern "C" fn(opaque: *mut c_void)>) {
+        if let Some(f) = f {
             // SAFETY: callback contract (PostcopyRsFaultOps).
             unsafe { f(self.0.opaque) }
         }
     }
+}
+
+impl FaultHandler for COps {
+    fn thread_enter(&mut self) {
+        self.notify(self.0.thread_enter);
+    }
 
     fn thread_exit(&mut self) {
-        if let Some(f) = self.0.thread_exit {
-            // SAFETY: callback contract.
-            unsafe { f(self.0.opaque) }
-        }
+        self.notify(self.0.thread_exit);
     }
 
     fn resolve(&mut self, addr: u64) -> Result<Resolved> {
@@ -524,17 +528,11 @@ impl FaultHandler for COps {
     }
 
     fn paused(&mut self) {
-        if let Some(f) = self.0.paused {
-            // SAFETY: callback contract.
-            unsafe { f(self.0.opaque) }
-        }
+        self.notify(self.0.paused);
     }
 
     fn resumed(&mut self) {
-        if let Some(f) = self.0.resumed {
-            // SAFETY: callback contract.
-            unsafe { f(self.0.opaque) }
-        }
+        self.notify(self.0.resumed);
     }
 
     fn fatal(&mut self, err: &Error, addr: u64) {
