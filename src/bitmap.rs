@@ -208,22 +208,6 @@ impl RunBuilder {
         }
     }
 
-    /// Feed all-ones words starting at bit `base`.
-    #[inline(always)]
-    pub fn ones(&mut self, base: usize) {
-        if self.open.is_none() {
-            self.open = Some(base);
-        }
-    }
-
-    /// Feed all-zero words starting at bit `base`.
-    #[inline(always)]
-    pub fn zeros(&mut self, base: usize, emit: &mut impl FnMut(usize, usize)) {
-        if let Some(start) = self.open.take() {
-            emit(start, base - start);
-        }
-    }
-
     /// Close any open run at `size`.
     #[inline(always)]
     pub fn finish(self, size: usize, emit: &mut impl FnMut(usize, usize)) {
