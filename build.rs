@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-//! Generates the C header with the pinned cbindgen into OUT_DIR.  The
+//! Generates the C header with the pinned cbindgen into `OUT_DIR`.  The
 //! committed copy in include/ is checked against it by
 //! `tests/header.rs`; `make header` refreshes it.
 

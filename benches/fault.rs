@@ -30,14 +30,15 @@
 
 use postcopy_rs::fault_thread::{FaultHandler, FaultThread, Resolved};
 use postcopy_rs::placement::{place_pages, Block};
+use postcopy_rs::receivedmap::ReceivedMap;
 use postcopy_rs::uffd::{
     self, UffdMsg, UffdioCopy, Userfaultfd, UFFDIO_COPY, UFFD_EVENT_PAGEFAULT,
     UFFD_FEATURE_THREAD_ID,
 };
 use postcopy_rs::{Error, Result};
 use std::fmt::Write as _;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -223,7 +224,7 @@ fn run_touchers(base: u64, page_size: u64, pages: usize, threads: usize) -> (Vec
 // Floor: one thread, poll + read one message + UFFDIO_COPY.
 
 /// UFFDIO_COPY of one page, as a minimal handler does it.
-fn raw_copy(uffd: RawFd, dst: u64, src: u64, page_size: u64) {
+fn raw_copy(uffd: BorrowedFd<'_>, dst: u64, src: u64, page_size: u64) {
     loop {
         let mut c = UffdioCopy {
             dst,
@@ -248,7 +249,7 @@ fn raw_copy(uffd: RawFd, dst: u64, src: u64, page_size: u64) {
 /// poll() + read() of one uffd_msg, then the copy: here (`hop` None), or
 /// by a source thread the page address is sent to.
 fn floor_server(
-    uffd: RawFd,
+    uffd: BorrowedFd<'_>,
     page_size: u64,
     src: u64,
     stop: &AtomicBool,
@@ -257,7 +258,7 @@ fn floor_server(
     let sz = std::mem::size_of::<UffdMsg>();
     loop {
         let mut pfd = libc::pollfd {
-            fd: uffd,
+            fd: uffd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
@@ -271,7 +272,7 @@ fn floor_server(
         }
         let mut msg = UffdMsg::default();
         // SAFETY: reading one uffd_msg into a live, correctly sized struct.
-        let n = unsafe { libc::read(uffd, std::ptr::from_mut(&mut msg).cast(), sz) };
+        let n = unsafe { libc::read(uffd.as_raw_fd(), std::ptr::from_mut(&mut msg).cast(), sz) };
         if n != sz as isize || msg.event != UFFD_EVENT_PAGEFAULT {
             continue;
         }
@@ -284,7 +285,7 @@ fn floor_server(
 }
 
 fn run_floor(
-    uffd: RawFd,
+    uffd: BorrowedFd<'_>,
     region: &Mapping,
     page_size: u64,
     threads: usize,
@@ -315,7 +316,7 @@ fn run_floor(
 // Ours: FaultThread -> channel -> source thread -> place_pages.
 
 struct Handler {
-    block: Block<'static>,
+    block: Block,
     tx: mpsc::Sender<u64>,
 }
 
@@ -324,7 +325,7 @@ impl FaultHandler for Handler {
         if addr >= self.block.host && addr - self.block.host < self.block.len {
             Ok(Resolved {
                 handle: 0,
-                block: self.block,
+                block: self.block.clone(),
             })
         } else {
             Err(Error::OutOfRange { addr, len: 1 })
@@ -339,15 +340,14 @@ impl FaultHandler for Handler {
 }
 
 fn run_ours(
-    uffd: RawFd,
+    uffd: BorrowedFd<'_>,
     region: &Mapping,
     page_size: u64,
     threads: usize,
     src: u64,
-    map: &'static [AtomicU64],
 ) -> Sample {
     let pages = (region.len / page_size) as usize;
-    map.iter().for_each(|w| w.store(0, Ordering::Relaxed));
+    let map = ReceivedMap::new((region.len / 4096) as usize);
     let block = Block::new(
         region.addr,
         region.len,
@@ -358,6 +358,7 @@ fn run_ours(
     )
     .expect("block geometry");
     let (tx, rx) = mpsc::channel::<u64>();
+    let handler_block = block.clone();
     std::thread::scope(|s| {
         let source = s.spawn(move || {
             for off in rx {
@@ -366,8 +367,12 @@ fn run_ours(
                     .expect("place_pages");
             }
         });
-        let ft = FaultThread::start(uffd, &[], None, Box::new(Handler { block, tx }))
-            .expect("FaultThread::start");
+        let handler = Handler {
+            block: handler_block,
+            tx,
+        };
+        let ft =
+            FaultThread::start(uffd, &[], None, Box::new(handler)).expect("FaultThread::start");
         let (lat, wall) = run_touchers(region.addr, page_size, pages, threads);
         // Dropping the handler with the thread closes the channel.
         ft.stop().expect("FaultThread::stop");
@@ -419,7 +424,7 @@ fn verdict(ratio: f64) -> &'static str {
 }
 
 /// Register a fresh mapping of `len` bytes with `uffd`.
-fn fresh(uffd: RawFd, len: u64, huge: bool) -> std::result::Result<Mapping, String> {
+fn fresh(uffd: BorrowedFd<'_>, len: u64, huge: bool) -> std::result::Result<Mapping, String> {
     let m = Mapping::new(len, huge).map_err(|e| format!("mmap of {len} bytes: {e}"))?;
     let mut reg = uffd::UffdioRegister {
         range: uffd::UffdioRange {
@@ -437,7 +442,7 @@ fn fresh(uffd: RawFd, len: u64, huge: bool) -> std::result::Result<Mapping, Stri
 
 /// One case: a table row.
 fn bench_case(
-    uffd: RawFd,
+    uffd: BorrowedFd<'_>,
     plan: Plan,
     threads: usize,
     huge: bool,
@@ -450,20 +455,13 @@ fn bench_case(
     let faults = faults / threads * threads;
     let len = faults as u64 * page_size;
     let src = source(page_size);
-    // Block<'static> (what Resolved holds) needs a 'static receivedmap.
-    let map: &'static [AtomicU64] = Box::leak(
-        (0..(len / 4096).div_ceil(64))
-            .map(|_| AtomicU64::new(0))
-            .collect::<Vec<_>>()
-            .into_boxed_slice(),
-    );
     // 0: floor, 1: floor + hop, 2: ours.
     let once = |variant: usize| -> std::result::Result<Sample, String> {
         let m = fresh(uffd, len, huge)?;
         Ok(match variant {
             0 => run_floor(uffd, &m, page_size, threads, src.addr, false),
             1 => run_floor(uffd, &m, page_size, threads, src.addr, true),
-            _ => run_ours(uffd, &m, page_size, threads, src.addr, map),
+            _ => run_ours(uffd, &m, page_size, threads, src.addr),
         })
     };
 
@@ -503,9 +501,8 @@ fn bench_case(
 /// Place `plan.batch_bytes` of 4 KiB pages in 64 KiB runs, with sixteen
 /// `place_pages(.., 1)` or one `place_pages(.., 16)` per run: ns per page,
 /// median over the repetitions.  Nothing faults: this is placement alone.
-fn bench_batching(uffd: RawFd, plan: Plan) -> String {
+fn bench_batching(uffd: BorrowedFd<'_>, plan: Plan) -> String {
     let pages = plan.batch_bytes / KIB4;
-    let map: Vec<AtomicU64> = (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
     let src = source(16 * KIB4);
     let mut results = [(1u64, Vec::new()), (16u64, Vec::new())];
     for rep in 0..plan.batch_reps {
@@ -513,8 +510,9 @@ fn bench_batching(uffd: RawFd, plan: Plan) -> String {
             // Alternate which goes first.
             let (per_call, times) = &mut results[(k + rep) % 2];
             let m = fresh(uffd, plan.batch_bytes, false).expect("batching mapping");
-            map.iter().for_each(|w| w.store(0, Ordering::Relaxed));
-            let block = Block::new(m.addr, m.len, KIB4, 12, Some(&map), true).expect("block");
+            let map = ReceivedMap::new(pages as usize);
+            let block =
+                Block::new(m.addr, m.len, KIB4, 12, Some(map.clone()), true).expect("block");
             let t0 = Instant::now();
             for run in (m.addr..m.addr + m.len).step_by(16 * KIB4 as usize) {
                 for off in (0..16 * KIB4).step_by((*per_call * KIB4) as usize) {
@@ -536,7 +534,7 @@ fn bench_batching(uffd: RawFd, plan: Plan) -> String {
             // SAFETY: our own mapping, every page of it now present.
             let last = unsafe { std::ptr::read_volatile(m.ptr().add(m.len as usize - 1)) };
             assert_eq!(last, FILL);
-            assert!(map.iter().all(|w| w.load(Ordering::Relaxed) == !0));
+            assert!((0..pages as usize).all(|i| map.test(i)));
         }
     }
     let mut med = |i: usize| {
@@ -569,7 +567,7 @@ fn main() {
     let uffd = Userfaultfd::new(UFFD_FEATURE_THREAD_ID).expect(
         "userfaultfd: this bench needs a kernel with userfaultfd and the right to use it (root)",
     );
-    let fd = uffd.as_raw_fd();
+    let fd = uffd.as_fd();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
 
     let mut out = String::new();

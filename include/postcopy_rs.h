@@ -8,6 +8,10 @@
  * Conventions: functions return 0 (or a non-negative count) on success and
  * a negative errno on failure; -EFAULT means a required pointer was NULL.
  * Details of every failure go to the log sink (postcopy_rs_set_log_fn).
+ *
+ * The library links on its own: it calls its embedder only through the
+ * function pointers passed to it (PostcopyRsDiscardOps, PostcopyRsFaultOps,
+ * the log sink).  See docs/BOUNDARY.md.
  */
 
 #ifndef POSTCOPY_RS_H
@@ -16,370 +20,612 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-/*
- * Opaque QEMU types, declared exactly as qemu/typedefs.h declares them.
- *
- * The library also calls QEMU: postcopy_rs_ram_*() are declared below and
- * defined by QEMU's migration/ram.c (or tests/c/fake_qemu.c); QEMU's own
- * functions it calls, and ram_postcopy_send_discard_bitmap(), are declared
- * by QEMU's headers.  See docs/BOUNDARY.md.
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
+/**
+ * Largest host-page / target-page ratio accepted (16 GiB over 4 KiB pages).
  */
-typedef struct MigrationState MigrationState;
-typedef struct RAMBlock RAMBlock;
-
-
-// Largest host-page / target-page ratio accepted (16 GiB over 4 KiB pages).
 #define POSTCOPY_RS_MAX_HOST_RATIO 4194304
 
-// Largest host page size accepted, in bytes (16 GiB).
+/**
+ * Largest host page size accepted, in bytes (16 GiB).
+ */
 #define POSTCOPY_RS_MAX_HOST_PAGE_SIZE 17179869184
 
 
 
-// UFFDIO_ZEROPAGE works on the block's memory (anonymous or shmem; not
-// hugetlbfs).  QEMU: `qemu_ram_is_uf_zeroable()`.
+/**
+ * UFFDIO_ZEROPAGE works on the block's memory (anonymous or shmem; not
+ * hugetlbfs).  QEMU: `qemu_ram_is_uf_zeroable()`.
+ */
 #define POSTCOPY_RS_BLOCK_ZEROPAGE 1
 
-// Message severity, as passed to the log sink.
+/**
+ * Message severity, as passed to the log sink.
+ */
 typedef enum {
-  // Something failed; the caller gets an error code too.
+  /**
+   * Something failed; the caller gets an error code too.
+   */
   POSTCOPY_RS_LOG_LEVEL_ERROR = 0,
-  // Something unexpected that the library handled.
+  /**
+   * Something unexpected that the library handled.
+   */
   POSTCOPY_RS_LOG_LEVEL_WARNING = 1,
-  // Progress worth a line in a log.
+  /**
+   * Progress worth a line in a log.
+   */
   POSTCOPY_RS_LOG_LEVEL_INFO = 2,
-  // Per-event detail, for tracing.
+  /**
+   * Per-event detail, for tracing.
+   */
   POSTCOPY_RS_LOG_LEVEL_DEBUG = 3,
 } PostcopyRsLogLevel;
 
-// What the thread is doing.
+/**
+ * What the thread is doing.
+ */
 typedef enum {
-  // Serving faults.
+  /**
+   * Serving faults.
+   */
   POSTCOPY_RS_FAULT_THREAD_STATE_RUNNING = 0,
-  // Waiting for resume (or stop) after a failed request.
+  /**
+   * Waiting for resume (or stop) after a failed request.
+   */
   POSTCOPY_RS_FAULT_THREAD_STATE_PAUSED = 1,
-  // Gone: stopped, or ended by a fatal error.
+  /**
+   * Gone: stopped, or ended by a fatal error.
+   */
   POSTCOPY_RS_FAULT_THREAD_STATE_EXITED = 2,
 } PostcopyRsFaultThreadState;
 
-// A running fault thread (opaque).
+/**
+ * A running fault thread (opaque).
+ */
 typedef struct PostcopyRsFaultThread PostcopyRsFaultThread;
 
-// A log sink: `level`, then a NUL-terminated message without a trailing
-// newline.  It must stay callable for the life of the process: a thread
-// may have loaded it just before it is replaced.
-typedef void (*PostcopyRsLogFn)(PostcopyRsLogLevel level, const char *msg);
-
-// A snapshot of the library's counters (`postcopy_rs_get_stats`).
+/**
+ * A RAMBlock as the destination sees it, filled in by the embedder.
+ */
 typedef struct {
-  // RAMBlocks walked by the source-side discard.
-  uint64_t discard_blocks;
-  // Discard runs sent (`postcopy_discard_send_range` calls).
-  uint64_t discard_runs;
-  // Target pages covered by those runs.
-  uint64_t discard_pages;
-  // Bits set by host-page canonicalisation (added to migration_dirty_pages).
-  uint64_t hostpage_bits_set;
-  // Host pages placed with UFFDIO_COPY.
-  uint64_t pages_placed;
-  // Host pages placed as zero pages (UFFDIO_ZEROPAGE, or a zero copy on hugetlbfs).
-  uint64_t zero_pages_placed;
-  // Bytes placed by either.
-  uint64_t bytes_placed;
-  // Placements that found the page already present (EEXIST) and woke instead.
-  uint64_t eexist;
-  // Placement retries after EAGAIN or a partial copy.
-  uint64_t eagain_retries;
-  // Placement ioctls issued.
-  uint64_t place_ioctls;
-  // uffd_msg records read by the fault thread.
-  uint64_t faults_read;
-  // read() calls on the userfaultfd that returned messages.
-  uint64_t fault_reads;
-  // Page requests sent to the source.
-  uint64_t pages_requested;
-  // Faults not requested because the page was in flight or received.
-  uint64_t requests_deduped;
-  // Times the fault thread paused for a broken return path.
-  uint64_t fault_thread_pauses;
-  // Non-pagefault uffd events ignored.
-  uint64_t events_ignored;
-} PostcopyRsStats;
-
-// A RAMBlock as the destination sees it, filled in by the embedder.
-typedef struct {
-  // Host address of the block's first byte (`RAMBlock::host`), aligned
-  // to `page_size`.
+  /**
+   * Host address of the block's first byte (`RAMBlock::host`), aligned
+   * to `page_size`.
+   */
   void *host;
-  // Bytes of guest RAM in the block (`used_length`), a multiple of
-  // `page_size`.
+  /**
+   * Bytes of guest RAM in the block (`used_length`), a multiple of
+   * `page_size`.
+   */
   uint64_t used_length;
-  // The block's host page size (`qemu_ram_pagesize()`): the unit of
-  // placement.
+  /**
+   * The block's host page size (`qemu_ram_pagesize()`): the unit of
+   * placement.
+   */
   uint64_t page_size;
-  // `RAMBlock::receivedmap`, one bit per target page, updated
-  // atomically; or NULL to not track.
+  /**
+   * `RAMBlock::receivedmap`, one bit per target page, updated
+   * atomically; or NULL to not track.
+   */
   unsigned long *receivedmap;
-  // log2 of the target page size (`qemu_target_page_bits()`).
+  /**
+   * log2 of the target page size (`qemu_target_page_bits()`).
+   */
   uint32_t target_page_bits;
-  // `POSTCOPY_RS_BLOCK_*` flags.
+  /**
+   * `POSTCOPY_RS_BLOCK_*` flags.
+   */
   uint32_t flags;
 } PostcopyRsBlockView;
 
-// Where a fault address lies, filled in by `PostcopyRsFaultOps::resolve`.
+/**
+ * Where a fault address lies, filled in by `PostcopyRsFaultOps::resolve`.
+ */
 typedef struct {
-  // The embedder's handle for the block (QEMU: the `RAMBlock *`); passed
-  // back to `fault` and `request_page`.
+  /**
+   * The embedder's handle for the block (QEMU: the `RAMBlock *`); passed
+   * back to `fault` and `request_page`.
+   */
   void *block;
-  // The block's view; its receivedmap must stay valid until the thread
-  // is stopped.
+  /**
+   * The block's view; its receivedmap must stay valid until the thread
+   * is stopped.
+   */
   PostcopyRsBlockView view;
 } PostcopyRsFaultTarget;
 
-// The embedder's side of the fault thread.  Every callback runs on the
-// fault thread and receives `opaque`.  `resolve` and `request_page` are
-// required; the others may be NULL.
+/**
+ * The embedder's side of the fault thread.  Every callback runs on the
+ * fault thread and receives `opaque`.  `resolve` and `request_page` are
+ * required; the others may be NULL.
+ */
 typedef struct {
-  // Passed to every callback.
+  /**
+   * Passed to every callback.
+   */
   void *opaque;
-  // First call on the new thread (QEMU: `rcu_register_thread()`).
+  /**
+   * First call on the new thread (QEMU: `rcu_register_thread()`).
+   */
   void (*thread_enter)(void *opaque);
-  // Last call on the thread (QEMU: `rcu_unregister_thread()`).
+  /**
+   * Last call on the thread (QEMU: `rcu_unregister_thread()`).
+   */
   void (*thread_exit)(void *opaque);
-  // Map fault address `addr` to its block: fill `*out`, return 0; or
-  // return a negative errno if `addr` is not guest RAM.
+  /**
+   * Map fault address `addr` to its block: fill `*out`, return 0; or
+   * return a negative errno if `addr` is not guest RAM.
+   */
   int (*resolve)(void *opaque, uint64_t addr, PostcopyRsFaultTarget *out);
-  // Every page fault, before de-duplication: `tid` is the faulting
-  // thread (0 without UFFD_FEATURE_THREAD_ID).  QEMU: blocktime begin.
+  /**
+   * Every page fault, before de-duplication: `tid` is the faulting
+   * thread (0 without UFFD_FEATURE_THREAD_ID).  QEMU: blocktime begin.
+   */
   void (*fault)(void *opaque, void *block, uint64_t addr, uint32_t tid);
-  // Ask the source for the host page at block offset `offset` (aligned
-  // to the block's page size); `addr` is the faulting address.  Return 0,
-  // or a negative errno if the return path is broken: the thread then
-  // pauses until `postcopy_rs_fault_thread_resume()`, and retries.
+  /**
+   * Ask the source for the host page at block offset `offset` (aligned
+   * to the block's page size); `addr` is the faulting address.  Return 0,
+   * or a negative errno if the return path is broken: the thread then
+   * pauses until `postcopy_rs_fault_thread_resume()`, and retries.
+   */
   int (*request_page)(void *opaque, void *block, uint64_t offset, uint64_t addr);
-  // The thread is pausing.
+  /**
+   * The thread is pausing.
+   */
   void (*paused)(void *opaque);
-  // The thread resumed and retries its request.
+  /**
+   * The thread resumed and retries its request.
+   */
   void (*resumed)(void *opaque);
-  // The thread is ending on error `err` (negative errno), e.g. a fault at
-  // `addr` outside guest RAM (-ERANGE).
+  /**
+   * The thread is ending on error `err` (negative errno), e.g. a fault at
+   * `addr` outside guest RAM (-ERANGE).
+   */
   void (*fatal)(void *opaque, int err, uint64_t addr);
-  // A `struct uffd_msg` read from shared userfaultfd `fd`.
+  /**
+   * A `struct uffd_msg` read from shared userfaultfd `fd`.
+   */
   int (*shared_fault)(void *opaque, int fd, void *msg);
-  // Called each time the thread wakes: return true to pause now (QEMU:
-  // the return path is gone, `!mis->to_src_file`).  Wake the thread to
-  // re-check with `postcopy_rs_fault_thread_notify()`.
+  /**
+   * Called each time the thread wakes: return true to pause now (QEMU:
+   * the return path is gone, `!mis->to_src_file`).  Wake the thread to
+   * re-check with `postcopy_rs_fault_thread_notify()`.
+   */
   bool (*check_pause)(void *opaque);
 } PostcopyRsFaultOps;
 
-// How to start a fault thread.
+/**
+ * How to start a fault thread.
+ */
 typedef struct {
-  // The userfaultfd guest RAM is registered with; must stay open until
-  // the thread is stopped.
+  /**
+   * The userfaultfd guest RAM is registered with.  The thread works on
+   * its own duplicate, closed when it is stopped.
+   */
   int uffd;
-  // Number of entries in `shared_fds`.
+  /**
+   * Number of entries in `shared_fds`.
+   */
   uint32_t nr_shared_fds;
-  // Extra userfaultfds to poll (vhost-user), or NULL.
+  /**
+   * Extra userfaultfds to poll (vhost-user), or NULL.
+   */
   const int *shared_fds;
-  // The callbacks.
+  /**
+   * The callbacks.
+   */
   PostcopyRsFaultOps ops;
-  // The thread's name (QEMU: `MIGRATION_THREAD_DST_FAULT`), or NULL for
-  // "fault-default".
+  /**
+   * The thread's name (QEMU: `MIGRATION_THREAD_DST_FAULT`), or NULL for
+   * "fault-default".
+   */
   const char *name;
 } PostcopyRsFaultConfig;
 
-#ifdef __cplusplus
-extern "C" {
-#endif // __cplusplus
+/**
+ * A log sink: `level`, then a NUL-terminated message without a trailing
+ * newline.  It must stay callable for the life of the process: a thread
+ * may have loaded it just before it is replaced.
+ */
+typedef void (*PostcopyRsLogFn)(PostcopyRsLogLevel level, const char *msg);
 
-// Canonicalise a RAMBlock's dirty bitmap to host pages: every host page
-// with any dirty target page becomes wholly dirty.
-//
-// `bmap` holds `nr_pages` bits, one per target page; `host_ratio` is the
-// block's page size over the target page size.
-//
-// Returns the number of bits newly set (QEMU adds it to
-// `migration_dirty_pages`), or:
-// - `-EFAULT` if `bmap` is NULL (and `nr_pages` is not 0);
-// - `-EINVAL` if `host_ratio` is not a power of two in
-//   `1..=POSTCOPY_RS_MAX_HOST_RATIO`, or `nr_pages` is not a multiple of it.
-//
-// On error the bitmap is unchanged.
-//
-// # Safety
-// `bmap` must point to `BITS_TO_LONGS(nr_pages)` writable `unsigned long`s
-// that no other thread touches during the call.
-int64_t postcopy_chunk_hostpages(unsigned long *bmap, uint64_t nr_pages, uint64_t host_ratio);
+/**
+ * A snapshot of the library's counters (`postcopy_rs_get_stats`).
+ */
+typedef struct {
+  /**
+   * RAMBlocks walked by the source-side discard.
+   */
+  uint64_t discard_blocks;
+  /**
+   * Discard runs sent (`postcopy_discard_send_range` calls).
+   */
+  uint64_t discard_runs;
+  /**
+   * Target pages covered by those runs.
+   */
+  uint64_t discard_pages;
+  /**
+   * Bits set by host-page canonicalisation (added to migration_dirty_pages).
+   */
+  uint64_t hostpage_bits_set;
+  /**
+   * Host pages placed with UFFDIO_COPY.
+   */
+  uint64_t pages_placed;
+  /**
+   * Host pages placed as zero pages (UFFDIO_ZEROPAGE, or a zero copy on hugetlbfs).
+   */
+  uint64_t zero_pages_placed;
+  /**
+   * Bytes placed by either.
+   */
+  uint64_t bytes_placed;
+  /**
+   * Placements that found the page already present (EEXIST) and woke instead.
+   */
+  uint64_t eexist;
+  /**
+   * Placement retries after EAGAIN or a partial copy.
+   */
+  uint64_t eagain_retries;
+  /**
+   * Placement ioctls issued.
+   */
+  uint64_t place_ioctls;
+  /**
+   * uffd_msg records read by the fault thread.
+   */
+  uint64_t faults_read;
+  /**
+   * read() calls on the userfaultfd that returned messages.
+   */
+  uint64_t fault_reads;
+  /**
+   * Page requests sent to the source.
+   */
+  uint64_t pages_requested;
+  /**
+   * Faults not requested because the page was in flight or received.
+   */
+  uint64_t requests_deduped;
+  /**
+   * Times the fault thread paused for a broken return path.
+   */
+  uint64_t fault_thread_pauses;
+  /**
+   * Non-pagefault uffd events ignored.
+   */
+  uint64_t events_ignored;
+} PostcopyRsStats;
 
-// Route the library's messages to `log_fn` (NULL: back to stderr).
-// Messages above `max_level` (a `PostcopyRsLogLevel`; out-of-range values
-// are clamped) are not formatted at all.
-//
-// # Safety
-// `log_fn`, if not NULL, must be callable from any thread for the life of
-// the process (a thread may call it just after it is replaced), and must
-// not call back into this library.
-void postcopy_rs_set_log_fn(PostcopyRsLogFn log_fn, int max_level);
+/**
+ * One RAMBlock, filled in by `PostcopyRsDiscardOps::next_block`.
+ */
+typedef struct {
+  /**
+   * The embedder's handle for the block (QEMU: the `RAMBlock *`): the
+   * previous block on entry to `next_block` (NULL: none yet), this one
+   * on return.  Never NULL for a block.
+   */
+  void *block;
+  /**
+   * The block's name (`RAMBlock::idstr`), NUL-terminated; NULL reads as
+   * "".
+   */
+  const char *name;
+  /**
+   * The block's dirty bitmap (`RAMBlock::bmap`), one bit per target
+   * page of `used_length`; may be NULL only if `used_length` is 0.
+   */
+  unsigned long *bmap;
+  /**
+   * The block's host page size in bytes (`qemu_ram_pagesize()`).
+   */
+  uint64_t page_size;
+  /**
+   * Bytes of guest RAM in the block (`used_length`).
+   */
+  uint64_t used_length;
+} PostcopyRsDiscardBlock;
 
-// Copy the library's counters into `*out`.  Returns 0, or `-EFAULT` if
-// `out` is NULL.
-//
-// # Safety
-// `out`, if not NULL, must point to a writable `PostcopyRsStats`.
-int postcopy_rs_get_stats(PostcopyRsStats *out);
+/**
+ * What `postcopy_rs_send_discard_bitmap()` needs from its embedder.
+ * Every callback runs on the calling thread, during the call, and
+ * receives `opaque`.  `next_block`, `send_init`, `send_range` and
+ * `send_finish` are required; the others may be NULL.
+ */
+typedef struct {
+  /**
+   * Passed to every callback (QEMU: the `MigrationState *`).
+   */
+  void *opaque;
+  /**
+   * The target page size in bytes (QEMU: `TARGET_PAGE_SIZE`).
+   */
+  uint64_t target_page_size;
+  /**
+   * Move `*block` to the next block to discard (QEMU: the next
+   * not-ignored RAMBlock) and fill it in; return false after the last.
+   * The blocks are walked twice, first to check them all.
+   */
+  bool (*next_block)(void *opaque, PostcopyRsDiscardBlock *block);
+  /**
+   * The last dirty-bitmap sync, once every block has been checked and
+   * before anything is sent (QEMU: `migration_bitmap_sync()`).
+   */
+  void (*prepare)(void *opaque);
+  /**
+   * Start one block's discards (QEMU: `postcopy_discard_send_init()`).
+   */
+  void (*send_init)(void *opaque, const char *name);
+  /**
+   * Discard `length` target pages from target page `start` of the block
+   * (QEMU: `postcopy_discard_send_range()`).
+   */
+  void (*send_range)(void *opaque, uint64_t start, uint64_t length);
+  /**
+   * End one block's discards (QEMU: `postcopy_discard_send_finish()`).
+   */
+  void (*send_finish)(void *opaque);
+  /**
+   * Canonicalisation marked `pages` more target pages dirty (QEMU: add
+   * them to `migration_dirty_pages`).
+   */
+  void (*dirty_pages_add)(void *opaque, uint64_t pages);
+  /**
+   * The discard failed with `err` (a negative errno) before anything was
+   * sent; `msg` says why and names the block (QEMU: fail the migration).
+   */
+  void (*failed)(void *opaque, int err, const char *msg);
+} PostcopyRsDiscardOps;
 
-// Zero the library's counters.
-void postcopy_rs_reset_stats(void);
-
-// Place one host page atomically: `block->page_size` bytes from `from` at
-// `host` with UFFDIO_COPY, which wakes any thread faulting on it, then
-// mark it in `block->receivedmap`.  QEMU: `postcopy_place_page()`.
-//
-// A page that is already present (EEXIST) is not an error: the range is
-// woken and 0 returned.  EAGAIN and partial copies are retried.
-//
-// Returns 0 or:
-// - `-EFAULT` if `block`, `block->host`, `host` or `from` is NULL;
-// - `-EINVAL` if `host` is not aligned to the page size or the view's
-//   geometry is impossible; `-ERANGE` if the page is outside the block;
-// - the ioctl's `-errno` otherwise (logged with the address and length).
-//
-// # Safety
-// `uffd` must be the userfaultfd the block is registered with; `block`
-// must satisfy `PostcopyRsBlockView`'s rules; `from` must be readable for
-// `block->page_size` bytes.  Safe to call from several threads at once.
+/**
+ * Place one host page atomically: `block->page_size` bytes from `from` at
+ * `host` with UFFDIO_COPY, which wakes any thread faulting on it, then
+ * mark it in `block->receivedmap`.  QEMU: `postcopy_place_page()`.
+ *
+ * A page that is already present (EEXIST) is not an error: the range is
+ * woken and 0 returned.  EAGAIN and partial copies are retried.
+ *
+ * Returns 0 or:
+ * - `-EFAULT` if `block`, `block->host`, `host` or `from` is NULL;
+ * - `-EINVAL` if `host` is not aligned to the page size or the view's
+ *   geometry is impossible; `-ERANGE` if the page is outside the block;
+ * - the ioctl's `-errno` otherwise (logged with the address and length).
+ *
+ * # Safety
+ * `uffd` must be the userfaultfd the block is registered with; `block`
+ * must satisfy `PostcopyRsBlockView`'s rules; `from` must be readable for
+ * `block->page_size` bytes.  Safe to call from several threads at once.
+ */
 int postcopy_rs_place_page(int uffd,
                            const PostcopyRsBlockView *block,
                            void *host,
                            const void *from);
 
-// Place `npages` contiguous host pages with one UFFDIO_COPY where the
-// kernel allows it.  Same rules and return values as
-// `postcopy_rs_place_page()`; `from` must be readable for
-// `npages * block->page_size` bytes, and `npages` must be at least 1.
-//
-// # Safety
-// As `postcopy_rs_place_page()`.
+/**
+ * Place `npages` contiguous host pages with one UFFDIO_COPY where the
+ * kernel allows it.  Same rules and return values as
+ * `postcopy_rs_place_page()`; `from` must be readable for
+ * `npages * block->page_size` bytes, and `npages` must be at least 1.
+ *
+ * # Safety
+ * As `postcopy_rs_place_page()`.
+ */
 int postcopy_rs_place_pages(int uffd,
                             const PostcopyRsBlockView *block,
                             void *host,
                             const void *from,
                             uint64_t npages);
 
-// Place one zero host page at `host` and mark it received: UFFDIO_ZEROPAGE
-// if `block->flags` has `POSTCOPY_RS_BLOCK_ZEROPAGE`, otherwise (hugetlbfs)
-// a copy from a zero buffer of the block's page size.
-// QEMU: `postcopy_place_page_zero()`.  Return values as
-// `postcopy_rs_place_page()`.
-//
-// # Safety
-// As `postcopy_rs_place_page()`, without `from`.
+/**
+ * Place one zero host page at `host` and mark it received: UFFDIO_ZEROPAGE
+ * if `block->flags` has `POSTCOPY_RS_BLOCK_ZEROPAGE`, otherwise (hugetlbfs)
+ * a copy from a zero buffer of the block's page size.
+ * QEMU: `postcopy_place_page_zero()`.  Return values as
+ * `postcopy_rs_place_page()`.
+ *
+ * # Safety
+ * As `postcopy_rs_place_page()`, without `from`.
+ */
 int postcopy_rs_place_page_zero(int uffd, const PostcopyRsBlockView *block, void *host);
 
-// Start the fault thread (named `cfg->name`, default "fault-default") and return
-// once it runs; `*out` then holds its handle.  QEMU: the thread creation
-// in `postcopy_ram_incoming_setup()`.
-//
-// Returns 0 or: `-EFAULT` if `cfg` or `out` is NULL, or `resolve` or
-// `request_page` is missing; `-EBADF` for a negative `uffd`; `-EINVAL` if
-// `uffd` is not `O_NONBLOCK` (a fault can vanish between poll() and
-// read()); the errno of a failed eventfd or thread creation.  On error
-// `*out` is NULL.  The thread starts with every signal blocked, as QEMU's
-// threads do.
-//
-// # Safety
-// `cfg` must be readable, `cfg->name` NULL or a C string; `cfg->ops` callbacks must be callable from the
-// fault thread with `cfg->ops.opaque` until the thread is stopped, and must
-// not call back into the fault-thread API; `cfg->uffd` and the shared fds
-// must stay open until then.
-int postcopy_rs_fault_thread_start(const PostcopyRsFaultConfig *cfg,
-                                   PostcopyRsFaultThread **out);
+/**
+ * Start the fault thread (named `cfg->name`, default "fault-default") and return
+ * once it runs; `*out` then holds its handle.  QEMU: the thread creation
+ * in `postcopy_ram_incoming_setup()`.
+ *
+ * Returns 0 or: `-EFAULT` if `cfg` or `out` is NULL, or `resolve` or
+ * `request_page` is missing; `-EBADF` for a negative or closed `uffd` or
+ * shared fd; `-EINVAL` if
+ * `uffd` is not `O_NONBLOCK` (a fault can vanish between poll() and
+ * read()); the errno of a failed eventfd or thread creation.  On error
+ * `*out` is NULL.  The thread starts with every signal blocked, as QEMU's
+ * threads do.
+ *
+ * # Safety
+ * `cfg` must be readable, `cfg->name` NULL or a C string, `cfg->shared_fds`
+ * NULL or `nr_shared_fds` readable ints; the `cfg->ops` callbacks must be
+ * callable from the fault thread with `cfg->ops.opaque` until the thread
+ * is stopped, and must not call back into the fault-thread API.  (The
+ * thread keeps duplicates of the fds: the caller may close its own.)
+ */
+int postcopy_rs_fault_thread_start(const PostcopyRsFaultConfig *cfg, PostcopyRsFaultThread **out);
 
-// Stop the fault thread: signal its eventfd, wake it if paused, join it,
-// and free the handle.  Never hangs on pending faults or a pause.
-//
-// Returns 0 if the thread was running until now, or the negative errno
-// that ended it earlier (e.g. -ERANGE after a fault outside guest RAM,
-// -ENOTRECOVERABLE after an internal error).  NULL is a no-op returning
-// -EFAULT.
-//
-// # Safety
-// `t` must be a handle from `postcopy_rs_fault_thread_start()`, not yet
-// stopped, and not used again after this call.
+/**
+ * Stop the fault thread: signal its eventfd, wake it if paused, join it,
+ * and free the handle.  Never hangs on pending faults or a pause.
+ *
+ * Returns 0 if the thread was running until now, or the negative errno
+ * that ended it earlier (e.g. -ERANGE after a fault outside guest RAM,
+ * -ENOTRECOVERABLE after an internal error).  NULL is a no-op returning
+ * -EFAULT.
+ *
+ * # Safety
+ * `t` must be a handle from `postcopy_rs_fault_thread_start()`, not yet
+ * stopped, and not used again after this call.
+ */
 int postcopy_rs_fault_thread_stop(PostcopyRsFaultThread *t);
 
-// Post one resume: a thread paused after a failed request retries it.
-// Like a semaphore post, a resume before the pause is remembered.
-// QEMU: `qemu_sem_post(&mis->postcopy_pause_sem_fault)`.
-// Returns 0, or `-EFAULT` for NULL.
-//
-// # Safety
-// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+/**
+ * Post one resume: a thread paused after a failed request retries it.
+ * Like a semaphore post, a resume before the pause is remembered.
+ * QEMU: `qemu_sem_post(&mis->postcopy_pause_sem_fault)`.
+ * Returns 0, or `-EFAULT` for NULL.
+ *
+ * # Safety
+ * `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+ */
 int postcopy_rs_fault_thread_resume(PostcopyRsFaultThread *t);
 
-// Wake the thread so that it calls `ops.check_pause` again (QEMU:
-// `postcopy_fault_thread_notify()`, after closing the return path).
-// Returns 0, or `-EFAULT` for NULL.
-//
-// # Safety
-// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+/**
+ * Wake the thread so that it calls `ops.check_pause` again (QEMU:
+ * `postcopy_fault_thread_notify()`, after closing the return path).
+ * Returns 0, or `-EFAULT` for NULL.
+ *
+ * # Safety
+ * `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+ */
 int postcopy_rs_fault_thread_notify(PostcopyRsFaultThread *t);
 
-// What the thread is doing now (`PostcopyRsFaultThreadState`), or
-// `-EFAULT` for NULL.
-//
-// # Safety
-// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+/**
+ * What the thread is doing now (`PostcopyRsFaultThreadState`), or
+ * `-EFAULT` for NULL.
+ *
+ * # Safety
+ * `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+ */
 int postcopy_rs_fault_thread_state(const PostcopyRsFaultThread *t);
 
-// Replace the shared userfaultfds polled besides the main one.  The
-// change takes effect when the thread next wakes (it is woken now), so
-// an fd taken out of the set must stay open until the thread is stopped.
-// Returns 0, or `-EFAULT` for a NULL `t`, or NULL `fds` with `n > 0`.
-//
-// # Safety
-// `t` must be a live handle; `fds` must hold `n` ints (may be NULL if `n`
-// is 0), each open until the thread is stopped.
+/**
+ * Replace the shared userfaultfds polled besides the main one.  The
+ * change takes effect when the thread next wakes (it is woken now).  The
+ * thread polls duplicates of them; `shared_fault` receives the numbers
+ * given here.  Returns 0, or `-EFAULT` for a NULL `t`, or NULL `fds` with
+ * `n > 0`, or `-EBADF` for a negative or closed fd (the set is then
+ * unchanged).
+ *
+ * # Safety
+ * `t` must be NULL or a live handle; `fds` must hold `n` ints (may be
+ * NULL if `n` is 0).
+ */
 int postcopy_rs_fault_thread_set_shared_fds(PostcopyRsFaultThread *t, const int *fds, uint32_t n);
 
-// The `MIG_RP_MSG_PONG` value a destination sends before failing on
-// mismatched page sizes, carrying its page-size summary
-// (`ram_pagesize_summary()`); 0 if the summary cannot be carried (then
-// send nothing).  Any QEMU source accepts the pong; a postcopy-rs source
-// decodes it with `postcopy_rs_pagesize_pong_decode()`.
+/**
+ * Route the library's messages to `log_fn` (NULL: back to stderr).
+ * Messages above `max_level` (a `PostcopyRsLogLevel`; out-of-range values
+ * are clamped) are not formatted at all.
+ *
+ * # Safety
+ * `log_fn`, if not NULL, must be callable from any thread for the life of
+ * the process (a thread may call it just after it is replaced), and must
+ * not call back into this library.
+ */
+void postcopy_rs_set_log_fn(PostcopyRsLogFn log_fn, int max_level);
+
+/**
+ * Copy the library's counters into `*out`.  Returns 0, or `-EFAULT` if
+ * `out` is NULL.
+ *
+ * # Safety
+ * `out`, if not NULL, must point to a writable `PostcopyRsStats`.
+ */
+int postcopy_rs_get_stats(PostcopyRsStats *out);
+
+/**
+ * Zero the library's counters.
+ */
+void postcopy_rs_reset_stats(void);
+
+/**
+ * The `MIG_RP_MSG_PONG` value a destination sends before failing on
+ * mismatched page sizes, carrying its page-size summary
+ * (`ram_pagesize_summary()`); 0 if the summary cannot be carried (then
+ * send nothing).  Any QEMU source accepts the pong; a postcopy-rs source
+ * decodes it with `postcopy_rs_pagesize_pong_decode()`.
+ */
 uint32_t postcopy_rs_pagesize_pong_encode(uint64_t summary);
 
-// If `pong` is a page-size pong, store the peer's summary in `*summary`
-// and return true; otherwise (any other pong, or NULL `summary`) false.
-//
-// # Safety
-// `summary`, if not NULL, must be writable.
+/**
+ * If `pong` is a page-size pong, store the peer's summary in `*summary`
+ * and return true; otherwise (any other pong, or NULL `summary`) false.
+ *
+ * # Safety
+ * `summary`, if not NULL, must be writable.
+ */
 bool postcopy_rs_pagesize_pong_decode(uint32_t pong, uint64_t *summary);
 
-// Write the error for mismatched page summaries, naming both sides' page
-// sizes, into `buf` (at most `len` bytes, always NUL-terminated when
-// `len > 0`, like snprintf).  Returns the message's full length, or
-// `-EFAULT` if `buf` is NULL and `len` is not 0.
-//
-// # Safety
-// `buf` must be writable for `len` bytes.
+/**
+ * Write the error for mismatched page summaries, naming both sides' page
+ * sizes, into `buf` (at most `len` bytes, always NUL-terminated when
+ * `len > 0`, like snprintf).  Returns the message's full length, or
+ * `-EFAULT` if `buf` is NULL and `len` is not 0.
+ *
+ * # Safety
+ * `buf` must be writable for `len` bytes.
+ */
 int postcopy_rs_pagesize_mismatch_message(uint64_t source_summary,
                                           uint64_t destination_summary,
                                           char *buf,
                                           size_t len);
 
-extern size_t postcopy_rs_ram_target_page_size(void);
+/**
+ * Canonicalise a RAMBlock's dirty bitmap to host pages: every host page
+ * with any dirty target page becomes wholly dirty.
+ *
+ * `bmap` holds `nr_pages` bits, one per target page; `host_ratio` is the
+ * block's page size over the target page size.
+ *
+ * Returns the number of bits newly set (QEMU adds it to
+ * `migration_dirty_pages`), or:
+ * - `-EFAULT` if `bmap` is NULL (and `nr_pages` is not 0);
+ * - `-EINVAL` if `host_ratio` is not a power of two in
+ *   `1..=POSTCOPY_RS_MAX_HOST_RATIO`, or `nr_pages` is not a multiple of it.
+ *
+ * On error the bitmap is unchanged.
+ *
+ * # Safety
+ * `bmap` must point to `BITS_TO_LONGS(nr_pages)` writable `unsigned long`s
+ * that no other thread touches during the call.
+ */
+int64_t postcopy_chunk_hostpages(unsigned long *bmap, uint64_t nr_pages, uint64_t host_ratio);
 
-extern void postcopy_rs_ram_discard_prepare(MigrationState *ms);
-
-extern unsigned long *postcopy_rs_ram_block_bmap(RAMBlock *rb);
-
-extern void postcopy_rs_ram_dirty_pages_add(uint64_t pages);
-
-extern void postcopy_rs_ram_discard_failed(MigrationState *ms, int err, const char *msg);
+/**
+ * Send the discard bitmap at the switch to postcopy: QEMU's
+ * `ram_postcopy_send_discard_bitmap()` once the patch's glue has filled
+ * `ops`.
+ *
+ * Walks the blocks with `ops->next_block`, checks every one, calls
+ * `ops->prepare` (the last bitmap sync), then walks them again:
+ * canonicalises each dirty bitmap to the block's host page size and sends
+ * one discard range per maximal run of dirty target pages, framed per
+ * block by `send_init` / `send_finish`.  The wire format is QEMU's.
+ *
+ * Returns 0, or a negative errno: `-EFAULT` if `ops` or a required
+ * callback is NULL, or a block has a NULL `bmap` or handle; `-EINVAL` if
+ * a block has an impossible page size or a length that is not a whole
+ * number of its pages.  A block that fails the check fails the call with
+ * nothing sent or changed; `ops->failed` (when `ops` is readable) is
+ * told why, naming the block, so QEMU fails the migration and the source
+ * VM keeps running.
+ *
+ * # Safety
+ * `ops` must be NULL or readable; its callbacks must be callable with
+ * `ops->opaque` on this thread during the call, must not call back into
+ * this library, and `next_block` must fill in blocks that obey
+ * `PostcopyRsDiscardBlock`'s rules, whose bitmaps nothing else touches
+ * during the call (QEMU: on the migration thread with the source
+ * stopped, under the RCU read lock).
+ */
+int postcopy_rs_send_discard_bitmap(const PostcopyRsDiscardOps *ops);
 
 #ifdef __cplusplus
-}  // extern "C"
-#endif  // __cplusplus
+} /* extern "C" */
+#endif
 
-#endif  /* POSTCOPY_RS_H */
+#endif /* POSTCOPY_RS_H */

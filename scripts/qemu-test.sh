@@ -83,7 +83,7 @@ exports_library() {
     # Into a variable first: `nm | grep -q` fails under pipefail when grep
     # stops reading early.
     syms=$(nm "$PATCHED/qemu-system-x86_64")
-    for sym in ram_postcopy_send_discard_bitmap postcopy_chunk_hostpages \
+    for sym in postcopy_rs_send_discard_bitmap postcopy_chunk_hostpages \
         postcopy_rs_place_page postcopy_rs_place_page_zero \
         postcopy_rs_fault_thread_start postcopy_rs_fault_thread_stop; do
         if ! grep -q " T $sym\$" <<<"$syms"; then
@@ -98,7 +98,7 @@ check "patched qemu-system-x86_64 exports the library's symbols" exports_library
 c_functions_gone() {
     local fn found=0
     for fn in postcopy_each_ram_send_discard postcopy_chunk_hostpages_pass \
-        postcopy_send_discard_bm_ram ram_postcopy_send_discard_bitmap \
+        postcopy_send_discard_bm_ram \
         postcopy_ram_fault_thread postcopy_pause_fault_thread \
         qemu_ufd_copy_ioctl; do
         # A definition: a return type at the start of the line, then the

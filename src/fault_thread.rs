@@ -22,7 +22,7 @@ use crate::placement::Block;
 use crate::stats::{self, Counter};
 use crate::uffd::{UffdMsg, UFFD_EVENT_PAGEFAULT};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
@@ -45,12 +45,12 @@ const INFLIGHT_PRUNE_AT: usize = 1 << 16;
 const REQUEST_AGAIN_AFTER: Duration = Duration::from_secs(2);
 
 /// The block a fault address belongs to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Resolved {
     /// The embedder's handle for the block (a `RAMBlock *` in QEMU).
     pub handle: usize,
     /// The block's geometry and received bitmap.
-    pub block: Block<'static>,
+    pub block: Block,
 }
 
 /// What the fault thread needs from its embedder.  All methods run on the
@@ -111,7 +111,31 @@ struct Shared {
     event: OwnedFd,
     control: Mutex<Control>,
     cond: Condvar,
-    shared_fds: Mutex<Option<Vec<RawFd>>>,
+    shared_fds: Mutex<Option<Vec<SharedFd>>>,
+}
+
+/// A shared (vhost-user) userfaultfd: the thread's own duplicate, polled
+/// and read, and the embedder's number for it, which the embedder's
+/// handler looks it up by.
+#[derive(Debug)]
+struct SharedFd {
+    id: RawFd,
+    fd: OwnedFd,
+}
+
+/// The thread's own duplicates of the embedder's shared fds, so that none
+/// can be closed under it.
+fn dup_shared(fds: &[BorrowedFd<'_>]) -> Result<Vec<SharedFd>> {
+    fds.iter()
+        .map(|fd| {
+            Ok(SharedFd {
+                id: fd.as_raw_fd(),
+                fd: fd
+                    .try_clone_to_owned()
+                    .map_err(|_| Error::last_os("dup of a shared userfaultfd"))?,
+            })
+        })
+        .collect()
 }
 
 impl Shared {
@@ -158,25 +182,23 @@ pub struct FaultThread {
 }
 
 impl FaultThread {
-    /// Start the thread on `uffd` (which must stay open until stop), named
-    /// `name` (default [`DEFAULT_THREAD_NAME`]), and return once it is
-    /// running.
+    /// Start the thread on `uffd`, named `name` (default
+    /// [`DEFAULT_THREAD_NAME`]), and return once it is running.  The thread
+    /// works on its own duplicates of `uffd` and `shared_fds`.
     pub fn start(
-        uffd: RawFd,
-        shared_fds: &[RawFd],
+        uffd: BorrowedFd<'_>,
+        shared_fds: &[BorrowedFd<'_>],
         name: Option<&str>,
         handler: Box<dyn FaultHandler>,
     ) -> Result<Self> {
-        if uffd < 0 {
-            return Err(Error::Os {
-                op: "fault thread start (bad userfaultfd)",
-                errno: libc::EBADF,
-            });
-        }
+        let uffd = uffd
+            .try_clone_to_owned()
+            .map_err(|_| Error::last_os("dup of the userfaultfd"))?;
+        let shared_fds = dup_shared(shared_fds)?;
         // A fault can vanish between poll() and read() (a placement woke
         // its thread): a blocking read would then hang the thread.
         // SAFETY: F_GETFL only reads the descriptor's flags.
-        let flags = unsafe { libc::fcntl(uffd, libc::F_GETFL) };
+        let flags = unsafe { libc::fcntl(uffd.as_raw_fd(), libc::F_GETFL) };
         if flags < 0 {
             return Err(Error::last_os("fcntl(F_GETFL) on the userfaultfd"));
         }
@@ -197,7 +219,7 @@ impl FaultThread {
                 resumes: 0,
             }),
             cond: Condvar::new(),
-            shared_fds: Mutex::new(Some(shared_fds.to_vec())),
+            shared_fds: Mutex::new(Some(shared_fds)),
         });
         let (ready_tx, ready_rx) = mpsc::channel();
         let sh = Arc::clone(&shared);
@@ -255,13 +277,15 @@ impl FaultThread {
     }
 
     /// Replace the set of shared userfaultfds polled besides the main one.
-    pub fn set_shared_fds(&self, fds: &[RawFd]) {
+    pub fn set_shared_fds(&self, fds: &[BorrowedFd<'_>]) -> Result<()> {
+        let fds = dup_shared(fds)?;
         *self
             .shared
             .shared_fds
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(fds.to_vec());
+            .unwrap_or_else(|p| p.into_inner()) = Some(fds);
         self.shared.kick();
+        Ok(())
     }
 
     /// What the thread is doing now.
@@ -305,7 +329,7 @@ impl Drop for FaultThread {
 
 fn thread_main(
     shared: Arc<Shared>,
-    uffd: RawFd,
+    uffd: OwnedFd,
     mut handler: Box<dyn FaultHandler>,
     ready: mpsc::Sender<()>,
 ) -> Result<()> {
@@ -314,7 +338,7 @@ fn thread_main(
         let _ = ready.send(());
         Loop {
             shared: &shared,
-            uffd,
+            uffd: uffd.as_fd(),
             handler: handler.as_mut(),
             inflight: HashMap::new(),
             shared_fds: Vec::new(),
@@ -345,12 +369,12 @@ fn thread_main(
 
 struct Loop<'a> {
     shared: &'a Shared,
-    uffd: RawFd,
+    uffd: BorrowedFd<'a>,
     handler: &'a mut dyn FaultHandler,
     /// Host pages requested and not yet seen received: their block, offset
     /// and when they were requested.
-    inflight: HashMap<u64, (Block<'static>, u64, Instant)>,
-    shared_fds: Vec<RawFd>,
+    inflight: HashMap<u64, (Block, u64, Instant)>,
+    shared_fds: Vec<SharedFd>,
 }
 
 enum Next {
@@ -373,9 +397,9 @@ impl Loop<'_> {
                 self.shared_fds = fds;
             }
             pfds.clear();
-            for fd in [self.uffd, self.shared.event.as_raw_fd()]
+            for fd in [self.uffd.as_raw_fd(), self.shared.event.as_raw_fd()]
                 .into_iter()
-                .chain(self.shared_fds.iter().copied())
+                .chain(self.shared_fds.iter().map(|s| s.fd.as_raw_fd()))
             {
                 pfds.push(libc::pollfd {
                     fd,
@@ -423,9 +447,9 @@ impl Loop<'_> {
                     // As QEMU does: report it and stop polling that fd.
                     log::error!(
                         "postcopy fault thread: error on shared userfaultfd {}; ignoring it",
-                        p.fd
+                        self.shared_id(p.fd)
                     );
-                    self.shared_fds.retain(|&fd| fd != p.fd);
+                    self.shared_fds.retain(|s| s.fd.as_raw_fd() != p.fd);
                 } else if p.revents & libc::POLLIN != 0 {
                     self.read_shared(p.fd);
                 }
@@ -451,7 +475,7 @@ impl Loop<'_> {
         let sz = std::mem::size_of::<UffdMsg>();
         // SAFETY: buf is BATCH writable uffd_msg; the kernel writes whole
         // messages only.
-        let n = unsafe { libc::read(self.uffd, buf.as_mut_ptr().cast(), BATCH * sz) };
+        let n = unsafe { libc::read(self.uffd.as_raw_fd(), buf.as_mut_ptr().cast(), BATCH * sz) };
         if n < 0 {
             let e = Error::last_os("read of the userfaultfd");
             return match e.errno() {
@@ -476,11 +500,20 @@ impl Loop<'_> {
         Ok(Next::Go)
     }
 
-    fn read_shared(&mut self, fd: RawFd) {
+    /// The embedder's number for the shared fd we poll as `polled`.
+    fn shared_id(&self, polled: RawFd) -> RawFd {
+        self.shared_fds
+            .iter()
+            .find(|s| s.fd.as_raw_fd() == polled)
+            .map_or(polled, |s| s.id)
+    }
+
+    fn read_shared(&mut self, polled: RawFd) {
+        let fd = self.shared_id(polled);
         let mut msg = UffdMsg::default();
         let sz = std::mem::size_of::<UffdMsg>();
         // SAFETY: reading one uffd_msg into a live, correctly sized struct.
-        let n = unsafe { libc::read(fd, std::ptr::from_mut(&mut msg).cast(), sz) };
+        let n = unsafe { libc::read(polled, std::ptr::from_mut(&mut msg).cast(), sz) };
         if n != sz as isize {
             let e = std::io::Error::last_os_error();
             if n < 0 && matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
@@ -488,7 +521,7 @@ impl Loop<'_> {
             }
             // Anything else would make poll() report it again at once.
             log::error!("postcopy fault thread: shared userfaultfd {fd}: read returned {n} ({e}); ignoring it");
-            self.shared_fds.retain(|&f| f != fd);
+            self.shared_fds.retain(|s| s.fd.as_raw_fd() != polled);
             return;
         }
         if msg.event != UFFD_EVENT_PAGEFAULT {

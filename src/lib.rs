@@ -4,12 +4,15 @@
 //!
 //! - [`bitmap`]: QEMU-layout bitmaps, word at a time.
 //! - [`discard`]: source side, host-page canonicalisation and discard runs.
-//! - [`qemu`]: what the library calls in QEMU; the RAMBlock walk.
+//! - [`source`]: source side, the discard bitmap over the embedder's
+//!   RAMBlocks.
 //! - [`uffd`]: the userfaultfd kernel ABI.
 //! - [`placement`]: destination side, atomic page placement.
+//! - [`receivedmap`]: the destination's received bitmap, shared with C.
 //! - [`fault_thread`]: destination side, the userfaultfd fault thread.
 //! - [`pagesize`]: telling the source which page sizes did not match.
-//! - [`ffi`]: the exported C ABI, the one place raw pointers become safe.
+//! - [`ffi`]: the exported C ABI, the one place raw pointers, raw fds and
+//!   callbacks from C become safe types.
 //! - [`error`], [`panic`], [`log`], [`stats`]: errors, the panic boundary,
 //!   the log sink and counters.
 //!
@@ -25,7 +28,8 @@ pub mod log;
 pub mod pagesize;
 pub mod panic;
 pub mod placement;
-pub mod qemu;
+pub mod receivedmap;
+pub mod source;
 pub mod stats;
 pub mod uffd;
 

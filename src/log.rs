@@ -6,9 +6,10 @@
 //! always logged with the detail (address, length, sizes) that the bare
 //! errno returned to C cannot carry.
 
+use crate::ffi::CLogSink;
 use std::ffi::CString;
-use std::os::raw::c_char;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::RwLock;
 
 /// Message severity, as passed to the log sink.
 #[repr(C)]
@@ -24,19 +25,13 @@ pub enum PostcopyRsLogLevel {
     Debug = 3,
 }
 
-/// A log sink: `level`, then a NUL-terminated message without a trailing
-/// newline.  It must stay callable for the life of the process: a thread
-/// may have loaded it just before it is replaced.
-pub type PostcopyRsLogFn =
-    Option<unsafe extern "C" fn(level: PostcopyRsLogLevel, msg: *const c_char)>;
-
-// 0 = no sink; otherwise the fn pointer.  Set rarely, read on every message.
-static SINK: AtomicUsize = AtomicUsize::new(0);
+// None: stderr.  Set rarely, read on every delivered message.
+static SINK: RwLock<Option<CLogSink>> = RwLock::new(None);
 // Messages above this level are dropped before formatting reaches the sink.
 static MAX_LEVEL: AtomicUsize = AtomicUsize::new(PostcopyRsLogLevel::Info as usize);
 
-pub(crate) fn set_sink(f: PostcopyRsLogFn, max_level: PostcopyRsLogLevel) {
-    SINK.store(f.map_or(0, |f| f as usize), Ordering::Release);
+pub(crate) fn set_sink(sink: Option<CLogSink>, max_level: PostcopyRsLogLevel) {
+    *SINK.write().unwrap_or_else(|p| p.into_inner()) = sink;
     MAX_LEVEL.store(max_level as usize, Ordering::Release);
 }
 
@@ -50,23 +45,16 @@ pub fn log(level: PostcopyRsLogLevel, msg: &str) {
     if !enabled(level) {
         return;
     }
-    let raw = SINK.load(Ordering::Acquire);
-    if raw == 0 {
+    let sink = *SINK.read().unwrap_or_else(|p| p.into_inner());
+    let Some(sink) = sink else {
         // Not eprintln!: it panics when stderr fails (EPIPE, ENOSPC).
         use std::io::Write;
         let _ = writeln!(std::io::stderr(), "postcopy-rs: {msg}");
         return;
-    }
-    // SAFETY: `raw` was stored by `set_sink` from a non-null fn pointer of
-    // exactly this type; fn pointers round-trip through usize on every
-    // platform Rust supports.
-    let f: unsafe extern "C" fn(PostcopyRsLogLevel, *const c_char) =
-        unsafe { std::mem::transmute::<usize, _>(raw) };
+    };
     // Interior NULs cannot come from our own messages; strip them anyway.
     let c = CString::new(msg.replace('\0', "")).unwrap_or_default();
-    // SAFETY: the sink's contract (see `postcopy_rs_set_log_fn`) is to accept
-    // any NUL-terminated string for the duration of the call.
-    unsafe { f(level, c.as_ptr()) };
+    sink.deliver(level, &c);
 }
 
 /// Log at error level.

@@ -17,21 +17,20 @@
 //! **EAGAIN** (the mm is changing, or a multi-page copy stopped part way)
 //! is retried from where the kernel stopped.
 
-use crate::bitmap::{self, bits_to_longs};
 use crate::error::{Error, Result};
 use crate::log;
+use crate::receivedmap::ReceivedMap;
 use crate::stats::{self, Counter};
 use crate::uffd::{self, UffdioCopy, UffdioRange, UffdioZeropage, UFFDIO_COPY, UFFDIO_ZEROPAGE};
-use std::os::fd::RawFd;
-use std::sync::atomic::AtomicU64;
+use std::os::fd::BorrowedFd;
 use std::sync::Mutex;
 
 /// EAGAIN retries without progress before giving up.
 const MAX_STALLED_RETRIES: u32 = 10_000;
 
 /// A RAMBlock as the destination sees it, validated.
-#[derive(Debug, Clone, Copy)]
-pub struct Block<'a> {
+#[derive(Debug, Clone)]
+pub struct Block {
     /// Host address of the block's first byte.
     pub host: u64,
     /// Bytes of guest RAM.
@@ -40,14 +39,14 @@ pub struct Block<'a> {
     pub page_size: u64,
     /// One bit per target page, set when a page is placed; shared with
     /// other threads, hence atomic.
-    pub receivedmap: Option<&'a [AtomicU64]>,
+    pub receivedmap: Option<ReceivedMap>,
     /// log2(target page size).
     pub target_page_bits: u32,
     /// UFFDIO_ZEROPAGE works on this memory (not hugetlbfs).
     pub zeropage_ok: bool,
 }
 
-impl<'a> Block<'a> {
+impl Block {
     /// Validate the geometry of a block.  `receivedmap` must hold a bit per
     /// target page of `len`.
     pub fn new(
@@ -55,7 +54,7 @@ impl<'a> Block<'a> {
         len: u64,
         page_size: u64,
         target_page_bits: u32,
-        receivedmap: Option<&'a [AtomicU64]>,
+        receivedmap: Option<ReceivedMap>,
         zeropage_ok: bool,
     ) -> Result<Self> {
         if !(9..=30).contains(&target_page_bits) {
@@ -88,8 +87,8 @@ impl<'a> Block<'a> {
         if host.checked_add(len).is_none() {
             return Err(Error::OutOfRange { addr: host, len });
         }
-        if let Some(map) = receivedmap {
-            if (map.len() as u64) < bits_to_longs((len >> target_page_bits) as usize) as u64 {
+        if let Some(map) = &receivedmap {
+            if (map.bits() as u64) < len >> target_page_bits {
                 return Err(Error::OutOfRange { addr: host, len });
             }
         }
@@ -130,13 +129,14 @@ impl<'a> Block<'a> {
     /// Has the target page holding block offset `off` been placed?
     pub fn is_received(&self, off: u64) -> bool {
         self.receivedmap
-            .is_some_and(|m| bitmap::test_bit_atomic(m, (off >> self.target_page_bits) as usize))
+            .as_ref()
+            .is_some_and(|m| m.test((off >> self.target_page_bits) as usize))
     }
 
     fn mark_received(&self, off: u64, len: u64) {
-        if let Some(m) = self.receivedmap {
+        if let Some(m) = &self.receivedmap {
             let tpb = self.target_page_bits;
-            bitmap::set_range_atomic(m, (off >> tpb) as usize, (len >> tpb) as usize);
+            m.set_range((off >> tpb) as usize, (len >> tpb) as usize);
         }
     }
 }
@@ -151,7 +151,12 @@ enum Fill {
 }
 
 /// One ioctl; returns the bytes done (possibly partial) or the errno.
-fn issue(uffd: RawFd, fill: Fill, dst: u64, len: u64) -> std::result::Result<(), (i32, u64)> {
+fn issue(
+    uffd: BorrowedFd<'_>,
+    fill: Fill,
+    dst: u64,
+    len: u64,
+) -> std::result::Result<(), (i32, u64)> {
     stats::add(Counter::PlaceIoctls, 1);
     let (res, progress) = match fill {
         Fill::Copy(src) => {
@@ -191,7 +196,7 @@ fn issue(uffd: RawFd, fill: Fill, dst: u64, len: u64) -> std::result::Result<(),
 
 /// Fill `dst..dst + len` atomically, page by page as the kernel allows,
 /// handling EEXIST and EAGAIN.  Returns how many bytes were already there.
-fn fill_range(uffd: RawFd, fill: Fill, dst: u64, len: u64, page_size: u64) -> Result<u64> {
+fn fill_range(uffd: BorrowedFd<'_>, fill: Fill, dst: u64, len: u64, page_size: u64) -> Result<u64> {
     let op = match fill {
         Fill::Copy(_) => "UFFDIO_COPY",
         Fill::Zero => "UFFDIO_ZEROPAGE",
@@ -257,8 +262,8 @@ fn fill_range(uffd: RawFd, fill: Fill, dst: u64, len: u64, page_size: u64) -> Re
 /// # Safety
 /// `from` must be readable for `npages * block.page_size` bytes.
 pub unsafe fn place_pages(
-    uffd: RawFd,
-    block: &Block<'_>,
+    uffd: BorrowedFd<'_>,
+    block: &Block,
     host: u64,
     from: *const u8,
     npages: u64,
@@ -276,7 +281,7 @@ pub unsafe fn place_pages(
 /// Place one zero host page at `host` and mark it received: UFFDIO_ZEROPAGE,
 /// or on memory without it (hugetlbfs) a copy from a zero buffer of the
 /// block's page size.
-pub fn place_zero(uffd: RawFd, block: &Block<'_>, host: u64) -> Result<()> {
+pub fn place_zero(uffd: BorrowedFd<'_>, block: &Block, host: u64) -> Result<()> {
     let off = block.offset_of(host, 1)?;
     let ps = block.page_size;
     let fill = if block.zeropage_ok {
@@ -350,8 +355,8 @@ mod tests {
         assert!(Block::new(0, 0x30_0000, 0x20_0000, 12, None, false).is_err());
         assert!(Block::new(0, 0x1000, 0x1000, 40, None, false).is_err());
         // A receivedmap too short for the block.
-        let map = [AtomicU64::new(0)];
-        assert!(Block::new(0, 65 << 12, 0x1000, 12, Some(&map), true).is_err());
-        assert!(Block::new(0, 64 << 12, 0x1000, 12, Some(&map), true).is_ok());
+        let map = ReceivedMap::new(64);
+        assert!(Block::new(0, 65 << 12, 0x1000, 12, Some(map.clone()), true).is_err());
+        assert!(Block::new(0, 64 << 12, 0x1000, 12, Some(map), true).is_ok());
     }
 }

@@ -6,15 +6,25 @@
 //! placement needs exact control of EEXIST, EAGAIN and partial copies.
 
 use crate::error::{Error, Result};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-const UFFDIO: u64 = 0xAA;
+/// An ioctl request number as libc's `ioctl()` takes it: `unsigned long`
+/// on glibc, `int` on musl.
+pub type IoctlRequest = libc::Ioctl;
 
-const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
-    (dir << 30) | ((size as u64) << 16) | (UFFDIO << 8) | nr
+const UFFDIO: u32 = 0xAA;
+
+/// `_IOC(dir, UFFDIO, nr, size)`, as a 32-bit request (every Linux ioctl
+/// number fits in 32 bits; musl's `int` takes the same bit pattern).
+const fn ioc(dir: u32, nr: u32, size: usize) -> IoctlRequest {
+    assert!(size < 1 << 14, "_IOC_SIZEBITS is 14");
+    let req = (dir << 30) | ((size as u32) << 16) | (UFFDIO << 8) | nr;
+    // `as`: a deliberate bit-for-bit conversion, to c_ulong (widening) or
+    // to musl's c_int (the same 32 bits).
+    req as IoctlRequest
 }
-const IOC_WRITE: u64 = 1;
-const IOC_READ: u64 = 2;
+const IOC_WRITE: u32 = 1;
+const IOC_READ: u32 = 2;
 
 /// `UFFD_API`.
 pub const UFFD_API: u64 = 0xAA;
@@ -121,44 +131,49 @@ static_assertions::const_assert_eq!(std::mem::offset_of!(UffdMsg, pf_address), 1
 static_assertions::const_assert_eq!(std::mem::offset_of!(UffdMsg, pf_ptid), 24);
 
 /// `UFFDIO_API`.
-pub const UFFDIO_API: u64 = ioc(IOC_READ | IOC_WRITE, 0x3F, std::mem::size_of::<UffdioApi>());
+pub const UFFDIO_API: IoctlRequest =
+    ioc(IOC_READ | IOC_WRITE, 0x3F, std::mem::size_of::<UffdioApi>());
 /// `UFFDIO_REGISTER`.
-pub const UFFDIO_REGISTER: u64 = ioc(
+pub const UFFDIO_REGISTER: IoctlRequest = ioc(
     IOC_READ | IOC_WRITE,
     0x00,
     std::mem::size_of::<UffdioRegister>(),
 );
 /// `UFFDIO_UNREGISTER`.
-pub const UFFDIO_UNREGISTER: u64 = ioc(IOC_READ, 0x01, std::mem::size_of::<UffdioRange>());
+pub const UFFDIO_UNREGISTER: IoctlRequest = ioc(IOC_READ, 0x01, std::mem::size_of::<UffdioRange>());
 /// `UFFDIO_WAKE`.
-pub const UFFDIO_WAKE: u64 = ioc(IOC_READ, 0x02, std::mem::size_of::<UffdioRange>());
+pub const UFFDIO_WAKE: IoctlRequest = ioc(IOC_READ, 0x02, std::mem::size_of::<UffdioRange>());
 /// `UFFDIO_COPY`.
-pub const UFFDIO_COPY: u64 = ioc(
+pub const UFFDIO_COPY: IoctlRequest = ioc(
     IOC_READ | IOC_WRITE,
     0x03,
     std::mem::size_of::<UffdioCopy>(),
 );
 /// `UFFDIO_ZEROPAGE`.
-pub const UFFDIO_ZEROPAGE: u64 = ioc(
+pub const UFFDIO_ZEROPAGE: IoctlRequest = ioc(
     IOC_READ | IOC_WRITE,
     0x04,
     std::mem::size_of::<UffdioZeropage>(),
 );
 
-static_assertions::const_assert_eq!(UFFDIO_API, 0xc018_aa3f);
-static_assertions::const_assert_eq!(UFFDIO_REGISTER, 0xc020_aa00);
-static_assertions::const_assert_eq!(UFFDIO_WAKE, 0x8010_aa02);
-static_assertions::const_assert_eq!(UFFDIO_COPY, 0xc028_aa03);
-static_assertions::const_assert_eq!(UFFDIO_ZEROPAGE, 0xc020_aa04);
+// The numbers <linux/userfaultfd.h> gives on x86_64 and aarch64, checked
+// at compile time (compared as 32-bit patterns, whatever IoctlRequest is).
+static_assertions::const_assert_eq!(UFFDIO_API as u32, 0xc018_aa3f);
+static_assertions::const_assert_eq!(UFFDIO_REGISTER as u32, 0xc020_aa00);
+static_assertions::const_assert_eq!(UFFDIO_UNREGISTER as u32, 0x8010_aa01);
+static_assertions::const_assert_eq!(UFFDIO_WAKE as u32, 0x8010_aa02);
+static_assertions::const_assert_eq!(UFFDIO_COPY as u32, 0xc028_aa03);
+static_assertions::const_assert_eq!(UFFDIO_ZEROPAGE as u32, 0xc020_aa04);
 
 /// Issue one ioctl on a userfaultfd.
 ///
 /// # Safety
 /// `arg` must be the struct type `req` expects; any addresses in it must be
 /// valid for the operation.
-pub unsafe fn ioctl<T>(fd: RawFd, req: u64, arg: &mut T) -> std::io::Result<()> {
-    // SAFETY: per the function's contract; `arg` is a live &mut.
-    let r = unsafe { libc::ioctl(fd, req as libc::c_ulong, std::ptr::from_mut(arg)) };
+pub unsafe fn ioctl<T>(fd: BorrowedFd<'_>, req: IoctlRequest, arg: &mut T) -> std::io::Result<()> {
+    // SAFETY: per the function's contract; `fd` is open (borrowed) and
+    // `arg` is a live &mut.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req, std::ptr::from_mut(arg)) };
     if r < 0 {
         Err(std::io::Error::last_os_error())
     } else {
@@ -167,7 +182,7 @@ pub unsafe fn ioctl<T>(fd: RawFd, req: u64, arg: &mut T) -> std::io::Result<()> 
 }
 
 /// Wake threads blocked on faults in `start..start + len`.
-pub fn wake(fd: RawFd, start: u64, len: u64) -> Result<()> {
+pub fn wake(fd: BorrowedFd<'_>, start: u64, len: u64) -> Result<()> {
     let mut r = UffdioRange { start, len };
     // SAFETY: UFFDIO_WAKE takes a uffdio_range; it only wakes waiters.
     unsafe { ioctl(fd, UFFDIO_WAKE, &mut r) }.map_err(|e| Error::Os {
@@ -202,7 +217,7 @@ impl Userfaultfd {
             ioctls: 0,
         };
         // SAFETY: UFFDIO_API takes a uffdio_api.
-        unsafe { ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api) }.map_err(|e| Error::Os {
+        unsafe { ioctl(fd.as_fd(), UFFDIO_API, &mut api) }.map_err(|e| Error::Os {
             op: "UFFDIO_API",
             errno: e.raw_os_error().unwrap_or(libc::EIO),
         })?;
@@ -226,10 +241,16 @@ impl Userfaultfd {
         };
         // SAFETY: UFFDIO_REGISTER takes a uffdio_register; the kernel checks
         // the range is a mapping of ours.
-        unsafe { ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER, &mut reg) }.map_err(|e| Error::Os {
+        unsafe { ioctl(self.fd.as_fd(), UFFDIO_REGISTER, &mut reg) }.map_err(|e| Error::Os {
             op: "UFFDIO_REGISTER",
             errno: e.raw_os_error().unwrap_or(libc::EIO),
         })
+    }
+}
+
+impl AsFd for Userfaultfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

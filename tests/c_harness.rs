@@ -150,3 +150,77 @@ fn c_discard_harness() {
 fn c_dest_harness() {
     check_program("test_dest", &["test_dest.c", "fake_qemu.c"]);
 }
+
+/// The README's link line, verbatim: the `cc` line in its "Using the
+/// library from C" section.
+fn readme_link_line() -> Vec<String> {
+    let readme = std::fs::read_to_string(manifest().join("README.md")).expect("README.md");
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("cc ") && l.contains("examples/standalone.c"))
+        .expect("README.md has no `cc ... examples/standalone.c ...` line");
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+/// examples/standalone.c, built with exactly the README's command (only
+/// the library's path and the output name differ: this test's build of
+/// the library, in cargo's target directory) and no fake QEMU, must link
+/// and run: the library imports nothing from its embedder.
+#[test]
+fn c_standalone_example_links_without_qemu() {
+    let args = readme_link_line();
+    let lib = "target/release/libpostcopy_rs.a";
+    assert!(
+        args.iter().any(|a| a == lib),
+        "the README's line does not link {lib}: {args:?}"
+    );
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let exe = out_dir.join("standalone");
+    let mut cmd = Command::new(&args[0]);
+    let mut rest = args[1..].iter();
+    while let Some(a) = rest.next() {
+        if a == lib {
+            cmd.arg(staticlib());
+        } else if a == "-o" {
+            rest.next();
+            cmd.arg("-o").arg(&exe);
+        } else {
+            cmd.arg(a);
+        }
+    }
+    cmd.current_dir(manifest());
+    let out = cmd.output().expect("failed to run cc");
+    assert!(
+        out.status.success(),
+        "the README's link line failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run("examples/standalone.c", Command::new(&exe));
+    // Nothing in the library is left for an embedder to define: every
+    // symbol its objects need and none of them defines comes from the
+    // system libraries, none is QEMU's or ours.
+    let symbols = |flag: &str| -> std::collections::HashSet<String> {
+        let out = Command::new("nm")
+            .args([flag, "--format=just-symbols"])
+            .arg(staticlib())
+            .output()
+            .expect("nm");
+        assert!(out.status.success(), "nm {flag} failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let defined = symbols("--defined-only");
+    let mut imports: Vec<String> = symbols("--undefined-only")
+        .into_iter()
+        .filter(|s| !defined.contains(s))
+        .filter(|s| s.contains("postcopy") || s.contains("qemu") || s.contains("ram_"))
+        .collect();
+    imports.sort();
+    assert!(
+        imports.is_empty(),
+        "the library imports embedder symbols: {imports:?}"
+    );
+}

@@ -12,6 +12,7 @@ use postcopy_rs::fault_thread::{FaultHandler, FaultThread, PostcopyRsFaultThread
 use postcopy_rs::placement::{self, Block};
 use postcopy_rs::stats;
 use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ struct Events {
 
 struct Handler {
     ev: Arc<Events>,
-    block: Block<'static>,
+    block: Block,
     tx: mpsc::Sender<u64>,
 }
 
@@ -66,7 +67,7 @@ impl FaultHandler for Handler {
         if addr >= self.block.host && addr < self.block.host + self.block.len {
             Ok(Resolved {
                 handle: HANDLE,
-                block: self.block,
+                block: self.block.clone(),
             })
         } else {
             Err(Error::OutOfRange { addr, len: 1 })
@@ -108,17 +109,13 @@ impl FaultHandler for Handler {
 }
 
 /// A "source": answers each request by placing the pattern page.
-fn spawn_source(
-    fd: i32,
-    block: Block<'static>,
-    rx: mpsc::Receiver<u64>,
-) -> std::thread::JoinHandle<u32> {
+fn spawn_source(fd: Fd, block: Block, rx: mpsc::Receiver<u64>) -> std::thread::JoinHandle<u32> {
     std::thread::spawn(move || {
         let mut placed = 0;
         for off in rx {
             let page = off / block.page_size;
             let buf = pattern_page(page, block.page_size, SALT);
-            place(fd, &block, block.host + off, &buf, 1).expect("place_pages");
+            place(&fd, &block, block.host + off, &buf, 1).expect("place_pages");
             placed += 1;
         }
         placed
@@ -132,7 +129,7 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn new(fd: i32, block: Block<'static>, secs: u64) -> Watchdog {
+    fn new(fd: Fd, block: Block, secs: u64) -> Watchdog {
         let (done, rx) = mpsc::channel::<()>();
         let fired = Arc::new(AtomicBool::new(false));
         let f = Arc::clone(&fired);
@@ -141,7 +138,8 @@ impl Watchdog {
             {
                 f.store(true, SeqCst);
                 for i in 0..block.len / block.page_size {
-                    let _ = placement::place_zero(fd, &block, block.host + i * block.page_size);
+                    let _ =
+                        placement::place_zero(fd.as_fd(), &block, block.host + i * block.page_size);
                 }
             }
         });
@@ -165,7 +163,7 @@ fn start(r: &Region, ev: &Arc<Events>) -> (FaultThread, mpsc::Receiver<u64>) {
         tx,
     };
     (
-        FaultThread::start(r.fd(), &[], Some("test-fault"), Box::new(h)).expect("start"),
+        FaultThread::start(r.fd().as_fd(), &[], Some("test-fault"), Box::new(h)).expect("start"),
         rx,
     )
 }
@@ -238,12 +236,12 @@ fn double_placement(page_size: u64) {
     let r = Region::new(page_size, 2);
     let b = r.block();
     let before = stats::snapshot().eexist;
-    let wd = Watchdog::new(r.fd(), b, 30);
+    let wd = Watchdog::new(r.fd(), b.clone(), 30);
     std::thread::scope(|s| {
         let reader = s.spawn(|| r.peek(r.page(0)));
         // Wait until the reader is blocked in the kernel (its fault is queued).
         let mut pfd = libc::pollfd {
-            fd: r.fd(),
+            fd: r.fd().as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
@@ -255,6 +253,7 @@ fn double_placement(page_size: u64) {
             .map(|salt| {
                 let fd = r.fd();
                 let host = r.page(0);
+                let b = b.clone();
                 s.spawn(move || {
                     let buf = pattern_page(0, page_size, salt);
                     place(fd, &b, host, &buf, 1)
@@ -285,9 +284,9 @@ fn zero_pages(page_size: u64) {
     let r = Region::new(page_size, 2);
     let b = r.block();
     let s0 = stats::snapshot();
-    assert_eq!(placement::place_zero(r.fd(), &b, r.page(1)), Ok(()));
+    assert_eq!(placement::place_zero(r.fd().as_fd(), &b, r.page(1)), Ok(()));
     assert_eq!(
-        placement::place_zero(r.fd(), &b, r.page(1)),
+        placement::place_zero(r.fd().as_fd(), &b, r.page(1)),
         Ok(()),
         "second zero placement"
     );
@@ -461,8 +460,8 @@ fn thread_signals_and_blocking_fd(page_size: u64) {
 
     // SAFETY: F_GETFL/F_SETFL on our own userfaultfd.
     unsafe {
-        let fl = libc::fcntl(r.fd(), libc::F_GETFL);
-        libc::fcntl(r.fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        let fl = libc::fcntl(r.fd().as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(r.fd().as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
     }
     let (tx, _rx) = mpsc::channel();
     let h = Handler {
@@ -470,7 +469,7 @@ fn thread_signals_and_blocking_fd(page_size: u64) {
         block: r.block(),
         tx,
     };
-    let e = FaultThread::start(r.fd(), &[], None, Box::new(h)).err();
+    let e = FaultThread::start(r.fd().as_fd(), &[], None, Box::new(h)).err();
     assert!(
         matches!(e, Some(Error::Invalid(_))),
         "blocking uffd accepted: {e:?}"
@@ -496,7 +495,7 @@ fn panic_on_the_thread(page_size: u64) {
             "thread_exit not called after a panic"
         );
         assert_eq!(*ev.fatal.lock().unwrap(), Some((-libc::ENOTRECOVERABLE, 0)));
-        placement::place_zero(r.fd(), &r.block(), r.page(0)).unwrap();
+        placement::place_zero(r.fd().as_fd(), &r.block(), r.page(0)).unwrap();
     });
     assert_eq!(ft.stop(), Err(Error::Panic));
 }
@@ -522,7 +521,7 @@ fn fault_outside_guest_ram(page_size: u64) {
         });
         assert_eq!(*ev.fatal.lock().unwrap(), Some((-libc::ERANGE, p as u64)));
         assert_eq!(ev.exits.load(SeqCst), 1);
-        placement::place_zero(guest.fd(), &outside, p as u64).unwrap();
+        placement::place_zero(guest.fd().as_fd(), &outside, p as u64).unwrap();
     });
     assert!(matches!(ft.stop(), Err(Error::OutOfRange { .. })));
     // SAFETY: our mapping.
@@ -577,11 +576,14 @@ fn placement_errors(page_size: u64) {
         place(r.fd(), &b, r.page(0), &buf, 0),
         Err(Error::Invalid(_))
     ));
+    // Not a userfaultfd.  (A closed or negative fd cannot reach the safe
+    // core: the C boundary turns it into -EBADF.)
+    let not_uffd = std::fs::File::open("/dev/null").unwrap();
     assert!(matches!(
-        place(-1, &b, r.page(0), &buf, 1),
+        place(&not_uffd, &b, r.page(0), &buf, 1),
         Err(Error::Ioctl {
             op: "UFFDIO_COPY",
-            errno: libc::EBADF,
+            errno: libc::ENOTTY,
             ..
         })
     ));

@@ -37,86 +37,95 @@ void fake_log_sink(PostcopyRsLogLevel level, const char *msg)
     }
 }
 
-/* QEMU's own functions. */
+/*
+ * The ops callbacks, written as the patch series writes them in QEMU's
+ * migration/ram.c (there, over RAMBLOCK_FOREACH_NOT_IGNORED and
+ * postcopy_discard_send_*()).
+ */
 
-int foreach_not_ignored_block(RAMBlockIterFunc func, void *opaque)
+static bool fake_next_block(void *opaque, PostcopyRsDiscardBlock *b)
 {
-    for (int i = 0; i < FAKE_MAX_BLOCKS && fake_blocks[i]; i++) {
-        int ret;
+    int i = 0;
 
-        if (fake_blocks[i]->ignored) {
-            continue;
+    (void)opaque;
+    if (b->block) {
+        while (i < FAKE_MAX_BLOCKS && fake_blocks[i] != b->block) {
+            i++;
         }
-        ret = func(fake_blocks[i], opaque);
-        if (ret) {
-            return ret;
-        }
+        i++;
     }
-    return 0;
+    while (i < FAKE_MAX_BLOCKS && fake_blocks[i] && fake_blocks[i]->ignored) {
+        i++;
+    }
+    if (i >= FAKE_MAX_BLOCKS || !fake_blocks[i]) {
+        return false;
+    }
+    b->block = fake_blocks[i];
+    b->name = fake_blocks[i]->idstr;
+    b->bmap = fake_blocks[i]->bmap;
+    b->page_size = fake_blocks[i]->page_size;
+    b->used_length = fake_blocks[i]->used_length;
+    return true;
 }
 
-const char *qemu_ram_get_idstr(RAMBlock *rb)
+static void fake_prepare(void *opaque)
 {
-    return rb->idstr;
-}
-
-size_t qemu_ram_pagesize(RAMBlock *rb)
-{
-    return rb->page_size;
-}
-
-uint64_t qemu_ram_get_used_length(RAMBlock *rb)
-{
-    return rb->used_length;
-}
-
-
-void postcopy_discard_send_init(MigrationState *ms, const char *name)
-{
-    (void)ms;
-    fake_record("init %s", name);
-}
-
-void postcopy_discard_send_range(MigrationState *ms, unsigned long start,
-                                 unsigned long length)
-{
-    (void)ms;
-    fake_record("range %lu %lu", start, length);
-}
-
-void postcopy_discard_send_finish(MigrationState *ms)
-{
-    (void)ms;
-    fake_record("finish");
-}
-
-/* The ram.c glue the patch series adds. */
-
-size_t postcopy_rs_ram_target_page_size(void)
-{
-    return fake_target_page_size;
-}
-
-void postcopy_rs_ram_discard_prepare(MigrationState *ms)
-{
-    (void)ms;
+    (void)opaque;
     fake_record("prepare");
 }
 
-unsigned long *postcopy_rs_ram_block_bmap(RAMBlock *rb)
+static void fake_send_init(void *opaque, const char *name)
 {
-    return rb->bmap;
+    (void)opaque;
+    fake_record("init %s", name);
 }
 
-void postcopy_rs_ram_dirty_pages_add(uint64_t pages)
+static void fake_send_range(void *opaque, uint64_t start, uint64_t length)
 {
+    (void)opaque;
+    fake_record("range %llu %llu", (unsigned long long)start,
+                (unsigned long long)length);
+}
+
+static void fake_send_finish(void *opaque)
+{
+    (void)opaque;
+    fake_record("finish");
+}
+
+static void fake_dirty_pages_add(void *opaque, uint64_t pages)
+{
+    (void)opaque;
     fake_record("dirty %llu", (unsigned long long)pages);
 }
 
-void postcopy_rs_ram_discard_failed(MigrationState *ms, int err,
-                                    const char *msg)
+static void fake_failed(void *opaque, int err, const char *msg)
 {
-    (void)ms;
+    (void)opaque;
     fake_record("failed %d", err);
     snprintf(fake_last_error, sizeof(fake_last_error), "%s", msg);
+}
+
+PostcopyRsDiscardOps fake_discard_ops(MigrationState *ms)
+{
+    PostcopyRsDiscardOps ops = {
+        .opaque = ms,
+        .target_page_size = fake_target_page_size,
+        .next_block = fake_next_block,
+        .prepare = fake_prepare,
+        .send_init = fake_send_init,
+        .send_range = fake_send_range,
+        .send_finish = fake_send_finish,
+        .dirty_pages_add = fake_dirty_pages_add,
+        .failed = fake_failed,
+    };
+
+    return ops;
+}
+
+void ram_postcopy_send_discard_bitmap(MigrationState *ms)
+{
+    PostcopyRsDiscardOps ops = fake_discard_ops(ms);
+
+    postcopy_rs_send_discard_bitmap(&ops);
 }

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * A fake of the QEMU side of the postcopy-rs boundary: a RAMBlock list and
- * recorders for every function the library calls.  The prototypes come
+ * recorders for every callback of PostcopyRsDiscardOps.  The library links
+ * without it (examples/standalone.c shows that); the callback types come
  * from the generated header, so the compiler checks each fake against what
  * the library expects.
  */
@@ -11,21 +12,14 @@
 #include "postcopy_rs.h"
 
 /*
- * QEMU's own declarations (QEMU 10.0: include/exec/cpu-common.h,
- * migration/migration.h, migration/postcopy-ram.h, migration/ram.h) of the
- * functions the library calls or exports; the generated header leaves them
- * out because QEMU builds with -Wredundant-decls.
+ * The source-side glue, as the patch series writes it in QEMU's
+ * migration/ram.c: fill a PostcopyRsDiscardOps from the RAMBlock list and
+ * call postcopy_rs_send_discard_bitmap().
  */
-typedef int (RAMBlockIterFunc)(RAMBlock *rb, void *opaque);
-int foreach_not_ignored_block(RAMBlockIterFunc func, void *opaque);
-const char *qemu_ram_get_idstr(RAMBlock *rb);
-size_t qemu_ram_pagesize(RAMBlock *block);
-uint64_t qemu_ram_get_used_length(RAMBlock *rb); /* ram_addr_t */
-void postcopy_discard_send_init(MigrationState *ms, const char *name);
-void postcopy_discard_send_range(MigrationState *ms, unsigned long start,
-                                 unsigned long length);
-void postcopy_discard_send_finish(MigrationState *ms);
+typedef struct RAMBlock RAMBlock;
+typedef struct MigrationState MigrationState;
 void ram_postcopy_send_discard_bitmap(MigrationState *ms);
+PostcopyRsDiscardOps fake_discard_ops(MigrationState *ms);
 
 #include <stdio.h>
 #include <stdlib.h>

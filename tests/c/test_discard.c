@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * Source side through the C ABI, exactly as QEMU calls it: the exported
- * ram_postcopy_send_discard_bitmap() walks a fake RAMBlock list and must
- * make exactly the postcopy_discard_send_*() calls QEMU's C would.
+ * Source side through the C ABI, exactly as QEMU calls it: the glue's
+ * ram_postcopy_send_discard_bitmap() (fake_qemu.c) hands a fake RAMBlock
+ * list to postcopy_rs_send_discard_bitmap(), which must make exactly the
+ * postcopy_discard_send_*() calls QEMU's C would.
  */
 #include "fake_qemu.h"
 
@@ -154,12 +155,55 @@ static void test_bad_block_fails_cleanly(size_t page_size, uint64_t len,
     free_block(bad);
 }
 
+/* NULL ops, or a missing required callback: -EFAULT, nothing touched. */
+static void test_bad_ops(void)
+{
+    MigrationState ms = { 0 };
+    RAMBlock *pc = new_block("pc.ram", 4096, 64 * 4096);
+    PostcopyRsDiscardOps ops;
+    static const char *const want[] = { "failed -14" };
+
+    fake_reset();
+    fake_blocks[0] = pc;
+    set_bit(pc->bmap, 1);
+    CHECK(postcopy_rs_send_discard_bitmap(NULL) == -EFAULT);
+    CHECK(fake_log_len == 0);
+    CHECK(strstr(fake_last_error, "NULL") != NULL);
+
+    ops = fake_discard_ops(&ms);
+    ops.next_block = NULL;
+    CHECK(postcopy_rs_send_discard_bitmap(&ops) == -EFAULT);
+    ops = fake_discard_ops(&ms);
+    ops.send_range = NULL;
+    fake_reset();
+    fake_blocks[0] = pc;
+    CHECK(postcopy_rs_send_discard_bitmap(&ops) == -EFAULT);
+    expect_log(want, 1, "missing send_range");
+    CHECK(strstr(fake_last_error, "send_range") != NULL);
+
+    /* The optional callbacks may be NULL. */
+    ops = fake_discard_ops(&ms);
+    ops.prepare = NULL;
+    ops.dirty_pages_add = NULL;
+    ops.failed = NULL;
+    fake_reset();
+    fake_blocks[0] = pc;
+    CHECK(postcopy_rs_send_discard_bitmap(&ops) == 0);
+    CHECK(fake_log_len == 3); /* init, range, finish */
+    free_block(pc);
+}
+
 static void test_chunk_hostpages_export(void)
 {
     unsigned long map[8] = { 0 };
     int64_t r;
 
     CHECK(postcopy_chunk_hostpages(NULL, 64, 1) == -EFAULT);
+    /*
+     * nr_pages is checked before bmap is used: the library must not even
+     * make a slice of bmap sized by a bad nr_pages (issue 12).
+     */
+    CHECK(postcopy_chunk_hostpages(NULL, 100, 8) == -EINVAL);
     CHECK(postcopy_chunk_hostpages(NULL, 0, 1) == 0);
     CHECK(postcopy_chunk_hostpages(map, 64, 0) == -EINVAL);
     CHECK(postcopy_chunk_hostpages(map, 64, 3) == -EINVAL);
@@ -225,11 +269,7 @@ int main(void)
     /* A page size below the target page size. */
     test_bad_block_fails_cleanly(2048, 2048 * 64, "2048");
 
-    /* A NULL MigrationState is refused without touching anything. */
-    fake_reset();
-    ram_postcopy_send_discard_bitmap(NULL);
-    CHECK(fake_log_len == 0);
-    CHECK(strstr(fake_last_error, "NULL") != NULL);
+    test_bad_ops();
 
     test_chunk_hostpages_export();
     test_pagesize_mismatch();

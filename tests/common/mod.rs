@@ -4,11 +4,14 @@
 #![allow(dead_code)]
 
 use postcopy_rs::placement::Block;
+use postcopy_rs::receivedmap::ReceivedMap;
 use postcopy_rs::uffd::{Userfaultfd, UFFD_FEATURE_THREAD_ID};
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, MutexGuard};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A region's userfaultfd, shared with the threads of a test.
+pub type Fd = Arc<Userfaultfd>;
 
 pub const PAGE_4K: u64 = 4096;
 pub const PAGE_2M: u64 = 2 << 20;
@@ -57,11 +60,11 @@ pub fn map_anon(page_size: u64, len: u64) -> *mut libc::c_void {
 
 /// Memory of one page kind, mmapped and registered with a userfaultfd.
 pub struct Region {
-    pub uffd: Userfaultfd,
+    pub uffd: Fd,
     pub base: u64,
     pub len: u64,
     pub page_size: u64,
-    pub receivedmap: &'static [AtomicU64],
+    pub receivedmap: ReceivedMap,
 }
 
 impl Region {
@@ -79,28 +82,26 @@ impl Region {
             unsafe { libc::madvise(p, len as usize, libc::MADV_NOHUGEPAGE) };
         }
         uffd.register(p as u64, len).expect("UFFDIO_REGISTER");
-        let words = ((len / PAGE_4K) as usize).div_ceil(64);
-        let map: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
         Region {
-            uffd,
+            uffd: Arc::new(uffd),
             base: p as u64,
             len,
             page_size,
-            receivedmap: Box::leak(map.into_boxed_slice()),
+            receivedmap: ReceivedMap::new((len / PAGE_4K) as usize),
         }
     }
 
-    pub fn fd(&self) -> i32 {
-        self.uffd.as_raw_fd()
+    pub fn fd(&self) -> Fd {
+        Arc::clone(&self.uffd)
     }
 
-    pub fn block(&self) -> Block<'static> {
+    pub fn block(&self) -> Block {
         Block::new(
             self.base,
             self.len,
             self.page_size,
             12,
-            Some(self.receivedmap),
+            Some(self.receivedmap.clone()),
             self.page_size == PAGE_4K,
         )
         .expect("valid block")
@@ -125,8 +126,8 @@ impl Region {
 
 /// `place_pages` from a buffer whose length is checked.
 pub fn place(
-    fd: i32,
-    b: &Block<'_>,
+    fd: impl AsFd,
+    b: &Block,
     host: u64,
     buf: &[u64],
     npages: u64,
@@ -136,7 +137,7 @@ pub fn place(
         "buffer shorter than the pages"
     );
     // SAFETY: buf is readable for npages pages (checked above).
-    unsafe { postcopy_rs::placement::place_pages(fd, b, host, buf.as_ptr().cast(), npages) }
+    unsafe { postcopy_rs::placement::place_pages(fd.as_fd(), b, host, buf.as_ptr().cast(), npages) }
 }
 
 impl Drop for Region {

@@ -1,179 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-//! The exported C ABI: a thin layer over the safe core.
-//!
-//! This is the one place where raw pointers from C become safe types.
-//! Every export:
-//! - checks its pointers with [`nonnull!`] and returns `-EFAULT` for NULL;
-//! - runs its body inside [`crate::panic::catch`], so no panic reaches C;
-//! - returns `0`, a non-negative count, or a fixed negative errno, and logs
-//!   the detail through the log sink.
+//! Destination-side exports: page placement and the fault thread.
 
-use crate::bitmap::{bits_to_longs, Word};
-use crate::discard::{self, HostRatio};
+use super::{boundary, try_cstr, try_fd, try_mut, try_ref, try_slice};
 use crate::error::{Error, Result};
 use crate::fault_thread::{FaultHandler, FaultThread, Resolved};
-use crate::log::{self, PostcopyRsLogFn, PostcopyRsLogLevel};
-use crate::pagesize;
-use crate::panic::{catch, to_c_i64, to_c_int};
+use crate::log::PostcopyRsLogLevel;
 use crate::placement::{self, Block};
-use crate::qemu::{self, MigrationState};
-use crate::stats::{self, PostcopyRsStats};
+use crate::receivedmap::ReceivedMap;
 use crate::uffd::UffdMsg;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::os::raw::{c_char, c_int, c_ulong, c_void};
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU64;
 
-/// Raw pointers of either mutability, for [`nonnull!`].
-trait RawPtr<T> {
-    fn into_mut(self) -> *mut T;
-}
-impl<T> RawPtr<T> for *mut T {
-    fn into_mut(self) -> *mut T {
-        self
-    }
-}
-impl<T> RawPtr<T> for *const T {
-    fn into_mut(self) -> *mut T {
-        self.cast_mut()
-    }
-}
-
-/// `NonNull` from a raw pointer, or return `Error::Null` naming the argument.
-macro_rules! nonnull {
-    ($p:ident) => {
-        match NonNull::new(RawPtr::into_mut($p)) {
-            Some(p) => p,
-            None => return Err(Error::Null(stringify!($p))),
-        }
-    };
-}
-
-/// A bitmap of `nbits` bits from C.
-///
-/// # Safety
-/// `map` must point to at least `bits_to_longs(nbits)` writable words that
-/// nothing else accesses for `'a`.
-pub(crate) unsafe fn bitmap_mut<'a>(map: NonNull<Word>, nbits: u64) -> Result<&'a mut [Word]> {
-    let nbits = usize::try_from(nbits).map_err(|_| Error::OutOfRange {
-        addr: 0,
-        len: nbits,
-    })?;
-    // SAFETY: per the function's contract.
-    Ok(unsafe { std::slice::from_raw_parts_mut(map.as_ptr(), bits_to_longs(nbits)) })
-}
-
-/// Canonicalise a RAMBlock's dirty bitmap to host pages: every host page
-/// with any dirty target page becomes wholly dirty.
-///
-/// `bmap` holds `nr_pages` bits, one per target page; `host_ratio` is the
-/// block's page size over the target page size.
-///
-/// Returns the number of bits newly set (QEMU adds it to
-/// `migration_dirty_pages`), or:
-/// - `-EFAULT` if `bmap` is NULL (and `nr_pages` is not 0);
-/// - `-EINVAL` if `host_ratio` is not a power of two in
-///   `1..=POSTCOPY_RS_MAX_HOST_RATIO`, or `nr_pages` is not a multiple of it.
-///
-/// On error the bitmap is unchanged.
-///
-/// # Safety
-/// `bmap` must point to `BITS_TO_LONGS(nr_pages)` writable `unsigned long`s
-/// that no other thread touches during the call.
-#[no_mangle]
-pub unsafe extern "C" fn postcopy_chunk_hostpages(
-    bmap: *mut c_ulong,
-    nr_pages: u64,
-    host_ratio: u64,
-) -> i64 {
-    to_c_i64(catch("postcopy_chunk_hostpages", || {
-        let ratio = HostRatio::new(host_ratio)?;
-        if nr_pages == 0 {
-            return Ok(0);
-        }
-        let map = nonnull!(bmap);
-        // SAFETY: per this function's contract.
-        let map = unsafe { bitmap_mut(map, nr_pages) }?;
-        discard::chunk_hostpages(map, nr_pages as usize, ratio)
-    }))
-}
-
-/// QEMU's `ram_postcopy_send_discard_bitmap`, same signature.
-///
-/// At the switch to postcopy: sync the dirty bitmap a last time, canonicalise
-/// every not-ignored RAMBlock's bitmap to its host page size, and send one
-/// discard range per maximal run of dirty target pages, framed per block by
-/// `postcopy_discard_send_init` / `_finish`.  The wire format is QEMU's.
-///
-/// Every block is checked first; if one has an impossible page size or a
-/// length that is not a whole number of its pages, nothing is sent or
-/// changed and `postcopy_rs_ram_discard_failed()` is called with `-EINVAL`
-/// and a message naming the block, so QEMU fails the migration and the
-/// source VM keeps running.  A NULL `ms` is logged and ignored.
-///
-/// # Safety
-/// `ms` must be QEMU's MigrationState, on the migration thread, with the
-/// source VM stopped, exactly where QEMU's postcopy_start() calls it.
-#[no_mangle]
-pub unsafe extern "C" fn ram_postcopy_send_discard_bitmap(ms: *mut MigrationState) {
-    let r = catch("ram_postcopy_send_discard_bitmap", || {
-        let ms = nonnull!(ms);
-        // SAFETY: per this function's contract.
-        unsafe { qemu::send_discard_bitmap(ms.as_ptr()) }
-    });
-    if let Err(e) = r {
-        if !ms.is_null() {
-            // SAFETY: ms is QEMU's MigrationState (contract).  A panic in
-            // QEMU's own callback cannot happen: it is C.
-            unsafe { qemu::report_discard_failure(ms, &e) };
-        }
-    }
-}
-
-/// Route the library's messages to `log_fn` (NULL: back to stderr).
-/// Messages above `max_level` (a `PostcopyRsLogLevel`; out-of-range values
-/// are clamped) are not formatted at all.
-///
-/// # Safety
-/// `log_fn`, if not NULL, must be callable from any thread for the life of
-/// the process (a thread may call it just after it is replaced), and must
-/// not call back into this library.
-#[no_mangle]
-pub unsafe extern "C" fn postcopy_rs_set_log_fn(log_fn: PostcopyRsLogFn, max_level: c_int) {
-    // An int, not the enum: a C caller can pass any value, and an
-    // out-of-range Rust enum would be undefined behaviour.
-    let level = match max_level {
-        i32::MIN..=0 => PostcopyRsLogLevel::Error,
-        1 => PostcopyRsLogLevel::Warning,
-        2 => PostcopyRsLogLevel::Info,
-        _ => PostcopyRsLogLevel::Debug,
-    };
-    log::set_sink(log_fn, level);
-}
-
-/// Copy the library's counters into `*out`.  Returns 0, or `-EFAULT` if
-/// `out` is NULL.
-///
-/// # Safety
-/// `out`, if not NULL, must point to a writable `PostcopyRsStats`.
-#[no_mangle]
-pub unsafe extern "C" fn postcopy_rs_get_stats(out: *mut PostcopyRsStats) -> c_int {
-    to_c_int(catch("postcopy_rs_get_stats", || {
-        let out = nonnull!(out);
-        // SAFETY: per this function's contract.
-        unsafe { out.as_ptr().write(stats::snapshot()) };
-        Ok(())
-    }))
-}
-
-/// Zero the library's counters.
-#[no_mangle]
-pub extern "C" fn postcopy_rs_reset_stats() {
-    stats::reset();
-}
-
-// ---------------------------------------------------------------------------
-// Destination side: placement.
+// Placement.
 
 /// UFFDIO_ZEROPAGE works on the block's memory (anonymous or shmem; not
 /// hugetlbfs).  QEMU: `qemu_ram_is_uf_zeroable()`.
@@ -207,10 +46,11 @@ static_assertions::assert_eq_align!(PostcopyRsBlockView, u64);
 /// Validate a block view from C.
 ///
 /// # Safety
-/// `v.receivedmap`, if not NULL, must point to `BITS_TO_LONGS(used_length
-/// >> target_page_bits)` words that stay valid, and are only accessed
-/// atomically by others, for `'a`.
-pub(crate) unsafe fn block_from_view<'a>(v: &PostcopyRsBlockView) -> Result<Block<'a>> {
+/// `v.receivedmap`, if not NULL, must point to
+/// `BITS_TO_LONGS(used_length >> target_page_bits)` words that obey
+/// [`ReceivedMap::from_raw`]'s rules for as long as the returned block (or
+/// a clone) exists.
+pub(crate) unsafe fn block_from_view(v: &PostcopyRsBlockView) -> Result<Block> {
     if v.host.is_null() {
         return Err(Error::Null("view->host"));
     }
@@ -224,22 +64,19 @@ pub(crate) unsafe fn block_from_view<'a>(v: &PostcopyRsBlockView) -> Result<Bloc
         None,
         zeropage,
     )?;
-    if v.receivedmap.is_null() {
+    let Some(words) = NonNull::new(v.receivedmap) else {
         return Ok(block);
-    }
+    };
     let bits =
         usize::try_from(v.used_length >> v.target_page_bits).map_err(|_| Error::OutOfRange {
             addr: v.host as u64,
             len: v.used_length,
         })?;
-    // SAFETY: per the function's contract the map holds this many words
-    // for 'a.  AtomicU64 has the size and alignment of unsigned long
-    // (asserted in bitmap.rs).  QEMU also reads and clears bits with plain
+    // SAFETY: per the function's contract, with the geometry (and so
+    // `bits`) validated above.  QEMU also reads and clears bits with plain
     // accesses (test_bit, bitmap_clear); it does so only where no placement
     // of the same page can race, as its own C relied on.
-    let map = unsafe {
-        std::slice::from_raw_parts(v.receivedmap.cast::<AtomicU64>(), bits_to_longs(bits))
-    };
+    let map = unsafe { ReceivedMap::from_raw(words, bits) };
     Block::new(
         v.host as u64,
         v.used_length,
@@ -307,18 +144,25 @@ unsafe fn place_pages_impl(
     from: *const c_void,
     npages: u64,
 ) -> c_int {
-    to_c_int(catch(name, || {
-        let view = nonnull!(block);
-        let host = nonnull!(host);
-        let from = nonnull!(from);
-        // SAFETY: view points to a readable PostcopyRsBlockView (contract);
-        // its receivedmap obeys the view's rules for this call.
-        let b = unsafe { block_from_view(view.as_ref()) }?;
-        // SAFETY: from is readable for npages pages (contract).
-        unsafe {
-            placement::place_pages(uffd, &b, host.as_ptr() as u64, from.as_ptr().cast(), npages)
+    boundary(name, || {
+        // SAFETY: NULL or a readable view (contract).
+        let view = unsafe { try_ref(block, "block") }?;
+        if host.is_null() {
+            return Err(Error::Null("host"));
         }
-    }))
+        if from.is_null() {
+            return Err(Error::Null("from"));
+        }
+        // SAFETY: its receivedmap obeys the view's rules during the call,
+        // and the block is dropped before it returns.
+        let b = unsafe { block_from_view(view) }?;
+        // Bad arguments are named before a bad fd.
+        b.offset_of(host as u64, npages)?;
+        // SAFETY: open for the call (contract).
+        let uffd = unsafe { try_fd(uffd, "placement (bad userfaultfd)") }?;
+        // SAFETY: from is readable for npages pages (contract).
+        unsafe { placement::place_pages(uffd, &b, host as u64, from.cast(), npages) }
+    })
 }
 
 /// Place one zero host page at `host` and mark it received: UFFDIO_ZEROPAGE
@@ -335,17 +179,23 @@ pub unsafe extern "C" fn postcopy_rs_place_page_zero(
     block: *const PostcopyRsBlockView,
     host: *mut c_void,
 ) -> c_int {
-    to_c_int(catch("postcopy_rs_place_page_zero", || {
-        let view = nonnull!(block);
-        let host = nonnull!(host);
+    boundary("postcopy_rs_place_page_zero", || {
+        // SAFETY: NULL or a readable view (contract).
+        let view = unsafe { try_ref(block, "block") }?;
+        if host.is_null() {
+            return Err(Error::Null("host"));
+        }
         // SAFETY: as in place_pages_impl.
-        let b = unsafe { block_from_view(view.as_ref()) }?;
-        placement::place_zero(uffd, &b, host.as_ptr() as u64)
-    }))
+        let b = unsafe { block_from_view(view) }?;
+        // Bad arguments are named before a bad fd.
+        b.offset_of(host as u64, 1)?;
+        // SAFETY: open for the call (contract).
+        let uffd = unsafe { try_fd(uffd, "placement (bad userfaultfd)") }?;
+        placement::place_zero(uffd, &b, host as u64)
+    })
 }
 
-// ---------------------------------------------------------------------------
-// Destination side: the fault thread.
+// The fault thread.
 
 /// Where a fault address lies, filled in by `PostcopyRsFaultOps::resolve`.
 #[repr(C)]
@@ -422,8 +272,8 @@ static_assertions::assert_eq_align!(PostcopyRsFaultOps, u64);
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct PostcopyRsFaultConfig {
-    /// The userfaultfd guest RAM is registered with; must stay open until
-    /// the thread is stopped.
+    /// The userfaultfd guest RAM is registered with.  The thread works on
+    /// its own duplicate, closed when it is stopped.
     pub uffd: c_int,
     /// Number of entries in `shared_fds`.
     pub nr_shared_fds: u32,
@@ -439,7 +289,9 @@ pub struct PostcopyRsFaultConfig {
 static_assertions::assert_eq_size!(PostcopyRsFaultConfig, [u64; 14]);
 static_assertions::assert_eq_align!(PostcopyRsFaultConfig, u64);
 static_assertions::assert_eq_size!(crate::fault_thread::PostcopyRsFaultThreadState, c_int);
+static_assertions::assert_eq_align!(crate::fault_thread::PostcopyRsFaultThreadState, c_int);
 static_assertions::assert_eq_size!(PostcopyRsLogLevel, c_int);
+static_assertions::assert_eq_align!(PostcopyRsLogLevel, c_int);
 
 /// A running fault thread (opaque).
 pub struct PostcopyRsFaultThread(FaultThread);
@@ -491,8 +343,8 @@ impl FaultHandler for COps {
             });
         }
         // SAFETY: the contract keeps the receivedmap valid until the thread
-        // is stopped, which outlives every use by the thread.
-        let block: Block<'static> = unsafe { block_from_view(&out.view) }?;
+        // is stopped; the thread drops every Block before it ends.
+        let block = unsafe { block_from_view(&out.view) }?;
         Ok(Resolved {
             handle: out.block as usize,
             block,
@@ -560,15 +412,18 @@ impl FaultHandler for COps {
     }
 }
 
+/// Borrowed fds from a C array of `n`.
+///
 /// # Safety
-/// `fds` must point to `n` readable ints when `n > 0`.
-unsafe fn fd_list<'a>(fds: *const c_int, n: u32) -> Result<&'a [c_int]> {
-    if n == 0 {
-        return Ok(&[]);
-    }
-    let fds = nonnull!(fds);
+/// `fds` must point to `n` readable ints when `n > 0`, each an open fd
+/// for `'a`.
+unsafe fn fd_list<'a>(fds: *const c_int, n: u32) -> Result<Vec<BorrowedFd<'a>>> {
     // SAFETY: per the function's contract.
-    Ok(unsafe { std::slice::from_raw_parts(fds.as_ptr(), n as usize) })
+    let raw = unsafe { try_slice(fds, n as usize, "shared_fds") }?;
+    raw.iter()
+        // SAFETY: each is open for 'a (contract).
+        .map(|&fd| unsafe { try_fd(fd, "a shared userfaultfd") })
+        .collect()
 }
 
 /// Start the fault thread (named `cfg->name`, default "fault-default") and return
@@ -576,55 +431,46 @@ unsafe fn fd_list<'a>(fds: *const c_int, n: u32) -> Result<&'a [c_int]> {
 /// in `postcopy_ram_incoming_setup()`.
 ///
 /// Returns 0 or: `-EFAULT` if `cfg` or `out` is NULL, or `resolve` or
-/// `request_page` is missing; `-EBADF` for a negative `uffd`; `-EINVAL` if
+/// `request_page` is missing; `-EBADF` for a negative or closed `uffd` or
+/// shared fd; `-EINVAL` if
 /// `uffd` is not `O_NONBLOCK` (a fault can vanish between poll() and
 /// read()); the errno of a failed eventfd or thread creation.  On error
 /// `*out` is NULL.  The thread starts with every signal blocked, as QEMU's
 /// threads do.
 ///
 /// # Safety
-/// `cfg` must be readable, `cfg->name` NULL or a C string; `cfg->ops` callbacks must be callable from the
-/// fault thread with `cfg->ops.opaque` until the thread is stopped, and must
-/// not call back into the fault-thread API; `cfg->uffd` and the shared fds
-/// must stay open until then.
+/// `cfg` must be readable, `cfg->name` NULL or a C string, `cfg->shared_fds`
+/// NULL or `nr_shared_fds` readable ints; the `cfg->ops` callbacks must be
+/// callable from the fault thread with `cfg->ops.opaque` until the thread
+/// is stopped, and must not call back into the fault-thread API.  (The
+/// thread keeps duplicates of the fds: the caller may close its own.)
 #[no_mangle]
 pub unsafe extern "C" fn postcopy_rs_fault_thread_start(
     cfg: *const PostcopyRsFaultConfig,
     out: *mut *mut PostcopyRsFaultThread,
 ) -> c_int {
-    to_c_int(catch("postcopy_rs_fault_thread_start", || {
-        let out = nonnull!(out);
-        // SAFETY: out is writable (contract).
-        unsafe { out.as_ptr().write(std::ptr::null_mut()) };
-        let cfg = nonnull!(cfg);
-        // SAFETY: cfg is readable (contract).
-        let cfg = unsafe { cfg.as_ptr().read() };
+    boundary("postcopy_rs_fault_thread_start", || {
+        // SAFETY: NULL or writable (contract).
+        let out = unsafe { try_mut(out, "out") }?;
+        *out = std::ptr::null_mut();
+        // SAFETY: NULL or readable (contract).
+        let cfg = unsafe { try_ref(cfg, "cfg") }?;
         if cfg.ops.resolve.is_none() {
             return Err(Error::Null("cfg->ops.resolve"));
         }
         if cfg.ops.request_page.is_none() {
             return Err(Error::Null("cfg->ops.request_page"));
         }
-        // SAFETY: shared_fds holds nr_shared_fds ints (contract).
+        // SAFETY: open for the call (the thread takes its own duplicates).
+        let uffd = unsafe { try_fd(cfg.uffd, "fault thread start (bad userfaultfd)") }?;
+        // SAFETY: shared_fds holds nr_shared_fds open fds (contract).
         let shared = unsafe { fd_list(cfg.shared_fds, cfg.nr_shared_fds) }?;
-        let name = if cfg.name.is_null() {
-            None
-        } else {
-            // SAFETY: a non-NULL name is a NUL-terminated string (contract).
-            Some(
-                unsafe { std::ffi::CStr::from_ptr(cfg.name) }
-                    .to_string_lossy()
-                    .into_owned(),
-            )
-        };
-        let t = FaultThread::start(cfg.uffd, shared, name.as_deref(), Box::new(COps(cfg.ops)))?;
-        // SAFETY: out is writable (contract).
-        unsafe {
-            out.as_ptr()
-                .write(Box::into_raw(Box::new(PostcopyRsFaultThread(t))))
-        };
+        // SAFETY: NULL or a C string (contract).
+        let name = unsafe { try_cstr(cfg.name) }.map(|n| n.to_string_lossy().into_owned());
+        let t = FaultThread::start(uffd, &shared, name.as_deref(), Box::new(COps(cfg.ops)))?;
+        *out = Box::into_raw(Box::new(PostcopyRsFaultThread(t)));
         Ok(())
-    }))
+    })
 }
 
 /// Stop the fault thread: signal its eventfd, wake it if paused, join it,
@@ -640,13 +486,15 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_start(
 /// stopped, and not used again after this call.
 #[no_mangle]
 pub unsafe extern "C" fn postcopy_rs_fault_thread_stop(t: *mut PostcopyRsFaultThread) -> c_int {
-    to_c_int(catch("postcopy_rs_fault_thread_stop", || {
-        let t = nonnull!(t);
+    boundary("postcopy_rs_fault_thread_stop", || {
+        if t.is_null() {
+            return Err(Error::Null("t"));
+        }
         // SAFETY: t came from Box::into_raw in start and is not used again
         // (contract).
-        let t = unsafe { Box::from_raw(t.as_ptr()) };
+        let t = unsafe { Box::from_raw(t) };
         t.0.stop()
-    }))
+    })
 }
 
 /// Post one resume: a thread paused after a failed request retries it.
@@ -659,7 +507,12 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_stop(t: *mut PostcopyRsFaultTh
 #[no_mangle]
 pub unsafe extern "C" fn postcopy_rs_fault_thread_resume(t: *mut PostcopyRsFaultThread) -> c_int {
     // SAFETY: forwarded contract.
-    unsafe { with_thread("postcopy_rs_fault_thread_resume", t, |t| t.resume()) }
+    unsafe {
+        with_thread("postcopy_rs_fault_thread_resume", t, |t| {
+            t.resume();
+            Ok(())
+        })
+    }
 }
 
 /// Wake the thread so that it calls `ops.check_pause` again (QEMU:
@@ -671,24 +524,29 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_resume(t: *mut PostcopyRsFault
 #[no_mangle]
 pub unsafe extern "C" fn postcopy_rs_fault_thread_notify(t: *mut PostcopyRsFaultThread) -> c_int {
     // SAFETY: forwarded contract.
-    unsafe { with_thread("postcopy_rs_fault_thread_notify", t, FaultThread::notify) }
+    unsafe {
+        with_thread("postcopy_rs_fault_thread_notify", t, |t| {
+            t.notify();
+            Ok(())
+        })
+    }
 }
 
-/// Run `f` on a live thread handle: 0, or -EFAULT for NULL.
+/// Run `f` on a live thread handle: 0, `f`'s error, or -EFAULT for NULL.
 ///
 /// # Safety
 /// `t` must be NULL or a live handle from `postcopy_rs_fault_thread_start()`.
 unsafe fn with_thread(
     name: &'static str,
-    t: *mut PostcopyRsFaultThread,
-    f: impl FnOnce(&FaultThread),
+    t: *const PostcopyRsFaultThread,
+    f: impl FnOnce(&FaultThread) -> Result<()>,
 ) -> c_int {
-    to_c_int(catch(name, || {
-        let t = nonnull!(t);
-        // SAFETY: live handle (contract); only shared access is needed.
-        f(&unsafe { t.as_ref() }.0);
-        Ok(())
-    }))
+    boundary(name, || {
+        // SAFETY: NULL or a live handle (contract); only shared access is
+        // needed.
+        let t = unsafe { try_ref(t, "t") }?;
+        f(&t.0)
+    })
 }
 
 /// What the thread is doing now (`PostcopyRsFaultThreadState`), or
@@ -698,100 +556,34 @@ unsafe fn with_thread(
 /// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
 #[no_mangle]
 pub unsafe extern "C" fn postcopy_rs_fault_thread_state(t: *const PostcopyRsFaultThread) -> c_int {
-    let r = catch("postcopy_rs_fault_thread_state", || {
-        let t = nonnull!(t);
-        // SAFETY: live handle (contract).
-        Ok(unsafe { t.as_ref() }.0.state() as c_int)
-    });
-    r.unwrap_or_else(|e| e.to_neg_errno())
+    boundary("postcopy_rs_fault_thread_state", || {
+        // SAFETY: NULL or a live handle (contract).
+        let t = unsafe { try_ref(t, "t") }?;
+        Ok(t.0.state() as c_int)
+    })
 }
 
 /// Replace the shared userfaultfds polled besides the main one.  The
-/// change takes effect when the thread next wakes (it is woken now), so
-/// an fd taken out of the set must stay open until the thread is stopped.
-/// Returns 0, or `-EFAULT` for a NULL `t`, or NULL `fds` with `n > 0`.
+/// change takes effect when the thread next wakes (it is woken now).  The
+/// thread polls duplicates of them; `shared_fault` receives the numbers
+/// given here.  Returns 0, or `-EFAULT` for a NULL `t`, or NULL `fds` with
+/// `n > 0`, or `-EBADF` for a negative or closed fd (the set is then
+/// unchanged).
 ///
 /// # Safety
-/// `t` must be a live handle; `fds` must hold `n` ints (may be NULL if `n`
-/// is 0), each open until the thread is stopped.
+/// `t` must be NULL or a live handle; `fds` must hold `n` ints (may be
+/// NULL if `n` is 0).
 #[no_mangle]
 pub unsafe extern "C" fn postcopy_rs_fault_thread_set_shared_fds(
     t: *mut PostcopyRsFaultThread,
     fds: *const c_int,
     n: u32,
 ) -> c_int {
-    // SAFETY: per the function's contract.
-    let fds = match catch("postcopy_rs_fault_thread_set_shared_fds", || unsafe {
-        fd_list(fds, n)
-    }) {
-        Ok(fds) => fds,
-        Err(e) => return e.to_neg_errno(),
+    let set = |t: &FaultThread| {
+        // SAFETY: fds holds n open fds (contract).
+        let fds = unsafe { fd_list(fds, n) }?;
+        t.set_shared_fds(&fds)
     };
     // SAFETY: forwarded contract.
-    unsafe {
-        with_thread("postcopy_rs_fault_thread_set_shared_fds", t, |t| {
-            t.set_shared_fds(fds)
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Mismatched page sizes between source and destination.
-
-/// The `MIG_RP_MSG_PONG` value a destination sends before failing on
-/// mismatched page sizes, carrying its page-size summary
-/// (`ram_pagesize_summary()`); 0 if the summary cannot be carried (then
-/// send nothing).  Any QEMU source accepts the pong; a postcopy-rs source
-/// decodes it with `postcopy_rs_pagesize_pong_decode()`.
-#[no_mangle]
-pub extern "C" fn postcopy_rs_pagesize_pong_encode(summary: u64) -> u32 {
-    pagesize::pong_encode(summary).unwrap_or(0)
-}
-
-/// If `pong` is a page-size pong, store the peer's summary in `*summary`
-/// and return true; otherwise (any other pong, or NULL `summary`) false.
-///
-/// # Safety
-/// `summary`, if not NULL, must be writable.
-#[no_mangle]
-pub unsafe extern "C" fn postcopy_rs_pagesize_pong_decode(pong: u32, summary: *mut u64) -> bool {
-    let r = catch("postcopy_rs_pagesize_pong_decode", || {
-        let out = nonnull!(summary);
-        Ok(pagesize::pong_decode(pong).map(|s| {
-            // SAFETY: out is writable (contract).
-            unsafe { out.as_ptr().write(s) };
-        }))
-    });
-    matches!(r, Ok(Some(())))
-}
-
-/// Write the error for mismatched page summaries, naming both sides' page
-/// sizes, into `buf` (at most `len` bytes, always NUL-terminated when
-/// `len > 0`, like snprintf).  Returns the message's full length, or
-/// `-EFAULT` if `buf` is NULL and `len` is not 0.
-///
-/// # Safety
-/// `buf` must be writable for `len` bytes.
-#[no_mangle]
-pub unsafe extern "C" fn postcopy_rs_pagesize_mismatch_message(
-    source_summary: u64,
-    destination_summary: u64,
-    buf: *mut c_char,
-    len: usize,
-) -> c_int {
-    let r = catch("postcopy_rs_pagesize_mismatch_message", || {
-        let msg = pagesize::mismatch_message(source_summary, destination_summary);
-        if len > 0 {
-            let out = nonnull!(buf);
-            let n = msg.len().min(len - 1);
-            // SAFETY: buf is writable for len > n bytes (contract); the
-            // source is a live String of at least n bytes.
-            unsafe {
-                std::ptr::copy_nonoverlapping(msg.as_ptr(), out.as_ptr().cast::<u8>(), n);
-                out.as_ptr().add(n).write(0);
-            }
-        }
-        Ok(c_int::try_from(msg.len()).unwrap_or(c_int::MAX))
-    });
-    r.unwrap_or_else(|e| e.to_neg_errno())
+    unsafe { with_thread("postcopy_rs_fault_thread_set_shared_fds", t, set) }
 }

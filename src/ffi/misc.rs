@@ -1,0 +1,130 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Exports for both sides: the log sink, the counters, and the messages
+//! about mismatched page sizes.
+
+use super::{boundary, try_mut, try_slice_mut};
+use crate::log::{self, PostcopyRsLogLevel};
+use crate::pagesize;
+use crate::stats::{self, PostcopyRsStats};
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int};
+
+/// A log sink: `level`, then a NUL-terminated message without a trailing
+/// newline.  It must stay callable for the life of the process: a thread
+/// may have loaded it just before it is replaced.
+pub type PostcopyRsLogFn =
+    Option<unsafe extern "C" fn(level: PostcopyRsLogLevel, msg: *const c_char)>;
+
+/// A C log sink, trusted once, when `postcopy_rs_set_log_fn()` registers it.
+#[derive(Clone, Copy, Debug)]
+pub struct CLogSink(unsafe extern "C" fn(PostcopyRsLogLevel, *const c_char));
+
+impl CLogSink {
+    /// Deliver one message.
+    pub fn deliver(&self, level: PostcopyRsLogLevel, msg: &CStr) {
+        // SAFETY: the sink's contract (see `postcopy_rs_set_log_fn`) is to
+        // accept any NUL-terminated string, from any thread, for the life
+        // of the process.
+        unsafe { (self.0)(level, msg.as_ptr()) }
+    }
+}
+
+/// Route the library's messages to `log_fn` (NULL: back to stderr).
+/// Messages above `max_level` (a `PostcopyRsLogLevel`; out-of-range values
+/// are clamped) are not formatted at all.
+///
+/// # Safety
+/// `log_fn`, if not NULL, must be callable from any thread for the life of
+/// the process (a thread may call it just after it is replaced), and must
+/// not call back into this library.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_set_log_fn(log_fn: PostcopyRsLogFn, max_level: c_int) {
+    // An int, not the enum: a C caller can pass any value, and an
+    // out-of-range Rust enum would be undefined behaviour.
+    let level = match max_level {
+        i32::MIN..=0 => PostcopyRsLogLevel::Error,
+        1 => PostcopyRsLogLevel::Warning,
+        2 => PostcopyRsLogLevel::Info,
+        _ => PostcopyRsLogLevel::Debug,
+    };
+    log::set_sink(log_fn.map(CLogSink), level);
+}
+
+/// Copy the library's counters into `*out`.  Returns 0, or `-EFAULT` if
+/// `out` is NULL.
+///
+/// # Safety
+/// `out`, if not NULL, must point to a writable `PostcopyRsStats`.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_get_stats(out: *mut PostcopyRsStats) -> c_int {
+    boundary("postcopy_rs_get_stats", || {
+        // SAFETY: NULL or writable (contract).
+        *unsafe { try_mut(out, "out") }? = stats::snapshot();
+        Ok(())
+    })
+}
+
+/// Zero the library's counters.
+#[no_mangle]
+pub extern "C" fn postcopy_rs_reset_stats() {
+    stats::reset();
+}
+
+// ---------------------------------------------------------------------------
+// Mismatched page sizes between source and destination.
+
+/// The `MIG_RP_MSG_PONG` value a destination sends before failing on
+/// mismatched page sizes, carrying its page-size summary
+/// (`ram_pagesize_summary()`); 0 if the summary cannot be carried (then
+/// send nothing).  Any QEMU source accepts the pong; a postcopy-rs source
+/// decodes it with `postcopy_rs_pagesize_pong_decode()`.
+#[no_mangle]
+pub extern "C" fn postcopy_rs_pagesize_pong_encode(summary: u64) -> u32 {
+    boundary("postcopy_rs_pagesize_pong_encode", || {
+        Ok::<u32, crate::error::Error>(pagesize::pong_encode(summary).unwrap_or(0))
+    })
+}
+
+/// If `pong` is a page-size pong, store the peer's summary in `*summary`
+/// and return true; otherwise (any other pong, or NULL `summary`) false.
+///
+/// # Safety
+/// `summary`, if not NULL, must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_pagesize_pong_decode(pong: u32, summary: *mut u64) -> bool {
+    boundary("postcopy_rs_pagesize_pong_decode", || {
+        // SAFETY: NULL or writable (contract).
+        let out = unsafe { try_mut(summary, "summary") }?;
+        Ok(pagesize::pong_decode(pong).map(|s| *out = s).is_some())
+    })
+}
+
+/// Write the error for mismatched page summaries, naming both sides' page
+/// sizes, into `buf` (at most `len` bytes, always NUL-terminated when
+/// `len > 0`, like snprintf).  Returns the message's full length, or
+/// `-EFAULT` if `buf` is NULL and `len` is not 0.
+///
+/// # Safety
+/// `buf` must be writable for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_pagesize_mismatch_message(
+    source_summary: u64,
+    destination_summary: u64,
+    buf: *mut c_char,
+    len: usize,
+) -> c_int {
+    boundary("postcopy_rs_pagesize_mismatch_message", || {
+        let msg = pagesize::mismatch_message(source_summary, destination_summary);
+        // SAFETY: NULL or writable for len bytes (contract).
+        let out = unsafe { try_slice_mut(buf.cast::<u8>(), len, "buf") }?;
+        if let Some((last, body)) = out.split_last_mut() {
+            let n = msg.len().min(body.len());
+            body[..n].copy_from_slice(&msg.as_bytes()[..n]);
+            match body.get_mut(n) {
+                Some(b) => *b = 0,
+                None => *last = 0,
+            }
+        }
+        Ok(c_int::try_from(msg.len()).unwrap_or(c_int::MAX))
+    })
+}
