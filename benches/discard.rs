@@ -4,8 +4,8 @@
 //! For each pattern and host ratio (1 and 512) it times canonicalisation
 //! plus run extraction, and in the same run:
 //! - `floor`: one plain read of the same 32 MiB (an OR over every word);
-//! - `qemu-algo`: QEMU 10.0's C algorithm (find_next_bit / find_next_zero_bit
-//!   runs and the test_and_set_bit host-page fix-up), transliterated.
+//! - `qemu-algo`: QEMU 10.0's C algorithm (`find_next_bit` / `find_next_zero_bit`
+//!   runs and the `test_and_set_bit` host-page fix-up), transliterated.
 //!
 //! `scripts/bench-report.py` turns criterion's estimates into the ratios in
 //! docs/BENCHMARKS.md.
@@ -54,8 +54,8 @@ fn pattern(name: &str) -> Vec<Word> {
     m
 }
 
-/// QEMU 10.0 migration/ram.c: postcopy_chunk_hostpages_pass followed by
-/// postcopy_send_discard_bm_ram, with the send replaced by a counter.
+/// QEMU 10.0 migration/ram.c: `postcopy_chunk_hostpages_pass` followed by
+/// `postcopy_send_discard_bm_ram`, with the send replaced by a counter.
 fn qemu_algo(bitmap: &mut [Word], pages: usize, host_ratio: usize) -> (u64, u64) {
     let mut dirty = 0u64;
     if host_ratio != 1 {
@@ -120,6 +120,10 @@ fn timed(
     total
 }
 
+#[allow(
+    clippy::significant_drop_tightening,
+    reason = "nursery false positive: the group is consumed by finish()"
+)]
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("discard-1TiB");
     g.sample_size(10)

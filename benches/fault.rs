@@ -4,8 +4,8 @@
 //! For 1, 2 and 8 faulting threads, on 4 KiB anonymous pages and 2 MiB
 //! hugetlbfs pages, it times each fault from the thread's first touch of a
 //! missing page to its resume, and reports p50, p99 and faults/s for:
-//! - `floor`: no library: one plain thread blocks in poll() + read() of one
-//!   `uffd_msg` and does the UFFDIO_COPY itself;
+//! - `floor`: no library: one plain thread blocks in `poll()` + `read()` of one
+//!   `uffd_msg` and does the `UFFDIO_COPY` itself;
 //! - `ours`: the library's `FaultThread`, whose `request_page` hands the
 //!   offset over a channel to a "source" thread that places the page with
 //!   `placement::place_pages`, as QEMU's incoming migration does;
@@ -111,7 +111,9 @@ impl Mapping {
         if !huge {
             // QEMU does this for postcopy: faults and copies of 4 KiB pages.
             // SAFETY: advice on our own fresh mapping.
-            unsafe { libc::madvise(p, len as usize, libc::MADV_NOHUGEPAGE) };
+            unsafe {
+                libc::madvise(p, len as usize, libc::MADV_NOHUGEPAGE);
+            }
         }
         Ok(Mapping {
             addr: p as u64,
@@ -127,7 +129,9 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: our own mapping, not used after this.
-        unsafe { libc::munmap(self.ptr().cast(), self.len as usize) };
+        unsafe {
+            libc::munmap(self.ptr().cast(), self.len as usize);
+        }
     }
 }
 
@@ -135,11 +139,13 @@ impl Drop for Mapping {
 fn source(len: u64) -> Mapping {
     let m = Mapping::new(len, false).expect("mmap source buffer");
     // SAFETY: the mapping is `len` writable bytes.
-    unsafe { std::ptr::write_bytes(m.ptr(), FILL, len as usize) };
+    unsafe {
+        std::ptr::write_bytes(m.ptr(), FILL, len as usize);
+    }
     m
 }
 
-/// Raises nr_hugepages for the bench and restores the old value on drop.
+/// Raises `nr_hugepages` for the bench and restores the old value on drop.
 struct HugepageReservation {
     old: Option<u64>,
 }
@@ -151,7 +157,8 @@ fn read_sysfs(path: &str) -> Option<u64> {
 impl HugepageReservation {
     /// Make sure `want` free 2 MiB pages exist.  Err: why not.
     fn new(want: u64) -> std::result::Result<Self, String> {
-        let old = read_sysfs(HUGEPAGES_SYSFS).ok_or(format!("cannot read {HUGEPAGES_SYSFS}"))?;
+        let old =
+            read_sysfs(HUGEPAGES_SYSFS).ok_or_else(|| format!("cannot read {HUGEPAGES_SYSFS}"))?;
         let free = read_sysfs(FREE_HUGEPAGES_SYSFS).unwrap_or(0);
         if free >= want {
             return Ok(HugepageReservation { old: None });
@@ -223,7 +230,7 @@ fn run_touchers(base: u64, page_size: u64, pages: usize, threads: usize) -> (Vec
 // ---------------------------------------------------------------------------
 // Floor: one thread, poll + read one message + UFFDIO_COPY.
 
-/// UFFDIO_COPY of one page, as a minimal handler does it.
+/// `UFFDIO_COPY` of one page, as a minimal handler does it.
 fn raw_copy(uffd: BorrowedFd<'_>, dst: u64, src: u64, page_size: u64) {
     loop {
         let mut c = UffdioCopy {
@@ -246,7 +253,7 @@ fn raw_copy(uffd: BorrowedFd<'_>, dst: u64, src: u64, page_size: u64) {
     }
 }
 
-/// poll() + read() of one uffd_msg, then the copy: here (`hop` None), or
+/// `poll()` + `read()` of one `uffd_msg`, then the copy: here (`hop` None), or
 /// by a source thread the page address is sent to.
 fn floor_server(
     uffd: BorrowedFd<'_>,
@@ -539,7 +546,7 @@ fn bench_batching(uffd: BorrowedFd<'_>, plan: Plan) -> String {
     }
     let mut med = |i: usize| {
         let v = &mut results[i].1;
-        v.sort_by(|a, b| a.total_cmp(b));
+        v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let one = med(0);
@@ -568,7 +575,7 @@ fn main() {
         "userfaultfd: this bench needs a kernel with userfaultfd and the right to use it (root)",
     );
     let fd = uffd.as_fd();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
 
     let mut out = String::new();
     let mut notes = String::new();
@@ -600,10 +607,10 @@ fn main() {
     }
 
     // Hugepages: one repetition's worth at a time (each round unmaps its own).
-    let mut skip = |threads: usize, why: &str, out: &mut String| {
+    let mut skip = |threads: usize, why: &str, table: &mut String| {
         eprintln!("\n*** SKIPPED: 2 MiB hugetlbfs pages, {threads} threads: {why} ***\n");
         writeln!(
-            out,
+            table,
             "| 2 MiB hugetlbfs | {threads} | SKIPPED | | | | | | | | | | | | |"
         )
         .unwrap();

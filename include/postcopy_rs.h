@@ -38,7 +38,7 @@ extern "C" {
 
 
 /**
- * UFFDIO_ZEROPAGE works on the block's memory (anonymous or shmem; not
+ * `UFFDIO_ZEROPAGE` works on the block's memory (anonymous or shmem; not
  * hugetlbfs).  QEMU: `qemu_ram_is_uf_zeroable()`.
  */
 #define POSTCOPY_RS_BLOCK_ZEROPAGE 1
@@ -163,7 +163,7 @@ typedef struct {
   int (*resolve)(void *opaque, uint64_t addr, PostcopyRsFaultTarget *out);
   /**
    * Every page fault, before de-duplication: `tid` is the faulting
-   * thread (0 without UFFD_FEATURE_THREAD_ID).  QEMU: blocktime begin.
+   * thread (0 without `UFFD_FEATURE_THREAD_ID`).  QEMU: blocktime begin.
    */
   void (*fault)(void *opaque, void *block, uint64_t addr, uint32_t tid);
   /**
@@ -250,15 +250,16 @@ typedef struct {
    */
   uint64_t discard_pages;
   /**
-   * Bits set by host-page canonicalisation (added to migration_dirty_pages).
+   * Bits set by host-page canonicalisation (added to `migration_dirty_pages`).
    */
   uint64_t hostpage_bits_set;
   /**
-   * Host pages placed with UFFDIO_COPY.
+   * Host pages placed with `UFFDIO_COPY`.
    */
   uint64_t pages_placed;
   /**
-   * Host pages placed as zero pages (UFFDIO_ZEROPAGE, or a zero copy on hugetlbfs).
+   * Host pages placed as zero pages (`UFFDIO_ZEROPAGE`, or a zero copy
+   * on hugetlbfs).
    */
   uint64_t zero_pages_placed;
   /**
@@ -278,11 +279,11 @@ typedef struct {
    */
   uint64_t place_ioctls;
   /**
-   * uffd_msg records read by the fault thread.
+   * `uffd_msg` records read by the fault thread.
    */
   uint64_t faults_read;
   /**
-   * read() calls on the userfaultfd that returned messages.
+   * `read()` calls on the userfaultfd that returned messages.
    */
   uint64_t fault_reads;
   /**
@@ -386,7 +387,7 @@ typedef struct {
 
 /**
  * Place one host page atomically: `block->page_size` bytes from `from` at
- * `host` with UFFDIO_COPY, which wakes any thread faulting on it, then
+ * `host` with `UFFDIO_COPY`, which wakes any thread faulting on it, then
  * mark it in `block->receivedmap`.  QEMU: `postcopy_place_page()`.
  *
  * A page that is already present (EEXIST) is not an error: the range is
@@ -409,7 +410,7 @@ int postcopy_rs_place_page(int uffd,
                            const void *from);
 
 /**
- * Place `npages` contiguous host pages with one UFFDIO_COPY where the
+ * Place `npages` contiguous host pages with one `UFFDIO_COPY` where the
  * kernel allows it.  Same rules and return values as
  * `postcopy_rs_place_page()`; `from` must be readable for
  * `npages * block->page_size` bytes, and `npages` must be at least 1.
@@ -424,7 +425,7 @@ int postcopy_rs_place_pages(int uffd,
                             uint64_t npages);
 
 /**
- * Place one zero host page at `host` and mark it received: UFFDIO_ZEROPAGE
+ * Place one zero host page at `host` and mark it received: `UFFDIO_ZEROPAGE`
  * if `block->flags` has `POSTCOPY_RS_BLOCK_ZEROPAGE`, otherwise (hugetlbfs)
  * a copy from a zero buffer of the block's page size.
  * QEMU: `postcopy_place_page_zero()`.  Return values as
@@ -433,18 +434,20 @@ int postcopy_rs_place_pages(int uffd,
  * # Safety
  * As `postcopy_rs_place_page()`, without `from`.
  */
-int postcopy_rs_place_page_zero(int uffd, const PostcopyRsBlockView *block, void *host);
+int postcopy_rs_place_page_zero(int uffd,
+                                const PostcopyRsBlockView *block,
+                                void *host);
 
 /**
- * Start the fault thread (named `cfg->name`, default "fault-default") and return
- * once it runs; `*out` then holds its handle.  QEMU: the thread creation
+ * Start the fault thread (named `cfg->name`, default "fault-default") and
+ * return once it runs; `*out` then holds its handle.  QEMU: the thread creation
  * in `postcopy_ram_incoming_setup()`.
  *
  * Returns 0 or: `-EFAULT` if `cfg` or `out` is NULL, or `resolve` or
  * `request_page` is missing; `-EBADF` for a negative or closed `uffd` or
  * shared fd; `-EINVAL` if
- * `uffd` is not `O_NONBLOCK` (a fault can vanish between poll() and
- * read()); the errno of a failed eventfd or thread creation.  On error
+ * `uffd` is not `O_NONBLOCK` (a fault can vanish between `poll()` and
+ * `read()`); the errno of a failed eventfd or thread creation.  On error
  * `*out` is NULL.  The thread starts with every signal blocked, as QEMU's
  * threads do.
  *
@@ -455,7 +458,8 @@ int postcopy_rs_place_page_zero(int uffd, const PostcopyRsBlockView *block, void
  * is stopped, and must not call back into the fault-thread API.  (The
  * thread keeps duplicates of the fds: the caller may close its own.)
  */
-int postcopy_rs_fault_thread_start(const PostcopyRsFaultConfig *cfg, PostcopyRsFaultThread **out);
+int postcopy_rs_fault_thread_start(const PostcopyRsFaultConfig *cfg,
+                                   PostcopyRsFaultThread **out);
 
 /**
  * Stop the fault thread: signal its eventfd, wake it if paused, join it,
@@ -514,7 +518,9 @@ int postcopy_rs_fault_thread_state(const PostcopyRsFaultThread *t);
  * `t` must be NULL or a live handle; `fds` must hold `n` ints (may be
  * NULL if `n` is 0).
  */
-int postcopy_rs_fault_thread_set_shared_fds(PostcopyRsFaultThread *t, const int *fds, uint32_t n);
+int postcopy_rs_fault_thread_set_shared_fds(PostcopyRsFaultThread *t,
+                                            const int *fds,
+                                            uint32_t n);
 
 /**
  * Route the library's messages to `log_fn` (NULL: back to stderr).
@@ -593,7 +599,9 @@ int postcopy_rs_pagesize_mismatch_message(uint64_t source_summary,
  * `bmap` must point to `BITS_TO_LONGS(nr_pages)` writable `unsigned long`s
  * that no other thread touches during the call.
  */
-int64_t postcopy_chunk_hostpages(unsigned long *bmap, uint64_t nr_pages, uint64_t host_ratio);
+int64_t postcopy_chunk_hostpages(unsigned long *bmap,
+                                 uint64_t nr_pages,
+                                 uint64_t host_ratio);
 
 /**
  * Send the discard bitmap at the switch to postcopy: QEMU's

@@ -5,8 +5,10 @@
 # a fresh Debian machine, as root, it installs what it needs and runs:
 #   1. rustfmt and clippy (-D warnings);
 #   2. cargo test: unit and property tests, the header drift check, the C
-#      harness (plain, valgrind memcheck, AddressSanitizer), and the tests
-#      on real userfaultfd (4 KiB and 2 MiB hugetlbfs pages);
+#      harness (plain, valgrind memcheck, AddressSanitizer; the standalone
+#      example linked with the README's line), and the tests on real
+#      userfaultfd (4 KiB and 2 MiB hugetlbfs pages); then the library
+#      built for x86_64-unknown-linux-musl;
 #   3. the QEMU stage (scripts/qemu-test.sh): Debian's QEMU 10.0 with the
 #      patch series, QEMU's postcopy qtests, interoperability both ways;
 #   4. the main command, `make demo`, at default settings: a real Linux
@@ -35,6 +37,17 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test"
 rm -f "$skipped"
 cargo test
+
+step "the library builds for musl too"
+# libc's ioctl request type is int on musl, unsigned long on glibc.
+musl=x86_64-unknown-linux-musl
+if rustup target list --installed 2>/dev/null | grep -qx "$musl" ||
+    rustup target add "$musl"; then
+    cargo build --lib --target "$musl" || die "the library does not build for $musl"
+else
+    mkdir -p "$(dirname "$skipped")"
+    echo "SKIPPED: cargo build --target $musl: rustup could not add the target" | tee -a "$skipped"
+fi
 # cargo hides the output of passing tests: say here what was skipped.
 if [ -s "$skipped" ]; then
     echo "==================== SKIPPED TESTS ===================="

@@ -327,9 +327,9 @@ mod tests {
         for_each_run(&m, 256, |s, l| v.push((s, l)));
         assert_eq!(v, vec![(10, 200), (255, 1)]);
         let alt = vec![0x5555_5555_5555_5555 as Word; 1];
-        let mut v = vec![];
-        for_each_run(&alt, 64, |s, l| v.push((s, l)));
-        assert_eq!(v.len(), 32);
-        assert!(v.iter().enumerate().all(|(i, &r)| r == (2 * i, 1)));
+        let mut alt_runs = vec![];
+        for_each_run(&alt, 64, |s, l| alt_runs.push((s, l)));
+        assert_eq!(alt_runs.len(), 32);
+        assert!(alt_runs.iter().enumerate().all(|(i, &r)| r == (2 * i, 1)));
     }
 }

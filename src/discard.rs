@@ -374,14 +374,14 @@ mod tests {
 
     #[test]
     fn ratios() {
-        assert!(HostRatio::new(0).is_err());
-        assert!(HostRatio::new(3).is_err());
-        assert!(HostRatio::new(MAX_HOST_RATIO * 2).is_err());
+        HostRatio::new(0).unwrap_err();
+        HostRatio::new(3).unwrap_err();
+        HostRatio::new(MAX_HOST_RATIO * 2).unwrap_err();
         assert_eq!(HostRatio::new(262_144).unwrap().get(), 262_144);
-        assert!(HostRatio::from_page_sizes(4096, 4096).is_ok());
-        assert!(HostRatio::from_page_sizes(2048, 4096).is_err());
-        assert!(HostRatio::from_page_sizes(3 << 12, 4096).is_err());
-        assert!(HostRatio::from_page_sizes(32 << 30, 4096).is_err());
+        HostRatio::from_page_sizes(4096, 4096).unwrap();
+        HostRatio::from_page_sizes(2048, 4096).unwrap_err();
+        HostRatio::from_page_sizes(3 << 12, 4096).unwrap_err();
+        HostRatio::from_page_sizes(32 << 30, 4096).unwrap_err();
         assert_eq!(
             HostRatio::from_page_sizes(2 << 20, 4096).unwrap().get(),
             512
@@ -407,7 +407,7 @@ mod tests {
             chunk_hostpages(&mut m, 100, HostRatio::new(8).unwrap()),
             Err(Error::Length { .. })
         ));
-        assert!(validate_block(2 << 20, 3 << 20, 4096).is_err());
+        validate_block(2 << 20, 3 << 20, 4096).unwrap_err();
     }
 
     #[test]

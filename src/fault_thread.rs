@@ -5,7 +5,7 @@
 //! (migration/postcopy-ram.c).  The thread:
 //! - polls the userfaultfd, a stop eventfd and any shared (vhost-user)
 //!   userfaultfds;
-//! - reads up to [`BATCH`] `uffd_msg` per read() (QEMU reads one);
+//! - reads up to [`BATCH`] `uffd_msg` per `read()` (QEMU reads one);
 //! - maps each fault to its block and host page, tells the embedder about
 //!   every fault (blocktime accounting), and requests each page from the
 //!   source at most once while it is in flight, never once received;
@@ -25,11 +25,11 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// uffd_msg records read per read() at most.
+/// `uffd_msg` records read per `read()` at most.
 pub const BATCH: usize = 64;
 /// The thread's name when the embedder gives none.  (QEMU 10.0 passes
 /// its own, `MIGRATION_THREAD_DST_FAULT`, "mig/dst/fault"; older QEMUs
@@ -56,9 +56,9 @@ pub struct Resolved {
 /// What the fault thread needs from its embedder.  All methods run on the
 /// fault thread.
 pub trait FaultHandler: Send {
-    /// First thing on the new thread (QEMU: rcu_register_thread).
+    /// First thing on the new thread (QEMU: `rcu_register_thread`).
     fn thread_enter(&mut self) {}
-    /// Last thing on the thread (QEMU: rcu_unregister_thread).
+    /// Last thing on the thread (QEMU: `rcu_unregister_thread`).
     fn thread_exit(&mut self) {}
     /// Map a faulting address to its block; an error means it is outside
     /// guest RAM.
@@ -152,19 +152,24 @@ impl Shared {
     fn drain(&self) {
         let mut v: u64 = 0;
         // SAFETY: reading 8 bytes into a live u64 from our non-blocking eventfd.
-        unsafe { libc::read(self.event.as_raw_fd(), std::ptr::from_mut(&mut v).cast(), 8) };
+        unsafe {
+            libc::read(self.event.as_raw_fd(), std::ptr::from_mut(&mut v).cast(), 8);
+        }
     }
 
     fn set_state(&self, s: PostcopyRsFaultThreadState) {
-        self.control.lock().unwrap_or_else(|p| p.into_inner()).state = s;
+        self.control
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state = s;
     }
 
     /// Wait for a resume or stop.  Returns false when stopping.
     fn wait_resume(&self) -> bool {
-        let mut c = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.control.lock().unwrap_or_else(PoisonError::into_inner);
         c.state = PostcopyRsFaultThreadState::Paused;
         while c.resumes == 0 && !self.quit.load(Ordering::Acquire) {
-            c = self.cond.wait(c).unwrap_or_else(|p| p.into_inner());
+            c = self.cond.wait(c).unwrap_or_else(PoisonError::into_inner);
         }
         if self.quit.load(Ordering::Acquire) {
             return false;
@@ -239,7 +244,9 @@ impl FaultThread {
             .name(name.unwrap_or(DEFAULT_THREAD_NAME).into())
             .spawn(move || thread_main(sh, uffd, handler, ready_tx));
         // SAFETY: restores the mask saved above.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
         let join = spawned.map_err(|e| Error::Os {
             op: "spawning the fault thread",
             errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
@@ -265,8 +272,10 @@ impl FaultThread {
             .shared
             .control
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
+            .unwrap_or_else(PoisonError::into_inner);
         c.resumes = c.resumes.saturating_add(1);
+        // The waiter re-checks `resumes` under the lock: no lost wake-up.
+        drop(c);
         self.shared.cond.notify_all();
     }
 
@@ -283,7 +292,7 @@ impl FaultThread {
             .shared
             .shared_fds
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(fds);
+            .unwrap_or_else(PoisonError::into_inner) = Some(fds);
         self.shared.kick();
         Ok(())
     }
@@ -293,7 +302,7 @@ impl FaultThread {
         self.shared
             .control
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .state
     }
 
@@ -314,7 +323,7 @@ impl FaultThread {
                 .shared
                 .control
                 .lock()
-                .unwrap_or_else(|p| p.into_inner());
+                .unwrap_or_else(PoisonError::into_inner);
             self.shared.cond.notify_all();
         }
         join.join().unwrap_or(Err(Error::Panic))
@@ -387,13 +396,13 @@ impl Loop<'_> {
         let mut buf = [UffdMsg::default(); BATCH];
         let mut pfds: Vec<libc::pollfd> = Vec::new();
         loop {
-            if let Some(fds) = self
+            let new_fds = self
                 .shared
                 .shared_fds
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-            {
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(fds) = new_fds {
                 self.shared_fds = fds;
             }
             pfds.clear();

@@ -9,7 +9,7 @@
 use crate::ffi::CLogSink;
 use std::ffi::CString;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::RwLock;
+use std::sync::{PoisonError, RwLock};
 
 /// Message severity, as passed to the log sink.
 #[repr(C)]
@@ -31,7 +31,7 @@ static SINK: RwLock<Option<CLogSink>> = RwLock::new(None);
 static MAX_LEVEL: AtomicUsize = AtomicUsize::new(PostcopyRsLogLevel::Info as usize);
 
 pub(crate) fn set_sink(sink: Option<CLogSink>, max_level: PostcopyRsLogLevel) {
-    *SINK.write().unwrap_or_else(|p| p.into_inner()) = sink;
+    *SINK.write().unwrap_or_else(PoisonError::into_inner) = sink;
     MAX_LEVEL.store(max_level as usize, Ordering::Release);
 }
 
@@ -45,7 +45,7 @@ pub fn log(level: PostcopyRsLogLevel, msg: &str) {
     if !enabled(level) {
         return;
     }
-    let sink = *SINK.read().unwrap_or_else(|p| p.into_inner());
+    let sink = *SINK.read().unwrap_or_else(PoisonError::into_inner);
     let Some(sink) = sink else {
         // Not eprintln!: it panics when stderr fails (EPIPE, ENOSPC).
         use std::io::Write;

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-//! Destination side: atomic page placement with UFFDIO_COPY / UFFDIO_ZEROPAGE.
+//! Destination side: atomic page placement with `UFFDIO_COPY` / `UFFDIO_ZEROPAGE`.
 //!
 //! Replaces `postcopy_place_page`, `postcopy_place_page_zero` and the
 //! placement half of `qemu_ufd_copy_ioctl` (migration/postcopy-ram.c).
 //!
-//! **EEXIST is success.**  UFFDIO_COPY never overwrites a present page: it
+//! **EEXIST is success.**  `UFFDIO_COPY` never overwrites a present page: it
 //! fails with EEXIST and leaves memory as it is.  A page can legitimately
 //! arrive twice in postcopy (the background stream and an urgent request
 //! in preempt mode, or a resend after recovery); the content on the
@@ -23,7 +23,7 @@ use crate::receivedmap::ReceivedMap;
 use crate::stats::{self, Counter};
 use crate::uffd::{self, UffdioCopy, UffdioRange, UffdioZeropage, UFFDIO_COPY, UFFDIO_ZEROPAGE};
 use std::os::fd::BorrowedFd;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 /// EAGAIN retries without progress before giving up.
 const MAX_STALLED_RETRIES: u32 = 10_000;
@@ -42,7 +42,7 @@ pub struct Block {
     pub receivedmap: Option<ReceivedMap>,
     /// log2(target page size).
     pub target_page_bits: u32,
-    /// UFFDIO_ZEROPAGE works on this memory (not hugetlbfs).
+    /// `UFFDIO_ZEROPAGE` works on this memory (not hugetlbfs).
     pub zeropage_ok: bool,
 }
 
@@ -144,9 +144,9 @@ impl Block {
 /// What to fill the pages with.
 #[derive(Debug, Clone, Copy)]
 enum Fill {
-    /// UFFDIO_COPY from this address.
+    /// `UFFDIO_COPY` from this address.
     Copy(u64),
-    /// UFFDIO_ZEROPAGE.
+    /// `UFFDIO_ZEROPAGE`.
     Zero,
 }
 
@@ -257,7 +257,7 @@ fn fill_range(uffd: BorrowedFd<'_>, fill: Fill, dst: u64, len: u64, page_size: u
 }
 
 /// Place `npages` contiguous host pages at `host` from `from`, in one
-/// UFFDIO_COPY where the kernel allows, and mark them received.
+/// `UFFDIO_COPY` where the kernel allows, and mark them received.
 ///
 /// # Safety
 /// `from` must be readable for `npages * block.page_size` bytes.
@@ -278,7 +278,7 @@ pub unsafe fn place_pages(
     Ok(())
 }
 
-/// Place one zero host page at `host` and mark it received: UFFDIO_ZEROPAGE,
+/// Place one zero host page at `host` and mark it received: `UFFDIO_ZEROPAGE`,
 /// or on memory without it (hugetlbfs) a copy from a zero buffer of the
 /// block's page size.
 pub fn place_zero(uffd: BorrowedFd<'_>, block: &Block, host: u64) -> Result<()> {
@@ -303,7 +303,7 @@ pub fn place_zero(uffd: BorrowedFd<'_>, block: &Block, host: u64) -> Result<()> 
 /// shared zero page, so even a 1 GiB buffer costs no RAM.
 fn zero_source(size: u64) -> Result<u64> {
     static ZEROES: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
-    let mut z = ZEROES.lock().unwrap_or_else(|p| p.into_inner());
+    let mut z = ZEROES.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(&(_, addr)) = z.iter().find(|(s, _)| *s == size) {
         return Ok(addr);
     }
@@ -322,6 +322,7 @@ fn zero_source(size: u64) -> Result<u64> {
         return Err(Error::last_os("mmap of the zero-page buffer"));
     }
     z.push((size, p as u64));
+    drop(z);
     Ok(p as u64)
 }
 
@@ -347,16 +348,16 @@ mod tests {
         ));
         assert!(matches!(ok.offset_of(0x20_0000, 0), Err(Error::Invalid(_))));
         assert!(matches!(ok.offset_of(0, 1), Err(Error::OutOfRange { .. })));
-        assert!(ok.offset_of(0x20_0000, u64::MAX).is_err());
+        ok.offset_of(0x20_0000, u64::MAX).unwrap_err();
         // Misaligned host, impossible page sizes, partial page lengths.
-        assert!(Block::new(0x1000, 0x20_0000, 0x20_0000, 12, None, false).is_err());
-        assert!(Block::new(0, 0x3000, 0x3000, 12, None, false).is_err());
-        assert!(Block::new(0, 0x1000, 0x800, 12, None, false).is_err());
-        assert!(Block::new(0, 0x30_0000, 0x20_0000, 12, None, false).is_err());
-        assert!(Block::new(0, 0x1000, 0x1000, 40, None, false).is_err());
+        Block::new(0x1000, 0x20_0000, 0x20_0000, 12, None, false).unwrap_err();
+        Block::new(0, 0x3000, 0x3000, 12, None, false).unwrap_err();
+        Block::new(0, 0x1000, 0x800, 12, None, false).unwrap_err();
+        Block::new(0, 0x30_0000, 0x20_0000, 12, None, false).unwrap_err();
+        Block::new(0, 0x1000, 0x1000, 40, None, false).unwrap_err();
         // A receivedmap too short for the block.
         let map = ReceivedMap::new(64);
-        assert!(Block::new(0, 65 << 12, 0x1000, 12, Some(map.clone()), true).is_err());
-        assert!(Block::new(0, 64 << 12, 0x1000, 12, Some(map), true).is_ok());
+        Block::new(0, 65 << 12, 0x1000, 12, Some(map.clone()), true).unwrap_err();
+        Block::new(0, 64 << 12, 0x1000, 12, Some(map), true).unwrap();
     }
 }

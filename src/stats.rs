@@ -14,11 +14,12 @@ pub struct PostcopyRsStats {
     pub discard_runs: u64,
     /// Target pages covered by those runs.
     pub discard_pages: u64,
-    /// Bits set by host-page canonicalisation (added to migration_dirty_pages).
+    /// Bits set by host-page canonicalisation (added to `migration_dirty_pages`).
     pub hostpage_bits_set: u64,
-    /// Host pages placed with UFFDIO_COPY.
+    /// Host pages placed with `UFFDIO_COPY`.
     pub pages_placed: u64,
-    /// Host pages placed as zero pages (UFFDIO_ZEROPAGE, or a zero copy on hugetlbfs).
+    /// Host pages placed as zero pages (`UFFDIO_ZEROPAGE`, or a zero copy
+    /// on hugetlbfs).
     pub zero_pages_placed: u64,
     /// Bytes placed by either.
     pub bytes_placed: u64,
@@ -28,9 +29,9 @@ pub struct PostcopyRsStats {
     pub eagain_retries: u64,
     /// Placement ioctls issued.
     pub place_ioctls: u64,
-    /// uffd_msg records read by the fault thread.
+    /// `uffd_msg` records read by the fault thread.
     pub faults_read: u64,
-    /// read() calls on the userfaultfd that returned messages.
+    /// `read()` calls on the userfaultfd that returned messages.
     pub fault_reads: u64,
     /// Page requests sent to the source.
     pub pages_requested: u64,

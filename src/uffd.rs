@@ -115,7 +115,7 @@ pub struct UffdMsg {
     pub pf_flags: u64,
     /// `arg.pagefault.address`.
     pub pf_address: u64,
-    /// `arg.pagefault.feat.ptid` (0 unless UFFD_FEATURE_THREAD_ID).
+    /// `arg.pagefault.feat.ptid` (0 unless `UFFD_FEATURE_THREAD_ID`).
     pub pf_ptid: u32,
     /// Rest of the union.
     pub pad: u32,

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! Builds the C programs under tests/c/ against the committed header and
 //! the static library, exactly as a C embedder would, and runs them:
-//! plainly, under valgrind memcheck, and built with AddressSanitizer.
+//! plainly, under valgrind memcheck, and built with `AddressSanitizer`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,14 +23,14 @@ fn manifest() -> PathBuf {
 /// The static library cargo built for this test run.
 ///
 /// `cargo test` builds the lib (all its crate types) into target/<profile>/deps
-/// under a hash and does not refresh the uplifted target/<profile>/libpostcopy_rs.a,
+/// under a hash and does not refresh the uplifted target/<profile>/`libpostcopy_rs.a`,
 /// so take the newest hashed one: it was built from the current source.
 fn staticlib() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let deps = exe.parent().expect("deps dir");
     std::fs::read_dir(deps)
         .expect("read deps dir")
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .filter(|e| {
             let n = e.file_name();
             let n = n.to_string_lossy();
@@ -201,13 +201,13 @@ fn c_standalone_example_links_without_qemu() {
     // symbol its objects need and none of them defines comes from the
     // system libraries, none is QEMU's or ours.
     let symbols = |flag: &str| -> std::collections::HashSet<String> {
-        let out = Command::new("nm")
+        let listed = Command::new("nm")
             .args([flag, "--format=just-symbols"])
             .arg(staticlib())
             .output()
             .expect("nm");
-        assert!(out.status.success(), "nm {flag} failed");
-        String::from_utf8_lossy(&out.stdout)
+        assert!(listed.status.success(), "nm {flag} failed");
+        String::from_utf8_lossy(&listed.stdout)
             .lines()
             .map(str::to_string)
             .collect()

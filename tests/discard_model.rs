@@ -154,8 +154,8 @@ proptest! {
 fn bad_ratio_and_length_leave_bitmap_unchanged() {
     let mut m = vec![0x1234 as Word; 4];
     let before = m.clone();
-    assert!(HostRatio::new(6).is_err());
-    assert!(HostRatio::new(0).is_err());
+    HostRatio::new(6).unwrap_err();
+    HostRatio::new(0).unwrap_err();
     let r = discard::chunk_hostpages(&mut m, 250, HostRatio::new(8).unwrap());
     assert!(matches!(r, Err(postcopy_rs::Error::Length { .. })), "{r:?}");
     assert_eq!(m, before);
@@ -194,13 +194,13 @@ fn discard_block_frames_runs_per_block() {
     assert_eq!((sum.runs, sum.pages, sum.newly_dirty), (1, 512, 511));
 
     // A block that is not a whole number of its pages: nothing is sent.
-    let mut rec = Recorder::default();
-    let block = SourceBlock {
+    let mut bad_rec = Recorder::default();
+    let bad_block = SourceBlock {
         name: &name,
         page_size: 2 << 20,
         used_length: 3 << 20,
         bmap: &mut bmap,
     };
-    assert!(discard::discard_block(block, 4096, &mut rec).is_err());
-    assert!(rec.0.is_empty());
+    discard::discard_block(bad_block, 4096, &mut bad_rec).unwrap_err();
+    assert!(bad_rec.0.is_empty());
 }

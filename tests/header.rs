@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! The committed header must be exactly what the pinned cbindgen generates
-//! from the current source (build.rs writes it to OUT_DIR), and every name
+//! from the current source (build.rs writes it to `OUT_DIR`), and every name
 //! it declares must carry the project's prefix.
 
 #[test]
@@ -184,9 +184,9 @@ fn tokenize(s: &str) -> Vec<String> {
             chars.next();
         } else if c.is_ascii_alphanumeric() || c == '_' {
             let mut w = String::new();
-            while let Some(&c) = chars.peek() {
-                if c.is_ascii_alphanumeric() || c == '_' {
-                    w.push(c);
+            while let Some(&d) = chars.peek() {
+                if d.is_ascii_alphanumeric() || d == '_' {
+                    w.push(d);
                     chars.next();
                 } else {
                     break;
@@ -196,9 +196,9 @@ fn tokenize(s: &str) -> Vec<String> {
         } else if c == '"' {
             chars.next();
             let mut w = String::from("\"");
-            for c in chars.by_ref() {
-                w.push(c);
-                if c == '"' {
+            for d in chars.by_ref() {
+                w.push(d);
+                if d == '"' {
                     break;
                 }
             }

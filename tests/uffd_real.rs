@@ -2,7 +2,7 @@
 //! Placement and the fault thread on real userfaultfd, on 4 KiB anonymous
 //! memory and on 2 MiB hugetlbfs pages (reserved here, given back after;
 //! skipped loudly if the kernel refuses).  Needs root (or
-//! vm.unprivileged_userfaultfd=1).
+//! `vm.unprivileged_userfaultfd=1`).
 
 mod common;
 
@@ -33,7 +33,7 @@ struct Events {
     bad_handle: AtomicBool,
     return_path_gone: AtomicBool,
     panic_in_resolve: AtomicBool,
-    /// The fault thread's SigBlk line from /proc, read on the thread.
+    /// The fault thread's `SigBlk` line from /proc, read on the thread.
     sigblk: Mutex<String>,
 }
 
@@ -210,6 +210,7 @@ fn concurrent_faults(page_size: u64, npages: u64, threads: u64, touches: u64) {
     let dup: Vec<_> = reqs.iter().filter(|(_, &n)| n != 1).collect();
     assert!(dup.is_empty(), "pages requested more than once: {dup:?}");
     let requested: HashSet<u64> = reqs.keys().map(|o| o / page_size).collect();
+    drop(reqs);
     assert_eq!(
         requested,
         *touched.lock().unwrap(),
@@ -279,7 +280,7 @@ fn double_placement(page_size: u64) {
     assert_eq!(r.peek(r.page(0)), w0);
 }
 
-/// Zero pages: UFFDIO_ZEROPAGE on anonymous memory, a zero copy on hugetlbfs.
+/// Zero pages: `UFFDIO_ZEROPAGE` on anonymous memory, a zero copy on hugetlbfs.
 fn zero_pages(page_size: u64) {
     let r = Region::new(page_size, 2);
     let b = r.block();
@@ -412,8 +413,8 @@ fn proactive_pause_on_notify(page_size: u64) {
     src.join().unwrap();
 }
 
-/// stop() right after a notify(), many times: the stop's eventfd write
-/// must never be drained unseen (the thread would sleep in poll() for
+/// `stop()` right after a `notify()`, many times: the stop's eventfd write
+/// must never be drained unseen (the thread would sleep in `poll()` for
 /// ever).  A stress test: the window (between the thread's drain and its
 /// `quit` check) is too narrow to hit on demand, so this guards against
 /// gross regressions rather than proving the ordering.
@@ -435,7 +436,7 @@ fn stop_races_notify(page_size: u64) {
     }
 }
 
-/// The thread runs with every signal blocked, as qemu_thread_create()
+/// The thread runs with every signal blocked, as `qemu_thread_create()`
 /// makes QEMU's threads; and a blocking userfaultfd is refused.
 fn thread_signals_and_blocking_fd(page_size: u64) {
     let r = Region::new(page_size, 1);
@@ -463,7 +464,7 @@ fn thread_signals_and_blocking_fd(page_size: u64) {
         let fl = libc::fcntl(r.fd().as_raw_fd(), libc::F_GETFL);
         libc::fcntl(r.fd().as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
     }
-    let (tx, _rx) = mpsc::channel();
+    let (tx, _requests) = mpsc::channel();
     let h = Handler {
         ev: Arc::new(Events::default()),
         block: r.block(),
@@ -476,7 +477,7 @@ fn thread_signals_and_blocking_fd(page_size: u64) {
     );
 }
 
-/// A panic on the thread is reported, and thread_exit still runs (QEMU
+/// A panic on the thread is reported, and `thread_exit` still runs (QEMU
 /// must unregister the thread from RCU).
 fn panic_on_the_thread(page_size: u64) {
     let r = Region::new(page_size, 1);
@@ -525,7 +526,9 @@ fn fault_outside_guest_ram(page_size: u64) {
     });
     assert!(matches!(ft.stop(), Err(Error::OutOfRange { .. })));
     // SAFETY: our mapping.
-    unsafe { libc::munmap(p, len as usize) };
+    unsafe {
+        libc::munmap(p, len as usize);
+    }
 }
 
 /// A multi-page copy over a page that is already there: the kernel stops at

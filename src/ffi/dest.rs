@@ -14,7 +14,7 @@ use std::ptr::NonNull;
 
 // Placement.
 
-/// UFFDIO_ZEROPAGE works on the block's memory (anonymous or shmem; not
+/// `UFFDIO_ZEROPAGE` works on the block's memory (anonymous or shmem; not
 /// hugetlbfs).  QEMU: `qemu_ram_is_uf_zeroable()`.
 pub const POSTCOPY_RS_BLOCK_ZEROPAGE: u32 = 1;
 
@@ -88,7 +88,7 @@ pub(crate) unsafe fn block_from_view(v: &PostcopyRsBlockView) -> Result<Block> {
 }
 
 /// Place one host page atomically: `block->page_size` bytes from `from` at
-/// `host` with UFFDIO_COPY, which wakes any thread faulting on it, then
+/// `host` with `UFFDIO_COPY`, which wakes any thread faulting on it, then
 /// mark it in `block->receivedmap`.  QEMU: `postcopy_place_page()`.
 ///
 /// A page that is already present (EEXIST) is not an error: the range is
@@ -115,7 +115,7 @@ pub unsafe extern "C" fn postcopy_rs_place_page(
     unsafe { place_pages_impl("postcopy_rs_place_page", uffd, block, host, from, 1) }
 }
 
-/// Place `npages` contiguous host pages with one UFFDIO_COPY where the
+/// Place `npages` contiguous host pages with one `UFFDIO_COPY` where the
 /// kernel allows it.  Same rules and return values as
 /// `postcopy_rs_place_page()`; `from` must be readable for
 /// `npages * block->page_size` bytes, and `npages` must be at least 1.
@@ -165,7 +165,7 @@ unsafe fn place_pages_impl(
     })
 }
 
-/// Place one zero host page at `host` and mark it received: UFFDIO_ZEROPAGE
+/// Place one zero host page at `host` and mark it received: `UFFDIO_ZEROPAGE`
 /// if `block->flags` has `POSTCOPY_RS_BLOCK_ZEROPAGE`, otherwise (hugetlbfs)
 /// a copy from a zero buffer of the block's page size.
 /// QEMU: `postcopy_place_page_zero()`.  Return values as
@@ -234,7 +234,7 @@ pub struct PostcopyRsFaultOps {
         ) -> c_int,
     >,
     /// Every page fault, before de-duplication: `tid` is the faulting
-    /// thread (0 without UFFD_FEATURE_THREAD_ID).  QEMU: blocktime begin.
+    /// thread (0 without `UFFD_FEATURE_THREAD_ID`).  QEMU: blocktime begin.
     pub fault:
         Option<unsafe extern "C" fn(opaque: *mut c_void, block: *mut c_void, addr: u64, tid: u32)>,
     /// Ask the source for the host page at block offset `offset` (aligned
@@ -426,15 +426,15 @@ unsafe fn fd_list<'a>(fds: *const c_int, n: u32) -> Result<Vec<BorrowedFd<'a>>> 
         .collect()
 }
 
-/// Start the fault thread (named `cfg->name`, default "fault-default") and return
-/// once it runs; `*out` then holds its handle.  QEMU: the thread creation
+/// Start the fault thread (named `cfg->name`, default "fault-default") and
+/// return once it runs; `*out` then holds its handle.  QEMU: the thread creation
 /// in `postcopy_ram_incoming_setup()`.
 ///
 /// Returns 0 or: `-EFAULT` if `cfg` or `out` is NULL, or `resolve` or
 /// `request_page` is missing; `-EBADF` for a negative or closed `uffd` or
 /// shared fd; `-EINVAL` if
-/// `uffd` is not `O_NONBLOCK` (a fault can vanish between poll() and
-/// read()); the errno of a failed eventfd or thread creation.  On error
+/// `uffd` is not `O_NONBLOCK` (a fault can vanish between `poll()` and
+/// `read()`); the errno of a failed eventfd or thread creation.  On error
 /// `*out` is NULL.  The thread starts with every signal blocked, as QEMU's
 /// threads do.
 ///
@@ -579,10 +579,10 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_set_shared_fds(
     fds: *const c_int,
     n: u32,
 ) -> c_int {
-    let set = |t: &FaultThread| {
+    let set = |thread: &FaultThread| {
         // SAFETY: fds holds n open fds (contract).
         let fds = unsafe { fd_list(fds, n) }?;
-        t.set_shared_fds(&fds)
+        thread.set_shared_fds(&fds)
     };
     // SAFETY: forwarded contract.
     unsafe { with_thread("postcopy_rs_fault_thread_set_shared_fds", t, set) }

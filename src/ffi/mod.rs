@@ -212,12 +212,12 @@ mod tests {
         unsafe {
             assert_eq!(try_ref::<u8>(std::ptr::null(), "x"), Err(Error::Null("x")));
             assert_eq!(try_slice::<u8>(std::ptr::null(), 0, "x"), Ok(&[][..]));
-            assert!(try_slice::<u8>(std::ptr::null(), 1, "x").is_err());
-            assert!(try_fd(-1, "fd").is_err());
+            try_slice::<u8>(std::ptr::null(), 1, "x").unwrap_err();
+            try_fd(-1, "fd").unwrap_err();
             assert!(try_cstr(std::ptr::null()).is_none());
             let v = 3u32;
             assert_eq!(try_ref(&v, "v"), Ok(&3));
-            assert!(try_slice(&v, usize::MAX, "v").is_err());
+            try_slice(&v, usize::MAX, "v").unwrap_err();
         }
     }
 }

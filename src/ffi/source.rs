@@ -246,7 +246,9 @@ pub unsafe extern "C" fn postcopy_rs_send_discard_bitmap(
         if let (Err(e), Some(failed)) = (&r, raw.failed) {
             let msg = CString::new(format!("postcopy discard: {e}")).unwrap_or_default();
             // SAFETY: callback contract; msg outlives the call.
-            unsafe { failed(raw.opaque, e.to_neg_errno(), msg.as_ptr()) };
+            unsafe {
+                failed(raw.opaque, e.to_neg_errno(), msg.as_ptr());
+            }
         }
         r
     })

@@ -8,7 +8,7 @@ use postcopy_rs::receivedmap::ReceivedMap;
 use postcopy_rs::uffd::{Userfaultfd, UFFD_FEATURE_THREAD_ID};
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// A region's userfaultfd, shared with the threads of a test.
 pub type Fd = Arc<Userfaultfd>;
@@ -79,7 +79,9 @@ impl Region {
         let p = map_anon(page_size, len);
         if page_size == PAGE_4K {
             // SAFETY: advice on our own mapping.
-            unsafe { libc::madvise(p, len as usize, libc::MADV_NOHUGEPAGE) };
+            unsafe {
+                libc::madvise(p, len as usize, libc::MADV_NOHUGEPAGE);
+            }
         }
         uffd.register(p as u64, len).expect("UFFDIO_REGISTER");
         Region {
@@ -143,7 +145,9 @@ pub fn place(
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: unmapping our own mapping; nothing references it after drop.
-        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len as usize) };
+        unsafe {
+            libc::munmap(self.base as *mut libc::c_void, self.len as usize);
+        }
     }
 }
 
@@ -176,7 +180,7 @@ pub fn check_page(r: &Region, i: u64, salt: u64) -> Result<(), String> {
 static SERIAL: Mutex<()> = Mutex::new(());
 
 pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Hugepages reserved for one test, given back on drop.
