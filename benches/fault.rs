@@ -124,6 +124,12 @@ impl Mapping {
     fn ptr(&self) -> *mut u8 {
         self.addr as *mut u8
     }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: our own live mapping of `len` bytes, only read through
+        // this slice while it is borrowed.
+        unsafe { std::slice::from_raw_parts(self.ptr(), self.len as usize) }
+    }
 }
 
 impl Drop for Mapping {
@@ -351,7 +357,7 @@ fn run_ours(
     region: &Mapping,
     page_size: u64,
     threads: usize,
-    src: u64,
+    src: &[u8],
 ) -> Sample {
     let pages = (region.len / page_size) as usize;
     let map = ReceivedMap::new((region.len / 4096) as usize);
@@ -369,9 +375,7 @@ fn run_ours(
     std::thread::scope(|s| {
         let source = s.spawn(move || {
             for off in rx {
-                // SAFETY: src is page_size readable bytes.
-                unsafe { place_pages(uffd, &block, block.host + off, src as *const u8, 1) }
-                    .expect("place_pages");
+                place_pages(uffd, &block, block.host + off, src, 1).expect("place_pages");
             }
         });
         let handler = Handler {
@@ -468,7 +472,7 @@ fn bench_case(
         Ok(match variant {
             0 => run_floor(uffd, &m, page_size, threads, src.addr, false),
             1 => run_floor(uffd, &m, page_size, threads, src.addr, true),
-            _ => run_ours(uffd, &m, page_size, threads, src.addr),
+            _ => run_ours(uffd, &m, page_size, threads, src.bytes()),
         })
     };
 
@@ -523,16 +527,13 @@ fn bench_batching(uffd: BorrowedFd<'_>, plan: Plan) -> String {
             let t0 = Instant::now();
             for run in (m.addr..m.addr + m.len).step_by(16 * KIB4 as usize) {
                 for off in (0..16 * KIB4).step_by((*per_call * KIB4) as usize) {
-                    // SAFETY: src holds 16 pages and off + per_call pages <= 16.
-                    unsafe {
-                        place_pages(
-                            uffd,
-                            &block,
-                            run + off,
-                            src.ptr().add(off as usize),
-                            *per_call,
-                        )
-                    }
+                    place_pages(
+                        uffd,
+                        &block,
+                        run + off,
+                        &src.bytes()[off as usize..],
+                        *per_call,
+                    )
                     .expect("place_pages");
                 }
             }

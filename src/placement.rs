@@ -168,8 +168,8 @@ fn issue(
                 copy: 0,
             };
             // SAFETY: UFFDIO_COPY takes a uffdio_copy.  `src` is readable for
-            // `len` bytes (caller's contract, checked at the C boundary) and
-            // the kernel validates `dst` against the registered range.
+            // `len` bytes (a slice place_pages checked, or the zero buffer)
+            // and the kernel validates `dst` against the registered range.
             let r = unsafe { uffd::ioctl(uffd, UFFDIO_COPY, &mut c) };
             (r, c.copy)
         }
@@ -256,21 +256,27 @@ fn fill_range(uffd: BorrowedFd<'_>, fill: Fill, dst: u64, len: u64, page_size: u
     Ok(present)
 }
 
-/// Place `npages` contiguous host pages at `host` from `from`, in one
-/// `UFFDIO_COPY` where the kernel allows, and mark them received.
-///
-/// # Safety
-/// `from` must be readable for `npages * block.page_size` bytes.
-pub unsafe fn place_pages(
+/// Place `npages` contiguous host pages at `host` from the start of `from`
+/// (at least `npages * block.page_size` bytes), in one `UFFDIO_COPY` where
+/// the kernel allows, and mark them received.
+pub fn place_pages(
     uffd: BorrowedFd<'_>,
     block: &Block,
     host: u64,
-    from: *const u8,
+    from: &[u8],
     npages: u64,
 ) -> Result<()> {
     let off = block.offset_of(host, npages)?;
+    // No overflow: offset_of checked the pages fit in the block.
     let len = npages * block.page_size;
-    let present = fill_range(uffd, Fill::Copy(from as u64), host, len, block.page_size)?;
+    if (from.len() as u64) < len {
+        return Err(Error::OutOfRange {
+            addr: from.as_ptr() as u64,
+            len,
+        });
+    }
+    let src = from.as_ptr() as u64;
+    let present = fill_range(uffd, Fill::Copy(src), host, len, block.page_size)?;
     block.mark_received(off, len);
     // Pages found already there (EEXIST) were not placed by this call.
     stats::add(Counter::PagesPlaced, (len - present) / block.page_size);

@@ -127,6 +127,12 @@ static_assertions::assert_eq_size!(UffdioRegister, [u8; 32]);
 static_assertions::assert_eq_size!(UffdioCopy, [u8; 40]);
 static_assertions::assert_eq_size!(UffdioZeropage, [u8; 32]);
 static_assertions::assert_eq_size!(UffdMsg, [u8; 32]);
+static_assertions::assert_eq_align!(UffdioRange, u64);
+static_assertions::assert_eq_align!(UffdioApi, u64);
+static_assertions::assert_eq_align!(UffdioRegister, u64);
+static_assertions::assert_eq_align!(UffdioCopy, u64);
+static_assertions::assert_eq_align!(UffdioZeropage, u64);
+static_assertions::assert_eq_align!(UffdMsg, u64);
 static_assertions::const_assert_eq!(std::mem::offset_of!(UffdMsg, pf_address), 16);
 static_assertions::const_assert_eq!(std::mem::offset_of!(UffdMsg, pf_ptid), 24);
 

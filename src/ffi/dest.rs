@@ -160,8 +160,15 @@ unsafe fn place_pages_impl(
         b.offset_of(host as u64, npages)?;
         // SAFETY: open for the call (contract).
         let uffd = unsafe { try_fd(uffd, "placement (bad userfaultfd)") }?;
-        // SAFETY: from is readable for npages pages (contract).
-        unsafe { placement::place_pages(uffd, &b, host as u64, from.cast(), npages) }
+        // No overflow: offset_of checked the pages fit in the block.
+        let len = usize::try_from(npages * b.page_size).map_err(|_| Error::OutOfRange {
+            addr: host as u64,
+            len: npages,
+        })?;
+        // SAFETY: from is readable for npages pages (contract), and only
+        // read (by the kernel) during the call.
+        let from = unsafe { try_slice(from.cast::<u8>(), len, "from") }?;
+        placement::place_pages(uffd, &b, host as u64, from, npages)
     })
 }
 
