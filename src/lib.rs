@@ -13,7 +13,7 @@
 //! - [`pagesize`]: telling the source which page sizes did not match.
 //! - [`ffi`]: the exported C ABI, the one place raw pointers, raw fds and
 //!   callbacks from C become safe types.
-//! - [`error`], [`panic`], [`log`], [`stats`]: errors, the panic boundary,
+//! - [`error`], [`panic`](mod@panic), [`log`], [`stats`]: errors, the panic boundary,
 //!   the log sink and counters.
 //!
 //! The header `include/postcopy_rs.h` is generated from this crate by
