@@ -436,8 +436,10 @@ fn stop_races_notify(page_size: u64) {
     }
 }
 
-/// The thread runs with every signal blocked, as qemu_thread_create()
-/// makes QEMU's threads; and a blocking userfaultfd is refused.
+/// The thread runs with every signal blocked but SIGSEGV, SIGFPE and
+/// SIGILL, as qemu_thread_create() makes QEMU's threads (a synchronous
+/// fault with those blocked kills the process without running QEMU's
+/// handler); and a blocking userfaultfd is refused.
 fn thread_signals_and_blocking_fd(page_size: u64) {
     let r = Region::new(page_size, 1);
     let ev = Arc::new(Events::default());
@@ -456,6 +458,12 @@ fn thread_signals_and_blocking_fd(page_size: u64) {
         assert!(
             mask >> (sig - 1) & 1 == 1,
             "signal {sig} not blocked on the fault thread: {sigblk}"
+        );
+    }
+    for sig in [libc::SIGSEGV, libc::SIGFPE, libc::SIGILL] {
+        assert!(
+            mask >> (sig - 1) & 1 == 0,
+            "synchronous signal {sig} blocked on the fault thread: {sigblk}"
         );
     }
 
@@ -527,6 +535,66 @@ fn fault_outside_guest_ram(page_size: u64) {
     assert!(matches!(ft.stop(), Err(Error::OutOfRange { .. })));
     // SAFETY: our mapping.
     unsafe { libc::munmap(p, len as usize) };
+}
+
+/// The main fd hangs up (POLLHUP): the thread reports it and ends, as for
+/// POLLERR, instead of spinning on a poll() that returns at once.  A real
+/// userfaultfd never reports POLLHUP (fs/userfaultfd.c: only EPOLLERR or
+/// EPOLLIN; one whose process has exited just stays quiet), so the main
+/// fd here is the read end of a pipe whose write end is closed.
+fn hangup_on_the_main_fd_ends_the_thread(page_size: u64) {
+    let r = Region::new(page_size, 1);
+    let mut p = [0; 2];
+    // SAFETY: pipe2 fills a live array of two ints.
+    assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_NONBLOCK) }, 0);
+    let ev = Arc::new(Events::default());
+    let (tx, _rx) = mpsc::channel();
+    let h = Handler {
+        ev: Arc::clone(&ev),
+        block: r.block(),
+        tx,
+    };
+    let ft = FaultThread::start(p[0], &[], None, Box::new(h)).expect("start");
+    // SAFETY: closing our own write end: the read end now reports POLLHUP.
+    unsafe { libc::close(p[1]) };
+    let t = Instant::now();
+    while ft.state() != PostcopyRsFaultThreadState::Exited && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let state = ft.state();
+    let fatal = *ev.fatal.lock().unwrap();
+    let res = ft.stop();
+    // SAFETY: our own read end, unused after the thread stopped.
+    unsafe { libc::close(p[0]) };
+    assert_eq!(
+        state,
+        PostcopyRsFaultThreadState::Exited,
+        "the thread ignored POLLHUP on its main fd"
+    );
+    assert_eq!(fatal, Some((-libc::EBADF, 0)), "POLLHUP not reported");
+    assert!(res.is_err(), "stop() after POLLHUP returned {res:?}");
+    assert_eq!(ev.exits.load(SeqCst), 1);
+}
+
+/// A userfaultfd made blocking behind the thread's back reports POLLERR
+/// (the kernel's way of refusing it): reported, and the thread ends.
+fn pollerr_on_the_userfaultfd_ends_the_thread(page_size: u64) {
+    let r = Region::new(page_size, 1);
+    let ev = Arc::new(Events::default());
+    let (ft, _rx) = start(&r, &ev);
+    // SAFETY: F_GETFL/F_SETFL on our own userfaultfd.
+    unsafe {
+        let fl = libc::fcntl(r.fd(), libc::F_GETFL);
+        libc::fcntl(r.fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    }
+    // The thread sleeps in poll(): wake it so that it polls again.
+    ft.notify();
+    wait_until("the thread to end on POLLERR", 5, || {
+        ft.state() == PostcopyRsFaultThreadState::Exited
+    });
+    assert_eq!(*ev.fatal.lock().unwrap(), Some((-libc::EBADF, 0)));
+    assert!(ft.stop().is_err());
+    assert_eq!(ev.exits.load(SeqCst), 1);
 }
 
 /// A multi-page copy over a page that is already there: the kernel stops at
@@ -660,6 +728,18 @@ fn anon_fault_outside_guest_ram() {
 }
 
 #[test]
+fn anon_hangup_on_the_main_fd_ends_the_thread() {
+    let _g = serial();
+    hangup_on_the_main_fd_ends_the_thread(PAGE_4K);
+}
+
+#[test]
+fn anon_pollerr_on_the_userfaultfd_ends_the_thread() {
+    let _g = serial();
+    pollerr_on_the_userfaultfd_ends_the_thread(PAGE_4K);
+}
+
+#[test]
 fn anon_place_pages_over_present_page() {
     let _g = serial();
     place_pages_over_present_page(PAGE_4K);
@@ -679,6 +759,38 @@ fn with_hugepages(what: &str, n: u64, f: impl FnOnce()) {
     if let Some(_h) = HugePages::reserve(2048, n, what) {
         f();
     }
+}
+
+/// A skip shows under a plain `cargo test`, whose harness hides what
+/// passing tests print: run one hugetlbfs test of this binary as cargo
+/// does (no `--nocapture`), made to skip, and look for the line in what
+/// the binary wrote to stderr, and in the record the test command prints.
+#[test]
+fn skipped_tests_are_reported_outside_the_capture() {
+    let record = std::env::temp_dir().join(format!("pcrs-skipped-{}.txt", std::process::id()));
+    let _ = std::fs::remove_file(&record);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["hugetlb_zero_pages", "--exact", "--test-threads=1"])
+        .env("POSTCOPY_RS_SKIP_HUGEPAGES", "1")
+        .env("POSTCOPY_RS_SKIPPED_FILE", &record)
+        .env_remove("RUST_TEST_NOCAPTURE")
+        .output()
+        .expect("running this test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let recorded = std::fs::read_to_string(&record).unwrap_or_default();
+    let _ = std::fs::remove_file(&record);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1 passed"),
+        "the test did not run: {stdout}"
+    );
+    let line = "SKIPPED: hugetlb_zero_pages: POSTCOPY_RS_SKIP_HUGEPAGES=1";
+    assert!(
+        stderr.contains(line),
+        "the skip is invisible under a plain cargo test; stderr: {stderr:?}"
+    );
+    assert!(recorded.contains(line), "not recorded: {recorded:?}");
 }
 
 #[test]
