@@ -11,8 +11,9 @@
 //!   source at most once while it is in flight, never once received;
 //! - pauses when a request fails (broken return path) until
 //!   [`FaultThread::resume`] or [`FaultThread::stop`], then retries;
-//! - stops on a fault outside guest RAM, or when poll() reports the
-//!   userfaultfd unusable (POLLERR, POLLHUP, POLLNVAL), after reporting it;
+//! - stops on a fault outside guest RAM, or when the userfaultfd is
+//!   unusable (poll() reports POLLERR, POLLHUP or POLLNVAL; read() returns
+//!   end of file), after reporting it;
 //! - runs with QEMU's thread signal mask: all blocked but SIGSEGV, SIGFPE
 //!   and SIGILL.
 //!
@@ -491,8 +492,19 @@ impl Loop<'_> {
             };
         }
         let count = n as usize / sz;
-        if count == 0 {
-            return Ok(Next::Go);
+        if count == 0 || n as usize % sz != 0 {
+            // A userfaultfd returns whole messages or an error, never end
+            // of file: this fd is not one, and poll() would report it
+            // readable again at once (a spin).
+            log::error!(
+                "postcopy fault thread: read of the userfaultfd returned {n} bytes, not whole messages; stopping"
+            );
+            let e = Error::Os {
+                op: "read of the userfaultfd (end of file or a partial message)",
+                errno: libc::EBADF,
+            };
+            self.handler.fatal(&e, 0);
+            return Err(e);
         }
         stats::add(Counter::FaultReads, 1);
         stats::add(Counter::FaultsRead, count as u64);

@@ -576,6 +576,40 @@ fn hangup_on_the_main_fd_ends_the_thread(page_size: u64) {
     assert_eq!(ev.exits.load(SeqCst), 1);
 }
 
+/// A main fd that is not a userfaultfd and reads as end-of-file (here
+/// /dev/null, always readable, read() returns 0): the thread reports it
+/// and ends, instead of spinning on poll() and read() for ever.  (A
+/// userfaultfd read returns whole messages or an error, never 0.)
+fn end_of_file_on_the_main_fd_ends_the_thread(page_size: u64) {
+    let r = Region::new(page_size, 1);
+    // SAFETY: opening /dev/null; closed below.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK) };
+    assert!(fd >= 0);
+    let ev = Arc::new(Events::default());
+    let (tx, _rx) = mpsc::channel();
+    let h = Handler {
+        ev: Arc::clone(&ev),
+        block: r.block(),
+        tx,
+    };
+    let ft = FaultThread::start(fd, &[], None, Box::new(h)).expect("start");
+    let t = Instant::now();
+    while ft.state() != PostcopyRsFaultThreadState::Exited && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let state = ft.state();
+    let res = ft.stop();
+    // SAFETY: our own fd, unused after the thread stopped.
+    unsafe { libc::close(fd) };
+    assert_eq!(
+        state,
+        PostcopyRsFaultThreadState::Exited,
+        "the thread kept reading end-of-file"
+    );
+    assert_eq!(*ev.fatal.lock().unwrap(), Some((-libc::EBADF, 0)));
+    assert!(res.is_err(), "stop() returned {res:?}");
+}
+
 /// A userfaultfd made blocking behind the thread's back reports POLLERR
 /// (the kernel's way of refusing it): reported, and the thread ends.
 fn pollerr_on_the_userfaultfd_ends_the_thread(page_size: u64) {
@@ -731,6 +765,12 @@ fn anon_fault_outside_guest_ram() {
 fn anon_hangup_on_the_main_fd_ends_the_thread() {
     let _g = serial();
     hangup_on_the_main_fd_ends_the_thread(PAGE_4K);
+}
+
+#[test]
+fn anon_end_of_file_on_the_main_fd_ends_the_thread() {
+    let _g = serial();
+    end_of_file_on_the_main_fd_ends_the_thread(PAGE_4K);
 }
 
 #[test]
