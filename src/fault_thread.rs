@@ -741,14 +741,16 @@ mod tests {
         let sh = shared();
         let mut h = no_map();
         let mut l = new_loop(&sh, &mut h);
-        l.request_again_after = Duration::from_millis(20);
+        // Long enough that a loaded machine cannot age the first 1000
+        // before the checks below.
+        l.request_again_after = Duration::from_millis(500);
         for i in 0..1000 {
             assert!(matches!(l.handle(&fault(HOST + i * 4096)), Ok(Next::Go)));
         }
         assert_eq!(l.inflight.len(), 1000);
         // Still in flight: not asked again.
         assert!(matches!(l.handle(&fault(HOST)), Ok(Next::Go)));
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(600));
         // A new request sweeps out the 1000 old ones; page 0 is asked
         // again (it was forgotten).
         assert!(matches!(l.handle(&fault(HOST)), Ok(Next::Go)));
