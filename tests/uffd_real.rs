@@ -1281,6 +1281,7 @@ fn skipped_tests_are_reported_outside_the_capture() {
         .env("POSTCOPY_RS_SKIP_HUGEPAGES", "1")
         .env("POSTCOPY_RS_SKIPPED_FILE", &record)
         .env_remove("RUST_TEST_NOCAPTURE")
+        .env_remove("POSTCOPY_RS_NO_SKIP")
         .output()
         .expect("running this test binary");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -1298,6 +1299,21 @@ fn skipped_tests_are_reported_outside_the_capture() {
         "the skip is invisible under a plain cargo test; stderr: {stderr:?}"
     );
     assert!(recorded.contains(line), "not recorded: {recorded:?}");
+
+    // Where every test must run, POSTCOPY_RS_NO_SKIP=1 makes a skip fail.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["hugetlb_zero_pages", "--exact", "--test-threads=1"])
+        .env("POSTCOPY_RS_SKIP_HUGEPAGES", "1")
+        .env("POSTCOPY_RS_NO_SKIP", "1")
+        .env("POSTCOPY_RS_SKIPPED_FILE", &record)
+        .output()
+        .expect("running this test binary");
+    let _ = std::fs::remove_file(&record);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && stdout.contains("1 failed"),
+        "a skip passed with POSTCOPY_RS_NO_SKIP=1: {stdout}"
+    );
 }
 
 #[test]
