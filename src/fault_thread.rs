@@ -11,7 +11,11 @@
 //!   source at most once while it is in flight, never once received;
 //! - pauses when a request fails (broken return path) until
 //!   [`FaultThread::resume`] or [`FaultThread::stop`], then retries;
-//! - stops on a fault outside guest RAM, after reporting it.
+//! - stops on a fault outside guest RAM, or when the userfaultfd is
+//!   unusable (`poll()` reports POLLERR, POLLHUP or POLLNVAL; `read()` returns
+//!   end of file), after reporting it;
+//! - runs with QEMU's thread signal mask: all blocked but SIGSEGV, SIGFPE
+//!   and SIGILL.
 //!
 //! Start returns only once the thread runs (ready handshake); stop signals
 //! the eventfd, wakes a paused thread and joins, so it cannot hang.
@@ -21,7 +25,7 @@ use crate::log;
 use crate::placement::Block;
 use crate::stats::{self, Counter};
 use crate::uffd::{UffdMsg, UFFD_EVENT_PAGEFAULT};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,8 +39,9 @@ pub const BATCH: usize = 64;
 /// its own, `MIGRATION_THREAD_DST_FAULT`, "mig/dst/fault"; older QEMUs
 /// called it "fault-default".)
 pub const DEFAULT_THREAD_NAME: &str = "fault-default";
-/// In-flight entries kept before received ones are pruned.
-const INFLIGHT_PRUNE_AT: usize = 1 << 16;
+/// Requests remembered at most.  Past it the oldest is forgotten: at
+/// worst a later fault asks for that page again, which is harmless.
+const INFLIGHT_MAX: usize = 1 << 16;
 /// A fault on a page requested longer ago than this asks again.  QEMU's
 /// own thread asks on every fault; asking once per page bounds what a
 /// lost request (or a page discarded after placement) can cost, and a
@@ -229,16 +234,21 @@ impl FaultThread {
         let (ready_tx, ready_rx) = mpsc::channel();
         let sh = Arc::clone(&shared);
         // Like qemu_thread_create(): the new thread starts with every
-        // signal blocked, so QEMU's handlers never run on it.
+        // signal blocked, so QEMU's handlers never run on it, except the
+        // synchronous SIGSEGV, SIGFPE and SIGILL: one of those raised while
+        // blocked kills the process without running any handler.
         // SAFETY: zeroed sigset_t values are valid to pass to sigfillset /
         // pthread_sigmask, which fully initialise them.
-        let (mut all, mut old): (libc::sigset_t, libc::sigset_t) =
+        let (mut set, mut old): (libc::sigset_t, libc::sigset_t) =
             unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
         // SAFETY: both sets are live; this only changes this thread's mask,
         // restored right after the spawn.
         unsafe {
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            libc::sigfillset(&mut set);
+            for sig in [libc::SIGSEGV, libc::SIGFPE, libc::SIGILL] {
+                libc::sigdelset(&mut set, sig);
+            }
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, &mut old);
         }
         let spawned = std::thread::Builder::new()
             .name(name.unwrap_or(DEFAULT_THREAD_NAME).into())
@@ -350,7 +360,10 @@ fn thread_main(
             uffd: uffd.as_fd(),
             handler: handler.as_mut(),
             inflight: HashMap::new(),
+            requested: VecDeque::new(),
+            request_again_after: REQUEST_AGAIN_AFTER,
             shared_fds: Vec::new(),
+            probes: 0,
         }
         .run()
     }));
@@ -380,10 +393,18 @@ struct Loop<'a> {
     shared: &'a Shared,
     uffd: BorrowedFd<'a>,
     handler: &'a mut dyn FaultHandler,
-    /// Host pages requested and not yet seen received: their block, offset
-    /// and when they were requested.
-    inflight: HashMap<u64, (Block, u64, Instant)>,
+    /// Host pages requested and not yet seen received, and when.
+    inflight: HashMap<u64, Instant>,
+    /// The same requests in the order made (with stale duplicates), to
+    /// forget them by age without scanning: a receivedmap may be NULL, so
+    /// nothing else bounds the table.
+    requested: VecDeque<(u64, Instant)>,
+    /// See [`REQUEST_AGAIN_AFTER`]; a field so that tests can shorten it.
+    request_again_after: Duration,
     shared_fds: Vec<SharedFd>,
+    /// Table entries examined while forgetting requests, for the test
+    /// that keeps that O(1) per fault.
+    probes: u64,
 }
 
 enum Next {
@@ -438,9 +459,16 @@ impl Loop<'_> {
             if self.handler.should_pause() && !self.pause()? {
                 return Ok(());
             }
-            if pfds[0].revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+            // POLLHUP too: poll() reports it at once, every time, so
+            // ignoring it would spin.  (A userfaultfd reports POLLERR when
+            // unusable; POLLHUP comes from an fd that is not one.)
+            let bad = pfds[0].revents & (libc::POLLERR | libc::POLLNVAL | libc::POLLHUP);
+            if bad != 0 {
+                log::error!(
+                    "postcopy fault thread: poll on the userfaultfd returned revents {bad:#x}; stopping"
+                );
                 let e = Error::Os {
-                    op: "poll on the userfaultfd (POLLERR/POLLNVAL)",
+                    op: "poll on the userfaultfd (POLLERR/POLLHUP/POLLNVAL)",
                     errno: libc::EBADF,
                 };
                 self.handler.fatal(&e, 0);
@@ -477,6 +505,7 @@ impl Loop<'_> {
         // Requests sent before the break may be lost with the old channel:
         // let later faults ask again.
         self.inflight.clear();
+        self.requested.clear();
         Ok(true)
     }
 
@@ -496,8 +525,19 @@ impl Loop<'_> {
             };
         }
         let count = n as usize / sz;
-        if count == 0 {
-            return Ok(Next::Go);
+        if count == 0 || n as usize % sz != 0 {
+            // A userfaultfd returns whole messages or an error, never end
+            // of file: this fd is not one, and poll() would report it
+            // readable again at once (a spin).
+            log::error!(
+                "postcopy fault thread: read of the userfaultfd returned {n} bytes, not whole messages; stopping"
+            );
+            let e = Error::Os {
+                op: "read of the userfaultfd (end of file or a partial message)",
+                errno: libc::EBADF,
+            };
+            self.handler.fatal(&e, 0);
+            return Err(e);
         }
         stats::add(Counter::FaultReads, 1);
         stats::add(Counter::FaultsRead, count as u64);
@@ -591,7 +631,7 @@ impl Loop<'_> {
         if self
             .inflight
             .get(&page)
-            .is_some_and(|(_, _, at)| at.elapsed() < REQUEST_AGAIN_AFTER)
+            .is_some_and(|at| at.elapsed() < self.request_again_after)
         {
             stats::add(Counter::RequestsDeduped, 1);
             return Ok(Next::Go);
@@ -608,10 +648,158 @@ impl Loop<'_> {
             }
         }
         stats::add(Counter::PagesRequested, 1);
-        if self.inflight.len() >= INFLIGHT_PRUNE_AT {
-            self.inflight.retain(|_, (b, off, _)| !b.is_received(*off));
-        }
-        self.inflight.insert(page, (block, offset, Instant::now()));
+        self.remember(page);
         Ok(Next::Go)
+    }
+
+    /// Note a request for `page`, first forgetting requests old enough to
+    /// be made again anyway, and the oldest past [`INFLIGHT_MAX`]: O(1)
+    /// amortised, as each entry is queued once and dropped once.
+    fn remember(&mut self, page: u64) {
+        let now = Instant::now();
+        while let Some(&(old, at)) = self.requested.front() {
+            if self.requested.len() < INFLIGHT_MAX
+                && now.duration_since(at) < self.request_again_after
+            {
+                break;
+            }
+            self.probes += 1;
+            self.requested.pop_front();
+            // Only if not asked again since (a newer entry is queued).
+            if self.inflight.get(&old) == Some(&at) {
+                self.inflight.remove(&old);
+            }
+        }
+        self.inflight.insert(page, now);
+        self.requested.push_back((page, now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Resolves every address to one block with no receivedmap; every
+    /// request succeeds.
+    struct NoMap {
+        block: Block,
+        requests: u64,
+    }
+
+    impl FaultHandler for NoMap {
+        fn resolve(&mut self, _addr: u64) -> Result<Resolved> {
+            Ok(Resolved {
+                handle: 1,
+                block: self.block.clone(),
+            })
+        }
+        fn request_page(&mut self, _handle: usize, _offset: u64, _addr: u64) -> Result<()> {
+            self.requests += 1;
+            Ok(())
+        }
+    }
+
+    fn shared() -> Shared {
+        // SAFETY: plain syscall; the fd is owned below.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(efd >= 0);
+        Shared {
+            quit: AtomicBool::new(false),
+            // SAFETY: a fresh fd nothing else owns.
+            event: unsafe { OwnedFd::from_raw_fd(efd) },
+            control: Mutex::new(Control {
+                state: PostcopyRsFaultThreadState::Running,
+                resumes: 0,
+            }),
+            cond: Condvar::new(),
+            shared_fds: Mutex::new(None),
+        }
+    }
+
+    fn fault(addr: u64) -> UffdMsg {
+        UffdMsg {
+            event: UFFD_EVENT_PAGEFAULT,
+            pf_address: addr,
+            ..UffdMsg::default()
+        }
+    }
+
+    const HOST: u64 = 1 << 40;
+    const PAGES: u64 = 1 << 20;
+
+    fn no_map() -> NoMap {
+        // Never touched: the loop only does arithmetic on the addresses.
+        let block = Block::new(HOST, PAGES * 4096, 4096, 12, None, true).unwrap();
+        NoMap { block, requests: 0 }
+    }
+
+    fn new_loop<'a>(shared: &'a Shared, h: &'a mut NoMap) -> Loop<'a> {
+        Loop {
+            shared,
+            // Never read: handle() only does arithmetic on the addresses.
+            uffd: shared.event.as_fd(),
+            handler: h,
+            inflight: HashMap::new(),
+            requested: VecDeque::new(),
+            request_again_after: REQUEST_AGAIN_AFTER,
+            shared_fds: Vec::new(),
+            probes: 0,
+        }
+    }
+
+    /// With no receivedmap nothing is ever seen received: the table must
+    /// still stay bounded, and each fault cost O(1) table work (counted
+    /// as entries examined, not timed).
+    #[test]
+    fn inflight_table_stays_bounded_without_a_receivedmap() {
+        let sh = shared();
+        let mut h = no_map();
+        let mut l = new_loop(&sh, &mut h);
+        let n = INFLIGHT_MAX as u64 + 2_000;
+        for i in 0..n {
+            assert!(matches!(l.handle(&fault(HOST + i * 4096)), Ok(Next::Go)));
+        }
+        let (len, probes) = (l.inflight.len(), l.probes);
+        // A fault on a page still in flight is not requested again.
+        assert!(matches!(
+            l.handle(&fault(HOST + (n - 1) * 4096)),
+            Ok(Next::Go)
+        ));
+        drop(l);
+        assert_eq!(h.requests, n);
+        assert!(
+            len <= INFLIGHT_MAX,
+            "{len} in-flight entries after {n} requests"
+        );
+        assert!(
+            probes <= 2 * n,
+            "{probes} table entries examined for {n} faults"
+        );
+    }
+
+    /// Requests older than the re-request timeout are forgotten as new
+    /// ones are made, and a fault on such a page asks again.
+    #[test]
+    fn old_requests_are_forgotten() {
+        let sh = shared();
+        let mut h = no_map();
+        let mut l = new_loop(&sh, &mut h);
+        // Long enough that a loaded machine cannot age the first 1000
+        // before the checks below.
+        l.request_again_after = Duration::from_millis(500);
+        for i in 0..1000 {
+            assert!(matches!(l.handle(&fault(HOST + i * 4096)), Ok(Next::Go)));
+        }
+        assert_eq!(l.inflight.len(), 1000);
+        // Still in flight: not asked again.
+        assert!(matches!(l.handle(&fault(HOST)), Ok(Next::Go)));
+        std::thread::sleep(Duration::from_millis(600));
+        // A new request sweeps out the 1000 old ones; page 0 is asked
+        // again (it was forgotten).
+        assert!(matches!(l.handle(&fault(HOST)), Ok(Next::Go)));
+        assert_eq!((l.inflight.len(), l.requested.len()), (1, 1));
+        assert_eq!(l.probes, 1000);
+        drop(l);
+        assert_eq!(h.requests, 1001);
     }
 }

@@ -95,6 +95,14 @@ impl ReceivedMap {
             bitmap::set_range_atomic(self.words(), start, end - start);
         }
     }
+
+    /// Clear every bit: the embedder dropped the pages (QEMU clears the
+    /// bits of a discarded range; a test that drops its pages does too).
+    pub fn clear_all(&self) {
+        for w in self.words() {
+            w.store(0, std::sync::atomic::Ordering::Release);
+        }
+    }
 }
 
 #[cfg(test)]

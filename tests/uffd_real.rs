@@ -12,9 +12,9 @@ use postcopy_rs::fault_thread::{FaultHandler, FaultThread, PostcopyRsFaultThread
 use postcopy_rs::placement::{self, Block};
 use postcopy_rs::stats;
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
-use std::sync::{mpsc, Arc, Mutex};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 const SALT: u64 = 0x5eed;
@@ -35,6 +35,14 @@ struct Events {
     panic_in_resolve: AtomicBool,
     /// The fault thread's `SigBlk` line from /proc, read on the thread.
     sigblk: Mutex<String>,
+    /// Fault messages per faulting thread id.
+    tid_faults: Mutex<HashMap<u32, u64>>,
+    /// Placements asked for and not yet done (requests and duplicates).
+    outstanding: AtomicI64,
+    /// Times the thread woke and asked whether to pause.
+    wakes: AtomicU64,
+    /// Placement failures seen by the sources.
+    errors: Mutex<Vec<String>>,
 }
 
 struct Handler {
@@ -73,28 +81,37 @@ impl FaultHandler for Handler {
             Err(Error::OutOfRange { addr, len: 1 })
         }
     }
-    fn fault(&mut self, handle: usize, _addr: u64, _tid: u32) {
+    fn fault(&mut self, handle: usize, _addr: u64, tid: u32) {
         if handle != HANDLE {
             self.ev.bad_handle.store(true, SeqCst);
         }
         self.ev.faults.fetch_add(1, SeqCst);
+        *self.ev.tid_faults.lock().unwrap().entry(tid).or_default() += 1;
     }
     fn request_page(&mut self, handle: usize, offset: u64, _addr: u64) -> postcopy_rs::Result<()> {
         if handle != HANDLE || offset % self.block.page_size != 0 {
             self.ev.bad_handle.store(true, SeqCst);
         }
-        if self.ev.fail_requests.load(SeqCst) > 0 {
-            self.ev.fail_requests.fetch_sub(1, SeqCst);
+        // One atomic step: the storm's controller may take a pending
+        // failure back at the same time.
+        if self
+            .ev
+            .fail_requests
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
             return Err(Error::Callback {
                 name: "request_page",
                 ret: -libc::EIO,
             });
         }
         *self.ev.requests.lock().unwrap().entry(offset).or_default() += 1;
+        self.ev.outstanding.fetch_add(1, SeqCst);
         let _ = self.tx.send(offset);
         Ok(())
     }
     fn should_pause(&mut self) -> bool {
+        self.ev.wakes.fetch_add(1, SeqCst);
         self.ev.return_path_gone.load(SeqCst)
     }
     fn paused(&mut self) {
@@ -181,53 +198,466 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 
 // --- Scenarios, each run on 4 KiB and 2 MiB pages ------------------------
 
-/// Many threads fault on random pages; every page must arrive intact and be
-/// requested exactly once.
-fn concurrent_faults(page_size: u64, npages: u64, threads: u64, touches: u64) {
-    let r = Region::new(page_size, npages);
+/// How the faulting threads of a storm pick their pages.
+#[derive(Clone, Copy, Debug)]
+enum Touch {
+    /// Each thread touches `touches` random pages of `npages`: hot pages,
+    /// faulted on by several threads at once.
+    Random { npages: u64, touches: u64 },
+    /// Each thread faults on `per_wave` pages of its own, all missing, in
+    /// random order, wave after wave, until it has taken `faults` faults.
+    /// Between waves the fault thread is paused (as for a postcopy
+    /// recovery), the pages are dropped, and the thread resumed.
+    Own { per_wave: u64, faults: u64 },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Storm {
+    page_size: u64,
+    threads: u64,
+    touch: Touch,
+    rounds: u32,
+    /// Pause/resume cycles racing the faults (a failed request, and the
+    /// return path gone + notify, in turn), pages placed in shuffled
+    /// order, and a second placement racing the first for a quarter of
+    /// them.  Without it every page must be requested exactly once.
+    chaos: bool,
+}
+
+/// A faulting thread that waits longer than this for one page has lost its
+/// wake-up (or its request): the round fails.
+const STALL: Duration = Duration::from_secs(10);
+
+fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+}
+
+/// The pattern pages of a small region, made once (a 2 MiB page takes a
+/// while in a debug build); None for a large one.
+fn pattern_cache(page_size: u64, npages: u64) -> Option<Arc<Vec<Vec<u64>>>> {
+    (page_size * npages <= 64 << 20).then(|| {
+        Arc::new(
+            (0..npages)
+                .map(|i| pattern_page(i, page_size, SALT))
+                .collect(),
+        )
+    })
+}
+
+/// Place page `off`, counting failures instead of panicking (a panicking
+/// source would hang the faulting threads).
+fn storm_place(fd: &Fd, b: &Block, cache: &Option<Arc<Vec<Vec<u64>>>>, off: u64, ev: &Events) {
+    let page = off / b.page_size;
+    let owned;
+    let buf = match cache {
+        Some(c) => &c[page as usize],
+        None => {
+            owned = pattern_page(page, b.page_size, SALT);
+            &owned
+        }
+    };
+    if let Err(e) = place(fd, b, b.host + off, buf, 1) {
+        ev.errors
+            .lock()
+            .unwrap()
+            .push(format!("placing page {page}: {e}"));
+    }
+    ev.outstanding.fetch_sub(1, SeqCst);
+}
+
+/// The storm's source: answers requests in shuffled batches and, with
+/// chaos, hands a quarter of them to a second placer at the same time.
+/// Returns the placements it made itself.
+fn spawn_storm_source(
+    fd: Fd,
+    b: Block,
+    rx: mpsc::Receiver<u64>,
+    ev: Arc<Events>,
+    chaos: bool,
+    seed: u64,
+) -> std::thread::JoinHandle<u64> {
+    let cache = pattern_cache(b.page_size, b.len / b.page_size);
+    std::thread::spawn(move || {
+        let (dup_tx, dup_rx) = mpsc::channel::<u64>();
+        let (dev, dcache) = (Arc::clone(&ev), cache.clone());
+        let (dfd, db) = (Arc::clone(&fd), b.clone());
+        let dup = std::thread::spawn(move || {
+            for off in dup_rx {
+                storm_place(&dfd, &db, &dcache, off, &dev);
+            }
+        });
+        let mut rng = Rng(seed | 1);
+        let mut placed = 0;
+        let mut batch = Vec::new();
+        while let Ok(first) = rx.recv() {
+            batch.push(first);
+            batch.extend(rx.try_iter().take(63));
+            if chaos {
+                shuffle(&mut batch, &mut rng);
+            }
+            for off in batch.drain(..) {
+                if chaos && rng.below(4) == 0 {
+                    ev.outstanding.fetch_add(1, SeqCst);
+                    let _ = dup_tx.send(off);
+                }
+                storm_place(&fd, &b, &cache, off, &ev);
+                placed += 1;
+            }
+        }
+        drop(dup_tx);
+        dup.join().unwrap();
+        placed
+    })
+}
+
+/// Where each faulting thread is, for the stall watch.
+#[derive(Default)]
+struct Progress {
+    touches: AtomicU64,
+    /// Address being touched, 0 between touches.
+    at: AtomicU64,
+    tid: AtomicU32,
+    max_wait_ns: AtomicU64,
+}
+
+/// One pause/resume cycle through the return-path check, with `during`
+/// run while the thread is paused.  Waits (bounded) for the pause and for
+/// the resume to be taken, so that no resume is left over.
+fn pause_cycle(ft: &FaultThread, ev: &Events, during: impl FnOnce()) -> Result<(), String> {
+    let (p0, r0) = (ev.paused.load(SeqCst), ev.resumed.load(SeqCst));
+    ev.return_path_gone.store(true, SeqCst);
+    ft.notify();
+    let t = Instant::now();
+    while ev.paused.load(SeqCst) == p0 {
+        if t.elapsed() > STALL {
+            ev.return_path_gone.store(false, SeqCst);
+            return Err("the thread did not pause on notify".into());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    during();
+    ev.return_path_gone.store(false, SeqCst);
+    ft.resume();
+    while ev.resumed.load(SeqCst) == r0 {
+        if t.elapsed() > STALL {
+            return Err("the thread did not take its resume".into());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+/// One pause through a failed request, if a request comes soon.
+fn failed_request_cycle(ft: &FaultThread, ev: &Events) -> Result<(), String> {
+    let (p0, r0) = (ev.paused.load(SeqCst), ev.resumed.load(SeqCst));
+    ev.fail_requests.store(1, SeqCst);
+    let t = Instant::now();
+    while ev.paused.load(SeqCst) == p0 {
+        if t.elapsed() > Duration::from_millis(20)
+            && ev
+                .fail_requests
+                .compare_exchange(1, 0, SeqCst, SeqCst)
+                .is_ok()
+        {
+            return Ok(()); // no request came: taken back
+        }
+        if t.elapsed() > STALL {
+            return Err("a failed request did not pause the thread".into());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    std::thread::sleep(Duration::from_millis(1));
+    ft.resume();
+    while ev.resumed.load(SeqCst) == r0 {
+        if t.elapsed() > STALL {
+            return Err("the thread did not take its resume".into());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+/// What one round did, for the report line (read through Debug).
+#[derive(Debug, Default)]
+#[allow(dead_code)]
+struct RoundReport {
+    faults: u64,
+    requests: u64,
+    pauses: u32,
+    dup_placements: u64,
+    max_wait: Duration,
+    took: Duration,
+}
+
+/// A fault storm: see [`Storm`].  Every faulting thread must get every
+/// page intact, none may wait longer than [`STALL`] for one, in every
+/// round.
+/// `POSTCOPY_RS_STORM_ROUNDS` overrides the number of rounds of the storms
+/// that have several (for a longer run, or a quicker one while working).
+fn fault_storm(mut s: Storm) {
+    if s.rounds > 1 {
+        if let Some(n) = std::env::var("POSTCOPY_RS_STORM_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            s.rounds = n;
+        }
+    }
+    // Every pause logs a warning; thousands would bury the test output.
+    // SAFETY: NULL restores the default sink (stderr); 0 is "errors only".
+    unsafe {
+        postcopy_rs::ffi::postcopy_rs_set_log_fn(None, 0);
+    }
+    let mut total = Duration::ZERO;
+    for round in 0..s.rounds {
+        let rep = storm_round(&s, round);
+        total += rep.took;
+        eprintln!("storm {s:?} round {round}: {rep:?}");
+    }
+    // SAFETY: as above; 2 is the default level (info).
+    unsafe {
+        postcopy_rs::ffi::postcopy_rs_set_log_fn(None, 2);
+    }
+    eprintln!("storm {s:?}: {} rounds in {total:?}", s.rounds);
+}
+
+fn storm_round(s: &Storm, round: u32) -> RoundReport {
+    let started = Instant::now();
+    let (npages, waves, per_wave) = match s.touch {
+        Touch::Random { npages, .. } => (npages, 1, 0),
+        Touch::Own { per_wave, faults } => {
+            (per_wave * s.threads, faults.div_ceil(per_wave), per_wave)
+        }
+    };
+    let r = Region::new(s.page_size, npages);
     let ev = Arc::new(Events::default());
+    let s0 = stats::snapshot();
     let (ft, rx) = start(&r, &ev);
-    let src = spawn_source(r.fd(), r.block(), rx);
-    let wd = Watchdog::new(r.fd(), r.block(), 60);
+    let seed = 0x5707_0000 + u64::from(round) * 7919;
+    let src = spawn_storm_source(r.fd(), r.block(), rx, Arc::clone(&ev), s.chaos, seed);
+    let progress: Vec<Progress> = (0..s.threads).map(|_| Progress::default()).collect();
     let touched: Mutex<HashSet<u64>> = Mutex::new(HashSet::new());
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let (r, touched) = (&r, &touched);
-            s.spawn(move || {
-                let mut rng = Rng(0x1234_5678 + t * 7919);
-                for _ in 0..touches {
-                    let i = rng.below(npages);
-                    check_page(r, i, SALT).unwrap();
-                    touched.lock().unwrap().insert(i);
+    let check_errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let stalls: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let barrier = Barrier::new(s.threads as usize + 1);
+    let pause_lock = Mutex::new(());
+    let done = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        for t in 0..s.threads {
+            let (r, p, touched, errs, barrier) =
+                (&r, &progress[t as usize], &touched, &check_errors, &barrier);
+            sc.spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                p.tid.store(unsafe { libc::gettid() } as u32, SeqCst);
+                let mut rng = Rng(seed ^ (0x1234_5678 + t * 104_729));
+                for _wave in 0..waves {
+                    barrier.wait();
+                    let mut pages: Vec<u64> = match s.touch {
+                        Touch::Random {
+                            npages: range,
+                            touches,
+                        } => (0..touches).map(|_| rng.below(range)).collect(),
+                        Touch::Own { .. } => (t * per_wave..(t + 1) * per_wave).collect(),
+                    };
+                    shuffle(&mut pages, &mut rng);
+                    for i in pages {
+                        p.at.store(r.page(i), SeqCst);
+                        let t0 = Instant::now();
+                        let res = check_page(r, i, SALT);
+                        p.max_wait_ns
+                            .fetch_max(t0.elapsed().as_nanos() as u64, SeqCst);
+                        p.at.store(0, SeqCst);
+                        p.touches.fetch_add(1, SeqCst);
+                        if let Err(e) = res {
+                            errs.lock().unwrap().push(e);
+                        }
+                        if matches!(s.touch, Touch::Random { .. }) {
+                            touched.lock().unwrap().insert(i);
+                        }
+                    }
+                    barrier.wait();
                 }
             });
         }
+        // The stall watch: a thread stuck on one page for STALL fails the
+        // round; every page is then placed so that the test ends.
+        sc.spawn(|| {
+            let b = r.block();
+            let mut last: Vec<(u64, Instant)> =
+                (0..s.threads).map(|_| (u64::MAX, Instant::now())).collect();
+            while !done.load(SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+                for (t, p) in progress.iter().enumerate() {
+                    let (n, at) = (p.touches.load(SeqCst), p.at.load(SeqCst));
+                    if n != last[t].0 || at == 0 {
+                        last[t] = (n, Instant::now());
+                        continue;
+                    }
+                    if last[t].1.elapsed() > STALL {
+                        let off = at - r.base;
+                        stalls.lock().unwrap().push(format!(
+                            "thread {t} waited over {STALL:?} on page {} (received: {}, requests: {:?}, fault thread {:?})",
+                            off / s.page_size,
+                            b.is_received(off & !(s.page_size - 1)),
+                            ev.requests.lock().unwrap().get(&(off & !(s.page_size - 1))),
+                            ft.state(),
+                        ));
+                        for i in 0..npages {
+                            let _ = placement::place_zero(r.fd().as_fd(), &b, r.page(i));
+                        }
+                        last[t] = (n, Instant::now());
+                    }
+                }
+            }
+        });
+        if s.chaos {
+            sc.spawn(|| {
+                let mut k = 0u32;
+                while !done.load(SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                    let _g = pause_lock.lock().unwrap();
+                    if done.load(SeqCst) {
+                        break;
+                    }
+                    let res = if k % 2 == 0 {
+                        pause_cycle(&ft, &ev, || std::thread::sleep(Duration::from_millis(1)))
+                    } else {
+                        failed_request_cycle(&ft, &ev)
+                    };
+                    if let Err(e) = res {
+                        stalls.lock().unwrap().push(e);
+                        break;
+                    }
+                    k += 1;
+                }
+            });
+        }
+        for wave in 0..waves {
+            barrier.wait();
+            barrier.wait();
+            if wave + 1 == waves {
+                break;
+            }
+            // Between waves: pause (the thread has then handled every
+            // fault it read), let the placements finish, drop the pages
+            // and their received bits, resume (which forgets what was in
+            // flight).
+            let _g = pause_lock.lock().unwrap();
+            let res = pause_cycle(&ft, &ev, || {
+                let t = Instant::now();
+                while ev.outstanding.load(SeqCst) != 0 && t.elapsed() < STALL {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                // SAFETY: our own registered mapping; every placement in it
+                // is done, and no thread touches it until the next wave.
+                let rc = unsafe {
+                    libc::madvise(
+                        r.base as *mut libc::c_void,
+                        r.len as usize,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+                assert_eq!(rc, 0, "MADV_DONTNEED: {}", std::io::Error::last_os_error());
+                r.receivedmap.clear_all();
+            });
+            if let Err(e) = res {
+                stalls.lock().unwrap().push(e);
+            }
+        }
+        done.store(true, SeqCst);
     });
-    wd.finish();
-    assert_eq!(ft.stop(), Ok(()));
+    let state = ft.state();
+    assert_eq!(ft.stop(), Ok(()), "round {round}");
     let placed = src.join().unwrap();
-    let reqs = ev.requests.lock().unwrap();
-    let dup: Vec<_> = reqs.iter().filter(|(_, &n)| n != 1).collect();
-    assert!(dup.is_empty(), "pages requested more than once: {dup:?}");
-    let requested: HashSet<u64> = reqs.keys().map(|o| o / page_size).collect();
-    drop(reqs);
-    assert_eq!(
-        requested,
-        *touched.lock().unwrap(),
-        "requested pages != touched pages"
+    let s1 = stats::snapshot();
+    let stalls = stalls.into_inner().unwrap();
+    assert!(stalls.is_empty(), "round {round}: {stalls:#?}");
+    assert_eq!(state, PostcopyRsFaultThreadState::Running, "round {round}");
+    let errs = check_errors.into_inner().unwrap();
+    assert!(
+        errs.is_empty(),
+        "round {round}: wrong content: {:?}",
+        &errs[..errs.len().min(5)]
     );
-    assert_eq!(placed as usize, requested.len());
-    assert!(ev.faults.load(SeqCst) >= requested.len() as u64);
+    let perrs = ev.errors.lock().unwrap().clone();
+    assert!(
+        perrs.is_empty(),
+        "round {round}: placements failed: {:?}",
+        &perrs[..perrs.len().min(5)]
+    );
+    assert_eq!(
+        ev.outstanding.load(SeqCst),
+        0,
+        "round {round}: placements left"
+    );
     assert_eq!((ev.enters.load(SeqCst), ev.exits.load(SeqCst)), (1, 1));
     assert!(
         !ev.bad_handle.load(SeqCst),
         "wrong block handle or unaligned offset passed back"
     );
+    let (paused, resumed) = (ev.paused.load(SeqCst), ev.resumed.load(SeqCst));
+    assert_eq!(paused, resumed, "round {round}: a pause was never resumed");
+    let reqs = ev.requests.lock().unwrap().clone();
+    let requested: HashSet<u64> = reqs.keys().map(|o| o / s.page_size).collect();
+    let nreq: u64 = reqs.values().map(|&n| u64::from(n)).sum();
+    match s.touch {
+        Touch::Random { .. } => assert_eq!(
+            requested,
+            *touched.lock().unwrap(),
+            "round {round}: requested pages != touched pages"
+        ),
+        Touch::Own { .. } => {
+            assert_eq!(requested.len() as u64, npages, "round {round}");
+            // Each wave faults on every page once: at least one request
+            // per page and wave.
+            let short: Vec<_> = reqs.iter().filter(|(_, &n)| u64::from(n) < waves).collect();
+            assert!(
+                short.is_empty(),
+                "round {round}: pages requested less than once a wave: {short:?}"
+            );
+            let tids = ev.tid_faults.lock().unwrap().clone();
+            for (t, p) in progress.iter().enumerate() {
+                let got = tids.get(&p.tid.load(SeqCst)).copied().unwrap_or(0);
+                assert!(
+                    got >= waves * per_wave,
+                    "round {round}: thread {t} took {got} faults, not {}",
+                    waves * per_wave
+                );
+            }
+        }
+    }
+    if s.chaos {
+        assert!(paused >= 1, "round {round}: no pause/resume cycle ran");
+    } else {
+        let dup: Vec<_> = reqs.iter().filter(|(_, &n)| n != 1).collect();
+        assert!(
+            dup.is_empty(),
+            "round {round}: pages requested more than once: {dup:?}"
+        );
+        assert_eq!(placed, nreq);
+    }
+    assert!(ev.faults.load(SeqCst) >= requested.len() as u64);
     for i in &requested {
         assert!(
-            r.block().is_received(i * page_size),
-            "page {i} not marked received"
+            r.block().is_received(i * s.page_size),
+            "round {round}: page {i} not marked received"
         );
+    }
+    RoundReport {
+        faults: ev.faults.load(SeqCst),
+        requests: nreq,
+        pauses: paused,
+        dup_placements: (s1.pages_placed + s1.eexist) - (s0.pages_placed + s0.eexist) - nreq,
+        max_wait: Duration::from_nanos(
+            progress
+                .iter()
+                .map(|p| p.max_wait_ns.load(SeqCst))
+                .max()
+                .unwrap_or(0),
+        ),
+        took: started.elapsed(),
     }
 }
 
@@ -436,8 +866,10 @@ fn stop_races_notify(page_size: u64) {
     }
 }
 
-/// The thread runs with every signal blocked, as `qemu_thread_create()`
-/// makes QEMU's threads; and a blocking userfaultfd is refused.
+/// The thread runs with every signal blocked but SIGSEGV, SIGFPE and
+/// SIGILL, as `qemu_thread_create()` makes QEMU's threads (a synchronous
+/// fault with those blocked kills the process without running QEMU's
+/// handler); and a blocking userfaultfd is refused.
 fn thread_signals_and_blocking_fd(page_size: u64) {
     let r = Region::new(page_size, 1);
     let ev = Arc::new(Events::default());
@@ -456,6 +888,12 @@ fn thread_signals_and_blocking_fd(page_size: u64) {
         assert!(
             mask >> (sig - 1) & 1 == 1,
             "signal {sig} not blocked on the fault thread: {sigblk}"
+        );
+    }
+    for sig in [libc::SIGSEGV, libc::SIGFPE, libc::SIGILL] {
+        assert!(
+            mask >> (sig - 1) & 1 == 0,
+            "synchronous signal {sig} blocked on the fault thread: {sigblk}"
         );
     }
 
@@ -531,6 +969,110 @@ fn fault_outside_guest_ram(page_size: u64) {
     }
 }
 
+/// The main fd hangs up (POLLHUP): the thread reports it and ends, as for
+/// POLLERR, instead of spinning on a `poll()` that returns at once.  A real
+/// userfaultfd never reports POLLHUP (fs/userfaultfd.c: only EPOLLERR or
+/// EPOLLIN; one whose process has exited just stays quiet), so the main
+/// fd here is the read end of a pipe whose write end is closed.
+fn hangup_on_the_main_fd_ends_the_thread(page_size: u64) {
+    let r = Region::new(page_size, 1);
+    let mut p = [0; 2];
+    // SAFETY: pipe2 fills a live array of two ints.
+    assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_NONBLOCK) }, 0);
+    let ev = Arc::new(Events::default());
+    let (tx, _rx) = mpsc::channel();
+    let h = Handler {
+        ev: Arc::clone(&ev),
+        block: r.block(),
+        tx,
+    };
+    // SAFETY: our own open read end, closed only after the thread stopped.
+    let rd = unsafe { BorrowedFd::borrow_raw(p[0]) };
+    let ft = FaultThread::start(rd, &[], None, Box::new(h)).expect("start");
+    // SAFETY: closing our own write end: the read end now reports POLLHUP.
+    unsafe {
+        libc::close(p[1]);
+    }
+    let t = Instant::now();
+    while ft.state() != PostcopyRsFaultThreadState::Exited && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let state = ft.state();
+    let fatal = *ev.fatal.lock().unwrap();
+    let res = ft.stop();
+    // SAFETY: our own read end, unused after the thread stopped.
+    unsafe {
+        libc::close(p[0]);
+    }
+    assert_eq!(
+        state,
+        PostcopyRsFaultThreadState::Exited,
+        "the thread ignored POLLHUP on its main fd"
+    );
+    assert_eq!(fatal, Some((-libc::EBADF, 0)), "POLLHUP not reported");
+    assert!(res.is_err(), "stop() after POLLHUP returned {res:?}");
+    assert_eq!(ev.exits.load(SeqCst), 1);
+}
+
+/// A main fd that is not a userfaultfd and reads as end-of-file (here
+/// /dev/null, always readable, `read()` returns 0): the thread reports it
+/// and ends, instead of spinning on `poll()` and `read()` for ever.  (A
+/// userfaultfd read returns whole messages or an error, never 0.)
+fn end_of_file_on_the_main_fd_ends_the_thread(page_size: u64) {
+    let r = Region::new(page_size, 1);
+    // SAFETY: opening /dev/null; closed below.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK) };
+    assert!(fd >= 0);
+    let ev = Arc::new(Events::default());
+    let (tx, _rx) = mpsc::channel();
+    let h = Handler {
+        ev: Arc::clone(&ev),
+        block: r.block(),
+        tx,
+    };
+    // SAFETY: our own open fd, closed only after the thread stopped.
+    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let ft = FaultThread::start(bfd, &[], None, Box::new(h)).expect("start");
+    let t = Instant::now();
+    while ft.state() != PostcopyRsFaultThreadState::Exited && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let state = ft.state();
+    let res = ft.stop();
+    // SAFETY: our own fd, unused after the thread stopped.
+    unsafe {
+        libc::close(fd);
+    }
+    assert_eq!(
+        state,
+        PostcopyRsFaultThreadState::Exited,
+        "the thread kept reading end-of-file"
+    );
+    assert_eq!(*ev.fatal.lock().unwrap(), Some((-libc::EBADF, 0)));
+    assert!(res.is_err(), "stop() returned {res:?}");
+}
+
+/// A userfaultfd made blocking behind the thread's back reports POLLERR
+/// (the kernel's way of refusing it): reported, and the thread ends.
+fn pollerr_on_the_userfaultfd_ends_the_thread(page_size: u64) {
+    let r = Region::new(page_size, 1);
+    let ev = Arc::new(Events::default());
+    let (ft, _rx) = start(&r, &ev);
+    // SAFETY: F_GETFL/F_SETFL on our own userfaultfd.
+    unsafe {
+        let fl = libc::fcntl(r.fd().as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(r.fd().as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    }
+    // The thread sleeps in poll(): wake it so that it polls again.
+    ft.notify();
+    wait_until("the thread to end on POLLERR", 5, || {
+        ft.state() == PostcopyRsFaultThreadState::Exited
+    });
+    assert_eq!(*ev.fatal.lock().unwrap(), Some((-libc::EBADF, 0)));
+    assert!(ft.stop().is_err());
+    assert_eq!(ev.exits.load(SeqCst), 1);
+}
+
 /// A multi-page copy over a page that is already there: the kernel stops at
 /// it (partial copy, EAGAIN), the retry hits EEXIST, the rest is placed.
 fn place_pages_over_present_page(page_size: u64) {
@@ -601,13 +1143,47 @@ fn placement_errors(page_size: u64) {
 #[test]
 fn anon_concurrent_faults_8_threads() {
     let _g = serial();
-    concurrent_faults(PAGE_4K, 512, 8, 400);
+    fault_storm(Storm {
+        page_size: PAGE_4K,
+        threads: 8,
+        touch: Touch::Random {
+            npages: 512,
+            touches: 400,
+        },
+        rounds: 1,
+        chaos: false,
+    });
 }
 
 #[test]
 fn anon_concurrent_faults_16_threads_hot_pages() {
     let _g = serial();
-    concurrent_faults(PAGE_4K, 32, 16, 64);
+    fault_storm(Storm {
+        page_size: PAGE_4K,
+        threads: 16,
+        touch: Touch::Random {
+            npages: 32,
+            touches: 64,
+        },
+        rounds: 1,
+        chaos: false,
+    });
+}
+
+/// Issue 12's storm: 16 threads x 10,000 faults, 20 rounds.
+#[test]
+fn anon_fault_storm_16_threads_10000_faults_20_rounds() {
+    let _g = serial();
+    fault_storm(Storm {
+        page_size: PAGE_4K,
+        threads: 16,
+        touch: Touch::Own {
+            per_wave: 10_000,
+            faults: 10_000,
+        },
+        rounds: 20,
+        chaos: true,
+    });
 }
 
 #[test]
@@ -665,6 +1241,24 @@ fn anon_fault_outside_guest_ram() {
 }
 
 #[test]
+fn anon_hangup_on_the_main_fd_ends_the_thread() {
+    let _g = serial();
+    hangup_on_the_main_fd_ends_the_thread(PAGE_4K);
+}
+
+#[test]
+fn anon_end_of_file_on_the_main_fd_ends_the_thread() {
+    let _g = serial();
+    end_of_file_on_the_main_fd_ends_the_thread(PAGE_4K);
+}
+
+#[test]
+fn anon_pollerr_on_the_userfaultfd_ends_the_thread() {
+    let _g = serial();
+    pollerr_on_the_userfaultfd_ends_the_thread(PAGE_4K);
+}
+
+#[test]
 fn anon_place_pages_over_present_page() {
     let _g = serial();
     place_pages_over_present_page(PAGE_4K);
@@ -686,11 +1280,90 @@ fn with_hugepages(what: &str, n: u64, f: impl FnOnce()) {
     }
 }
 
+/// A skip shows under a plain `cargo test`, whose harness hides what
+/// passing tests print: run one hugetlbfs test of this binary as cargo
+/// does (no `--nocapture`), made to skip, and look for the line in what
+/// the binary wrote to stderr, and in the record the test command prints.
+#[test]
+fn skipped_tests_are_reported_outside_the_capture() {
+    let record = std::env::temp_dir().join(format!("pcrs-skipped-{}.txt", std::process::id()));
+    let _ = std::fs::remove_file(&record);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["hugetlb_zero_pages", "--exact", "--test-threads=1"])
+        .env("POSTCOPY_RS_SKIP_HUGEPAGES", "1")
+        .env("POSTCOPY_RS_SKIPPED_FILE", &record)
+        .env_remove("RUST_TEST_NOCAPTURE")
+        .env_remove("POSTCOPY_RS_NO_SKIP")
+        .output()
+        .expect("running this test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let recorded = std::fs::read_to_string(&record).unwrap_or_default();
+    let _ = std::fs::remove_file(&record);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1 passed"),
+        "the test did not run: {stdout}"
+    );
+    let line = "SKIPPED: hugetlb_zero_pages: POSTCOPY_RS_SKIP_HUGEPAGES=1";
+    assert!(
+        stderr.contains(line),
+        "the skip is invisible under a plain cargo test; stderr: {stderr:?}"
+    );
+    assert!(recorded.contains(line), "not recorded: {recorded:?}");
+
+    // Where every test must run, POSTCOPY_RS_NO_SKIP=1 makes a skip fail.
+    let strict = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["hugetlb_zero_pages", "--exact", "--test-threads=1"])
+        .env("POSTCOPY_RS_SKIP_HUGEPAGES", "1")
+        .env("POSTCOPY_RS_NO_SKIP", "1")
+        .env("POSTCOPY_RS_SKIPPED_FILE", &record)
+        .output()
+        .expect("running this test binary");
+    let _ = std::fs::remove_file(&record);
+    let strict_out = String::from_utf8_lossy(&strict.stdout);
+    assert!(
+        !strict.status.success() && strict_out.contains("1 failed"),
+        "a skip passed with POSTCOPY_RS_NO_SKIP=1: {strict_out}"
+    );
+}
+
 #[test]
 fn hugetlb_concurrent_faults_8_threads() {
     with_hugepages("hugetlb_concurrent_faults_8_threads", 16, || {
-        concurrent_faults(PAGE_2M, 16, 8, 40)
+        fault_storm(Storm {
+            page_size: PAGE_2M,
+            threads: 8,
+            touch: Touch::Random {
+                npages: 16,
+                touches: 40,
+            },
+            rounds: 1,
+            chaos: false,
+        })
     });
+}
+
+/// Issue 12's storm on 2 MiB pages: 8 threads x 500 faults, 20 rounds;
+/// two pages per thread, dropped and faulted again 250 times a round.
+#[test]
+fn hugetlb_fault_storm_8_threads_500_faults_20_rounds() {
+    with_hugepages(
+        "hugetlb_fault_storm_8_threads_500_faults_20_rounds",
+        16,
+        || {
+            fault_storm(Storm {
+                page_size: PAGE_2M,
+                threads: 8,
+                touch: Touch::Own {
+                    per_wave: 2,
+                    faults: 500,
+                },
+                rounds: 20,
+                chaos: true,
+            })
+        },
+    );
 }
 
 #[test]

@@ -439,11 +439,12 @@ unsafe fn fd_list<'a>(fds: *const c_int, n: u32) -> Result<Vec<BorrowedFd<'a>>> 
 ///
 /// Returns 0 or: `-EFAULT` if `cfg` or `out` is NULL, or `resolve` or
 /// `request_page` is missing; `-EBADF` for a negative or closed `uffd` or
-/// shared fd; `-EINVAL` if
-/// `uffd` is not `O_NONBLOCK` (a fault can vanish between `poll()` and
-/// `read()`); the errno of a failed eventfd or thread creation.  On error
-/// `*out` is NULL.  The thread starts with every signal blocked, as QEMU's
-/// threads do.
+/// shared fd; `-EINVAL` if `uffd` is not `O_NONBLOCK` (a fault can vanish
+/// between `poll()` and `read()`); the errno of a failed eventfd or thread
+/// creation.  On error `*out` is NULL.  Like QEMU's threads
+/// (`qemu_thread_create()`), the thread starts with every signal blocked
+/// but SIGSEGV, SIGFPE and SIGILL, which a fault on the thread must be able
+/// to raise.
 ///
 /// # Safety
 /// `cfg` must be readable, `cfg->name` NULL or a C string, `cfg->shared_fds`
