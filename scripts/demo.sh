@@ -15,7 +15,8 @@
 #                                           carries another version of the
 #                                           series than qemu-patches/
 #   4. scripts/qemu-build.sh build/qemu-src-patched build/qemu-patched
-#      --patches qemu-patches               relinked with the library
+#      --patches qemu-patches               relinked only when the library
+#                                           archive changed
 #   5. scripts/guest-build.sh               build/guest/{vmlinuz,initramfs.cpio.gz}
 #   6. scripts/migrate.py "$@"              the migration, its summary; exit 0
 #                                           only if the guest verified every page
@@ -74,8 +75,7 @@ if [ "${DEMO_SKIP_BUILD:-0}" != 1 ]; then
     fi
 
     step "build the patched QEMU"
-    # The library is a link argument, not a file ninja tracks: force the relink.
-    rm -f "$QEMU_BUILD/qemu-system-x86_64"
+    relink_if_library_changed "$QEMU_BUILD" "$PREFIX/lib/libpostcopy_rs.a"
     timed qemu env PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" \
         scripts/qemu-build.sh "$SRC" "$QEMU_BUILD" --patches qemu-patches
 else
