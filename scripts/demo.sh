@@ -8,6 +8,7 @@
 # Usage: scripts/demo.sh [migrate.py options...]
 #        make demo ARGS="--hugepages 2M --netem-delay 20"
 #
+#   0. scripts/demo-deps.sh                 qemu.qmp in a venv
 #   1. scripts/qemu-deps.sh                 QEMU's build dependencies
 #   2. make install PREFIX=build/prefix     the library (cargo build --release)
 #   3. scripts/qemu-fetch.sh build/qemu-src-patched
@@ -22,7 +23,8 @@
 #                                           only if the guest verified every page
 #
 # DEMO_SKIP_BUILD=1 skips steps 1-4 (the QEMU at build/qemu-patched is used
-# as it is).  PYTHON picks the interpreter for migrate.py (default python3).
+# as it is).  PYTHON picks the interpreter for migrate.py (default: the
+# qemu.qmp venv's python, see scripts/demo-deps.sh).
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -32,7 +34,6 @@ B=$PCRS_ROOT/build
 PREFIX=$B/prefix
 SRC=$B/qemu-src-patched
 QEMU_BUILD=$B/qemu-patched
-PY=${PYTHON:-python3}
 declare -A took=()
 
 timed() {
@@ -45,6 +46,10 @@ timed() {
 step "check"
 [ "$(id -u)" -eq 0 ] ||
     die "make demo must run as root: it installs Debian packages, reserves hugepages, creates network namespaces and uses userfaultfd and /dev/kvm"
+
+step "the demo's own dependencies (qemu.qmp)"
+timed demodeps scripts/demo-deps.sh
+PY=${PYTHON:-${PCRS_QMP_VENV:-$PCRS_CACHE/qmp-venv}/bin/python3}
 command -v "$PY" >/dev/null 2>&1 || die "$PY not found"
 
 if [ "${DEMO_SKIP_BUILD:-0}" != 1 ]; then
@@ -93,7 +98,7 @@ t0=$SECONDS
 took[migration]=$((SECONDS - t0))
 
 summary=""
-for k in deps library fetch qemu guest migration; do
+for k in demodeps deps library fetch qemu guest migration; do
     [ -n "${took[$k]:-}" ] && summary+="$k $(fmt_secs "${took[$k]}"), "
 done
 echo "==> [demo.sh] times: ${summary%, }"

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# Install what the demo and the end-to-end tests (scripts/postcopy_demo/)
+# need beyond QEMU's build dependencies:
+#   - Debian packages: python3-venv, iproute2 (network namespaces, tc),
+#     util-linux (setpriv);
+#   - QEMU's own QMP library, qemu.qmp==$QEMU_QMP_VERSION, in a venv of
+#     Debian's python3 at $PCRS_QMP_VENV (default
+#     ~/.cache/postcopy-rs/qmp-venv); scripts/migrate.py and scripts/e2e.py
+#     re-run themselves with its python.
+#
+# Usage: scripts/demo-deps.sh
+# Idempotent: apt-get and pip run only when something is missing.
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+QEMU_QMP_VERSION=0.0.6
+PCRS_QMP_VENV=${PCRS_QMP_VENV:-$PCRS_CACHE/qmp-venv}
+
+APT_PKGS=(python3 python3-venv iproute2 util-linux)
+
+step "check Debian packages"
+mapfile -t missing < <(apt_missing "${APT_PKGS[@]}")
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "missing: ${missing[*]}"
+    as_root apt-get -o DPkg::Lock::Timeout=600 update -q || die "apt-get update failed"
+    as_root apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends \
+        "${missing[@]}" || die "apt-get install failed for: ${missing[*]}"
+    mapfile -t still < <(apt_missing "${APT_PKGS[@]}")
+    [ "${#still[@]}" -eq 0 ] || die "still not installed after apt-get install: ${still[*]}"
+else
+    echo "all ${#APT_PKGS[@]} Debian packages already installed"
+fi
+
+step "venv with qemu.qmp==$QEMU_QMP_VERSION at $PCRS_QMP_VENV"
+# Debian's python3 explicitly (python3-venv belongs to it), not whatever
+# python3 comes first in PATH.
+PY=/usr/bin/python3
+[ -x "$PY" ] || die "/usr/bin/python3 not found"
+have=$("$PCRS_QMP_VENV/bin/python3" -c \
+    'import importlib.metadata as m; print(m.version("qemu.qmp"))' 2>/dev/null || true)
+if [ "$have" = "$QEMU_QMP_VERSION" ]; then
+    echo "venv already has qemu.qmp $have"
+else
+    if [ ! -x "$PCRS_QMP_VENV/bin/python3" ]; then
+        mkdir -p "$(dirname "$PCRS_QMP_VENV")"
+        "$PY" -m venv "$PCRS_QMP_VENV" || die "could not create venv at $PCRS_QMP_VENV"
+    fi
+    "$PCRS_QMP_VENV/bin/python3" -m pip install -q "qemu.qmp==$QEMU_QMP_VERSION" ||
+        die "pip install qemu.qmp==$QEMU_QMP_VERSION failed"
+    "$PCRS_QMP_VENV/bin/python3" -c 'import qemu.qmp.legacy' ||
+        die "qemu.qmp does not import in $PCRS_QMP_VENV"
+fi
+echo "python: $PCRS_QMP_VENV/bin/python3 (qemu.qmp $QEMU_QMP_VERSION)"
