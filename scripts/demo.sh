@@ -7,8 +7,9 @@
 #
 # Usage: scripts/demo.sh [migrate.py options...]
 #        make demo ARGS="--hugepages 2M --netem-delay 20"
+#        make demo ARGS=--libvirt            the same guest under libvirt
 #
-#   0. scripts/demo-deps.sh                 qemu.qmp in a venv
+#   0. scripts/demo-deps.sh [--libvirt]     qemu.qmp in a venv (and libvirt)
 #   1. scripts/qemu-deps.sh                 QEMU's build dependencies
 #   2. make install PREFIX=build/prefix     the library (cargo build --release)
 #   3. scripts/qemu-fetch.sh build/qemu-src-patched
@@ -47,8 +48,10 @@ step "check"
 [ "$(id -u)" -eq 0 ] ||
     die "make demo must run as root: it installs Debian packages, reserves hugepages, creates network namespaces and uses userfaultfd and /dev/kvm"
 
-step "the demo's own dependencies (qemu.qmp)"
-timed demodeps scripts/demo-deps.sh
+step "the demo's own dependencies (qemu.qmp; libvirt with --libvirt)"
+deps_args=()
+for a in "$@"; do [ "$a" = --libvirt ] && deps_args=(--libvirt); done
+timed demodeps scripts/demo-deps.sh "${deps_args[@]}"
 PY=${PYTHON:-${PCRS_QMP_VENV:-$PCRS_CACHE/qmp-venv}/bin/python3}
 command -v "$PY" >/dev/null 2>&1 || die "$PY not found"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Live-migrate a real Linux guest with postcopy between two QEMUs, verify
-its memory, print a summary.
+"""Live-migrate a real Linux guest with postcopy between two QEMUs (or,
+with --libvirt, two libvirt daemons), verify its memory, print a summary.
 Exit status 0 only on the guest's VERIFY OK.  `make demo ARGS=...`;
 --help for the options.  The code is the package scripts/postcopy_demo/."""
 

@@ -2,7 +2,7 @@
 """Live-migrate real guests with postcopy between QEMUs, and check them.
 
 The machinery behind `make demo` (scripts/migrate.py), the end-to-end tests
-(scripts/e2e.py).  QMP goes through QEMU's own client
+(scripts/e2e.py) and the libvirt demo.  QMP goes through QEMU's own client
 library, qemu.qmp (installed in a venv by scripts/demo-deps.sh).
 
   options     Options, guest RAM layouts (RAM specs), MigrateError
@@ -18,7 +18,7 @@ library, qemu.qmp (installed in a venv by scripts/demo-deps.sh).
   migration   one postcopy migration over QMP and its figures
   report      progress line and summary
   scenarios/  what a run does with a session: demo (the main command),
-              pagesizes (the end-to-end tests), blocktime
+              pagesizes (the end-to-end tests), blocktime, libvirt
   cli         scripts/migrate.py's command line
 
 Nothing is imported here, so that `python3 -m postcopy_demo.netns` (the

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dst-ram", metavar="SPEC", help="destination RAM layout")
     ap.add_argument("--netem-delay", type=float, metavar="MS",
                     help="migrate over TCP between two network namespaces, MS delay each way")
+    ap.add_argument("--libvirt", action="store_true",
+                    help="migrate under libvirt instead: two libvirt daemons standing for two "
+                         "hosts, virsh migrate --live --postcopy, then virsh migrate-postcopy "
+                         "(see README, 'The demo under libvirt')")
     ap.add_argument("--src-binary", default=d.src_binary,
                     help="source qemu-system-x86_64 (default %(default)s)")
     ap.add_argument("--dst-binary", default=d.dst_binary,
@@ -94,8 +98,12 @@ def main(argv=None) -> int:
         side_ram(opts, "dst")
     except MigrateError as e:
         ap.error(str(e))
-    from .scenarios import demo as scenario
-    title = "postcopy migration summary"
+    if a.libvirt:
+        from .scenarios import libvirt_demo as scenario
+        title = "postcopy migration under libvirt"
+    else:
+        from .scenarios import demo as scenario
+        title = "postcopy migration summary"
     with SignalGuard():
         try:
             r = scenario.run_migration(opts)

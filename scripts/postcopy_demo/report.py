@@ -123,8 +123,9 @@ def print_summary(r: dict, out=sys.stdout, title="postcopy migration summary"):
           (r.get("source_verify_after") or "").startswith("VERIFY OK") else
           "running" if r.get("source_running") else "NOT running")
     if r.get("total_time_ms") is not None:
-        p("total time", "%s (QEMU), setup %s" % (fmt_ms(r["total_time_ms"]),
-                                                 fmt_ms(r.get("setup_time_ms"))))
+        p("total time", "%s (%s), setup %s" % (fmt_ms(r["total_time_ms"]),
+                                               r.get("total_time_by", "QEMU"),
+                                               fmt_ms(r.get("setup_time_ms"))))
     if r.get("downtime_ms") is not None:
         p("downtime", fmt_ms(r["downtime_ms"]))
     sw = r.get("switch_at_bytes")
