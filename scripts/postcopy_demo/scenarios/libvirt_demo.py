@@ -3,18 +3,20 @@
 defined from domain XML with the patched QEMU as <emulator>, started on
 one libvirt daemon and migrated to another the way operators do:
 
-    virsh migrate --live --postcopy DOMAIN DEST-URI --migrateuri tcp://127.0.0.1
-                  --listen-address 127.0.0.1
+    virsh define DOMAIN.xml; virsh start --paused DOMAIN
+    virsh migrate --live --postcopy --persistent DOMAIN DEST-URI
+                  --migrateuri tcp://127.0.0.1 --listen-address 127.0.0.1
+                  --bandwidth 128
     virsh migrate-postcopy DOMAIN          (once --switch-after MiB are sent)
 
 A direct (not peer-to-peer) managed migration: virsh holds a connection to
 both daemons and drives the phases, as `virsh migrate` does by default
-(--p2p would have the source daemon connect to the destination itself; both
-work here, the sockets are reachable from both namespaces).  The summary
-comes from `virsh domjobinfo --completed` on the source (the domain is
-persistent there, so its inactive definition keeps the completed job's
-statistics; libvirt 9.0 reports none on the destination), the library's counters from the
-QEMU logs in each daemon's /var/log/libvirt/qemu, and the guest's own
+(--p2p would have the source daemon connect to the destination itself;
+the demo does not try it).  The summary comes from `virsh domjobinfo
+--completed` on the source (the domain is persistent there, so its
+inactive definition keeps the completed job's statistics; libvirt 9.0
+reports none on the destination), the library's counters from the QEMU
+logs in each daemon's /var/log/libvirt/qemu, and the guest's own
 VERIFY OK from its serial console (a unix socket in the domain XML)."""
 
 import os
