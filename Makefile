@@ -15,13 +15,15 @@ all: build
 build:
 	cargo build --release
 
+# install -C copies only what changed and leaves the rest untouched: a new
+# timestamp on the header would make QEMU's ninja recompile every file that
+# includes it (minutes), for nothing.
 install: build
-	install -D -m 0644 target/release/libpostcopy_rs.a $(PREFIX)/lib/libpostcopy_rs.a
-	install -D -m 0644 include/postcopy_rs.h $(PREFIX)/include/postcopy_rs.h
-	mkdir -p $(PREFIX)/lib/pkgconfig
+	install -C -D -m 0644 target/release/libpostcopy_rs.a $(PREFIX)/lib/libpostcopy_rs.a
+	install -C -D -m 0644 include/postcopy_rs.h $(PREFIX)/include/postcopy_rs.h
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' \
-	    -e 's|@NATIVE_LIBS@|$(NATIVE_LIBS)|' postcopy-rs.pc.in \
-	    > $(PREFIX)/lib/pkgconfig/postcopy-rs.pc
+	    -e 's|@NATIVE_LIBS@|$(NATIVE_LIBS)|' postcopy-rs.pc.in > target/postcopy-rs.pc
+	install -C -D -m 0644 target/postcopy-rs.pc $(PREFIX)/lib/pkgconfig/postcopy-rs.pc
 
 # Refresh the committed header from the source (pinned cbindgen, via build.rs).
 header:

@@ -7,7 +7,9 @@
 #
 # Usage: scripts/demo.sh [migrate.py options...]
 #        make demo ARGS="--hugepages 2M --netem-delay 20"
+#        make demo ARGS=--libvirt            the same guest under libvirt
 #
+#   0. scripts/demo-deps.sh [--libvirt]     qemu.qmp in a venv (and libvirt)
 #   1. scripts/qemu-deps.sh                 QEMU's build dependencies
 #   2. make install PREFIX=build/prefix     the library (cargo build --release)
 #   3. scripts/qemu-fetch.sh build/qemu-src-patched
@@ -15,13 +17,15 @@
 #                                           carries another version of the
 #                                           series than qemu-patches/
 #   4. scripts/qemu-build.sh build/qemu-src-patched build/qemu-patched
-#      --patches qemu-patches               relinked with the library
+#      --patches qemu-patches               relinked only when the library
+#                                           archive changed
 #   5. scripts/guest-build.sh               build/guest/{vmlinuz,initramfs.cpio.gz}
 #   6. scripts/migrate.py "$@"              the migration, its summary; exit 0
 #                                           only if the guest verified every page
 #
 # DEMO_SKIP_BUILD=1 skips steps 1-4 (the QEMU at build/qemu-patched is used
-# as it is).  PYTHON picks the interpreter for migrate.py (default python3).
+# as it is).  PYTHON picks the interpreter for migrate.py (default: the
+# qemu.qmp venv's python, see scripts/demo-deps.sh).
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -31,7 +35,6 @@ B=$PCRS_ROOT/build
 PREFIX=$B/prefix
 SRC=$B/qemu-src-patched
 QEMU_BUILD=$B/qemu-patched
-PY=${PYTHON:-python3}
 declare -A took=()
 
 timed() {
@@ -44,6 +47,12 @@ timed() {
 step "check"
 [ "$(id -u)" -eq 0 ] ||
     die "make demo must run as root: it installs Debian packages, reserves hugepages, creates network namespaces and uses userfaultfd and /dev/kvm"
+
+step "the demo's own dependencies (qemu.qmp; libvirt with --libvirt)"
+deps_args=()
+for a in "$@"; do [ "$a" = --libvirt ] && deps_args=(--libvirt); done
+timed demodeps scripts/demo-deps.sh "${deps_args[@]}"
+PY=${PYTHON:-${PCRS_QMP_VENV:-$PCRS_CACHE/qmp-venv}/bin/python3}
 command -v "$PY" >/dev/null 2>&1 || die "$PY not found"
 
 if [ "${DEMO_SKIP_BUILD:-0}" != 1 ]; then
@@ -74,8 +83,7 @@ if [ "${DEMO_SKIP_BUILD:-0}" != 1 ]; then
     fi
 
     step "build the patched QEMU"
-    # The library is a link argument, not a file ninja tracks: force the relink.
-    rm -f "$QEMU_BUILD/qemu-system-x86_64"
+    relink_if_library_changed "$QEMU_BUILD" "$PREFIX/lib/libpostcopy_rs.a"
     timed qemu env PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" \
         scripts/qemu-build.sh "$SRC" "$QEMU_BUILD" --patches qemu-patches
 else
@@ -93,7 +101,7 @@ t0=$SECONDS
 took[migration]=$((SECONDS - t0))
 
 summary=""
-for k in deps library fetch qemu guest migration; do
+for k in demodeps deps library fetch qemu guest migration; do
     [ -n "${took[$k]:-}" ] && summary+="$k $(fmt_secs "${took[$k]}"), "
 done
 echo "==> [demo.sh] times: ${summary%, }"

@@ -15,6 +15,9 @@
 #                      the archive URI the system's apt sources already use
 #                      (read at run time; never hard-coded)
 #   fmt_secs N         "1m 02s"
+#   relink_if_library_changed BUILDDIR ARCHIVE
+#                      make ninja relink BUILDDIR's QEMU only when the
+#                      library archive changed since its last link
 #
 # Variables (all may be overridden from the environment):
 #   PCRS_ROOT   the repository's top directory
@@ -131,4 +134,24 @@ debian_mirror_uri() {
                 }')
     fi
     printf '%s\n' "$uri"
+}
+
+# relink_if_library_changed BUILDDIR ARCHIVE
+# The library is a link argument, not a file ninja tracks: remove
+# BUILDDIR/qemu-system-x86_64 (so ninja relinks it) when ARCHIVE's content
+# differs from the one it was last linked with (BUILDDIR/.postcopy-rs-lib),
+# and leave it alone otherwise, so that a second build is a no-op.
+relink_if_library_changed() {
+    local builddir=$1 archive=$2 stamp=$1/.postcopy-rs-lib sum
+    sum=$(sha256sum "$archive" | cut -d' ' -f1) || die "cannot read $archive"
+    if [ -x "$builddir/qemu-system-x86_64" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
+        echo "library unchanged since the last link: no relink"
+        return 0
+    fi
+    echo "library changed (or first link): relinking qemu-system-x86_64"
+    rm -f "$builddir/qemu-system-x86_64"
+    # Written before the build: should it fail, the binary is gone and the
+    # next build relinks anyway.
+    mkdir -p "$builddir"
+    printf '%s\n' "$sum" >"$stamp"
 }

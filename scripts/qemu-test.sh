@@ -72,8 +72,7 @@ step "build unpatched QEMU"
 scripts/qemu-build.sh "$UNPATCHED_SRC" "$UNPATCHED"
 
 step "build patched QEMU linked with the library"
-# The library is a link argument, not a file ninja tracks: force the relink.
-rm -f "$PATCHED/qemu-system-x86_64"
+relink_if_library_changed "$PATCHED" "$PREFIX/lib/libpostcopy_rs.a"
 PKG_CONFIG_PATH=$PREFIX/lib/pkgconfig scripts/qemu-build.sh \
     "$PATCHED_SRC" "$PATCHED" --patches qemu-patches
 

@@ -14,10 +14,13 @@
 #   4. the main command, `make demo`, at default settings: a real Linux
 #      guest live-migrated with postcopy between two patched QEMUs; it
 #      fails unless the guest verifies every page of its memory;
-#   5. end-to-end scenarios QEMU lacks (scripts/e2e.py): hugepage-backed
+#   5. the same demo under libvirt (`make demo ARGS=--libvirt`), at default
+#      settings: two libvirt daemons standing for two hosts, virsh migrate
+#      --live --postcopy, then virsh migrate-postcopy; the guest's VERIFY OK;
+#   6. end-to-end scenarios QEMU lacks (scripts/e2e.py): hugepage-backed
 #      RAM (2 MiB, 1 GiB where granted), two blocks of different page
 #      sizes, mismatched page sizes both ways with a retry.
-#      POSTCOPY_RS_SKIP_QEMU=1 skips 3 to 5: the Rust tests stand alone.
+#      POSTCOPY_RS_SKIP_QEMU=1 skips 3 to 6: the Rust tests stand alone.
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -65,6 +68,9 @@ scripts/qemu-test.sh
 
 step "the main command: make demo (defaults)"
 make --no-print-directory demo
+
+step "the demo under libvirt: make demo ARGS=--libvirt (defaults)"
+make --no-print-directory demo ARGS=--libvirt
 
 step "end-to-end: hugepages and mismatched page sizes"
 python3 scripts/e2e.py test

@@ -1,0 +1,77 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The QMP session with one QEMU, through QEMU's own client library
+(qemu.qmp, its synchronous QEMUMonitorProtocol wrapper).
+
+What is ours: waiting for QEMU to create its socket (or die first), one
+exception type for a refused command, and a timeout per command."""
+
+import asyncio
+import os
+import subprocess
+import time
+from typing import Optional
+
+from qemu.qmp import ConnectError, ExecuteError, QMPError as LibQMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .options import MigrateError
+
+
+class QMPError(Exception):
+    """QEMU refused a command, or the session broke; desc says why."""
+
+    def __init__(self, cmd: str, desc: str):
+        super().__init__("%s: %s" % (cmd, desc))
+        self.cmd = cmd
+        self.desc = desc
+
+
+def wait_for_socket(path: str, proc: subprocess.Popen, name: str, what: str,
+                    timeout: float):
+    """Return once QEMU has created the unix socket `path`; fail if QEMU
+    exits or `timeout` passes first."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None:
+            raise MigrateError("%s QEMU exited (status %s) before its %s was up"
+                               % (name, proc.returncode, what))
+        if time.monotonic() > deadline:
+            raise MigrateError("%s QEMU: no %s at %s after %.0fs" % (name, what, path, timeout))
+        time.sleep(0.05)
+
+
+class QMPSession:
+    def __init__(self, path: str, proc: subprocess.Popen, name: str, timeout=30.0):
+        self.name = name
+        wait_for_socket(path, proc, name, "QMP socket", timeout)
+        self._mon = QEMUMonitorProtocol(path, nickname=name)
+        try:
+            self._mon.connect()          # greeting and qmp_capabilities
+        except (ConnectError, OSError) as e:
+            raise MigrateError("%s QEMU: QMP connection failed: %s" % (name, e))
+        self._open = True
+
+    def cmd(self, name: str, args: Optional[dict] = None, timeout: float = 30.0):
+        """Run a command; its return value, or QMPError."""
+        self._mon.settimeout(timeout)
+        try:
+            return self._mon.cmd(name, **(args or {}))
+        except ExecuteError as e:
+            raise QMPError(name, str(e))
+        except (LibQMPError, OSError, EOFError) as e:
+            why = str(e) or type(e).__name__
+            raise QMPError(name, "%s QEMU: QMP session broke: %s" % (self.name, why))
+        except asyncio.TimeoutError:
+            raise QMPError(name, "%s QEMU did not answer within %.0f s" % (self.name, timeout))
+
+    def events(self):
+        """The events received so far (and forget them)."""
+        return self._mon.get_events(wait=False)
+
+    def close(self):
+        if self._open:
+            self._open = False
+            try:
+                self._mon.close()
+            except Exception:  # QEMU died under us: nothing left to close
+                pass

@@ -1,0 +1,150 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""End-to-end postcopy scenarios QEMU's qtests lack, on QEMU's own boot
+block guest (guests.BootBlockGuest), which keeps dirtying memory through
+precopy and the switch (leaving partly dirty host pages on hugepage-backed
+RAM): hugepage-backed guest RAM (host page != target page), two RAM blocks
+of different page sizes, and mismatched page sizes between source and
+destination.  Each returns a detail line or raises Failure/Skip."""
+
+import os
+import time
+
+from ..options import HugepagesUnavailable, MigrateError, Options, ROOT
+from ..session import Session
+from . import Failure, Skip
+
+GUEST_MB = 256
+HUMAN = {"4K": "4 KiB", "2M": "2 MiB", "1G": "1 GiB"}
+
+
+class Context:
+    """Where a test run's logs go and which QEMU it tests."""
+
+    def __init__(self, logroot: str, binary: str):
+        self.logroot, self.binary = logroot, binary
+
+
+def options(logdir: str, **kw) -> Options:
+    """The e2e settings: QEMU's boot block, one vCPU, a switch at 8 MiB and a
+    precopy that cannot converge on its own (the switch is ours to make)."""
+    o = Options(guest="bootblock", smp=1, mem=GUEST_MB, switch_after=8, max_bandwidth=100,
+                downtime_limit=1, timeout=120, verify_source=False, progress="none",
+                logdir=logdir, **kw)
+    return o
+
+
+def session(ctx: Context, name: str, **kw) -> Session:
+    kw.setdefault("src_binary", ctx.binary)
+    kw.setdefault("dst_binary", ctx.binary)
+    s = Session(options(os.path.join(ctx.logroot, name), **kw))
+    s.out.quiet = True
+    return s
+
+
+def _start(s: Session, fn, *a):
+    try:
+        return fn(*a)
+    except HugepagesUnavailable as e:
+        raise Skip(str(e))
+    except MigrateError as e:
+        raise Failure(str(e))
+
+
+def postcopy_on(ctx, name, ram: str, need_bits_set: bool) -> str:
+    """Boot, migrate with postcopy, check the destination's RAM and the
+    library's counters on both sides."""
+    with session(ctx, name, src_ram=ram, dst_ram=ram) as s:
+        src = _start(s, s.start_source)
+        dst = _start(s, s.start_destination)
+        r = s.migrate(src, dst)
+        if r["status"] != "completed" or r["error"]:
+            raise Failure("migration %s: %s" % (r["status"], r["error"]))
+        v = s.verify(dst)
+        if not v["ok"]:
+            raise Failure(v["error"])
+        disc, inc = r["library_source"] or {}, r["library_destination"] or {}
+        if not disc.get("runs"):
+            raise Failure("the library sent no discard runs: %s" % disc)
+        if not inc.get("placed"):
+            raise Failure("the library placed no pages: %s" % inc)
+        if need_bits_set and not disc.get("hostpage_bits_set"):
+            raise Failure("no partly dirty host page was canonicalised: %s" % disc)
+        return "%s; blocktime %s ms; discard %s; incoming %s" % (
+            v["line"], r["blocktime_ms"], disc, inc)
+
+
+def mismatch(ctx, name, src_ps: str, dst_ps: str) -> str:
+    """A postcopy migration between different page sizes must fail with an
+    error naming both, leave the source running with its RAM intact, and a
+    retry to a matching destination must then succeed."""
+    same = "%dM@%s" % (GUEST_MB, src_ps)
+    with session(ctx, name, src_ram=same, dst_ram="%dM@%s" % (GUEST_MB, dst_ps)) as s:
+        src = _start(s, s.start_source)
+        bad = _start(s, s.start_destination)
+        r = s.migrate(src, bad)
+        if r["status"] == "completed":
+            raise Failure("the migration completed, but it had to fail")
+        err = r["source_error"] or ""
+        for ps in (src_ps, dst_ps):
+            if HUMAN[ps] not in err:
+                raise Failure("the source's error does not name %s: %r (%s)"
+                              % (HUMAN[ps], err, r["error"]))
+        if not r["source_running"]:
+            raise Failure("the source VM is %s after the failed migration" % src.run_state())
+        s.stop(bad)
+        before = s.verify(src)
+        if not before["ok"]:
+            raise Failure("source RAM after the failed migration: %s" % before["error"])
+        good = _start(s, s.start_destination, same)
+        r = s.migrate(src, good)
+        if r["status"] != "completed" or r["error"]:
+            raise Failure("the retry: migration %s: %s" % (r["status"], r["error"]))
+        after = s.verify(good)
+        if not after["ok"]:
+            raise Failure("the retry: %s" % after["error"])
+        return "source error: %r; source RAM intact (%s); retry verified (%s)" % (
+            err, before["line"], after["line"])
+
+
+TESTS = {
+    "hugepages-2M": lambda c: postcopy_on(c, "hugepages-2M", "%dM@2M" % GUEST_MB, True),
+    "hugepages-1G": lambda c: postcopy_on(c, "hugepages-1G", "1024M@1G", True),
+    # The boot block dirties 1..100 MiB: node 0, 2 MiB-backed.
+    "two-blocks-4K-2M": lambda c: postcopy_on(c, "two-blocks-4K-2M", "128M@2M,128M@4K", True),
+    "mismatch-4K-to-2M": lambda c: mismatch(c, "mismatch-4K-to-2M", "4K", "2M"),
+    "mismatch-2M-to-4K": lambda c: mismatch(c, "mismatch-2M-to-4K", "2M", "4K"),
+}
+# Skipping these is allowed (said loudly); the others must run.
+MAY_SKIP = {"hugepages-1G"}
+
+
+def run_tests(only, binary: str, out=print) -> int:
+    """Run the scenarios on QEMU `binary`; "N passed, N failed"; 1 if any
+    failed."""
+    if os.geteuid() != 0:
+        out("ERROR: the end-to-end tests need root (hugepages, KVM)")
+        return 1
+    logroot = os.path.join(ROOT, "build", "e2e-runs", time.strftime("%Y%m%d-%H%M%S"))
+    ctx = Context(logroot, binary)
+    passed = failed = skipped = 0
+    for name, fn in TESTS.items():
+        if only and name not in only:
+            continue
+        t0 = time.time()
+        try:
+            detail = fn(ctx)
+            out("PASS  %s (%.0fs): %s" % (name, time.time() - t0, detail))
+            passed += 1
+        except Skip as e:
+            if name in MAY_SKIP:
+                out("SKIPPED  %s: %s" % (name, e))
+                skipped += 1
+            else:
+                out("FAIL  %s: cannot run: %s" % (name, e))
+                failed += 1
+        except (Failure, MigrateError) as e:
+            out("FAIL  %s (%.0fs): %s" % (name, time.time() - t0, e))
+            failed += 1
+    out("%d passed, %d failed%s (logs: %s)" % (passed, failed,
+        ", %d skipped" % skipped if skipped else "", os.path.relpath(logroot)))
+    return 1 if failed else 0
