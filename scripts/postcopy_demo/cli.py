@@ -40,6 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dst-ram", metavar="SPEC", help="destination RAM layout")
     ap.add_argument("--netem-delay", type=float, metavar="MS",
                     help="migrate over TCP between two network namespaces, MS delay each way")
+    g = ap.add_argument_group("network cuts during postcopy (scenarios/netcut.py)")
+    g.add_argument("--cut-after", type=int, metavar="MiB",
+                   help="cut the link between two network namespaces every MiB of postcopy "
+                        "traffic, wait until both QEMUs pause, recover")
+    g.add_argument("--cuts", type=int, default=d.cuts, help="how many cuts (default %(default)s)")
+    g.add_argument("--cut-random", type=int, metavar="SEED",
+                   help="cut at --cuts random points (seeded) instead of every --cut-after MiB")
+    g.add_argument("--cut-hold", type=float, default=d.cut_hold, metavar="S",
+                   help="seconds the link stays down once both sides paused "
+                        "(default %(default)s)")
+    g.add_argument("--handshake-cuts", type=int, default=d.handshake_cuts, metavar="N",
+                   help="cut the first N recoveries too (default %(default)s)")
+    g.add_argument("--handshake-cut", choices=["before-resume", "after-resume"],
+                   default=d.handshake_cut, help="where a recovery is cut: after "
+                   "migrate-recover, or right after the resume (default %(default)s)")
     ap.add_argument("--src-binary", default=d.src_binary,
                     help="source qemu-system-x86_64 (default %(default)s)")
     ap.add_argument("--dst-binary", default=d.dst_binary,
@@ -80,7 +95,9 @@ def options_from_args(a: argparse.Namespace) -> Options:
         max_bandwidth=a.max_bandwidth, postcopy_bandwidth=a.postcopy_bandwidth,
         timeout=a.timeout, boot_timeout=a.boot_timeout,
         verify_source=not a.no_verify_source, logdir=a.logdir, progress=a.progress,
-        kernel=a.kernel, initrd=a.initrd, qemu_args=a.qemu_arg)
+        kernel=a.kernel, initrd=a.initrd, qemu_args=a.qemu_arg,
+        cut_after=a.cut_after, cuts=a.cuts, cut_random=a.cut_random, cut_hold=a.cut_hold,
+        handshake_cut=a.handshake_cut, handshake_cuts=a.handshake_cuts)
 
 
 def main(argv=None) -> int:
@@ -94,11 +111,16 @@ def main(argv=None) -> int:
         side_ram(opts, "dst")
     except MigrateError as e:
         ap.error(str(e))
-    from .scenarios import demo as scenario
-    title = "postcopy migration summary"
+    netcut = a.cut_after is not None or a.cut_random is not None
+    if netcut and a.cut_after is None:
+        opts.cut_after = 0
+    if netcut and (a.cuts < 1 or (a.cut_random is None and a.cut_after < 1)):
+        ap.error("--cut-after MiB >= 1 and --cuts N >= 1")
+    from .scenarios import demo, netcut as netcut_scenario
+    title = "postcopy migration summary" + (" (network cuts)" if netcut else "")
     with SignalGuard():
         try:
-            r = scenario.run_migration(opts)
+            r = netcut_scenario.run_netcut(opts) if netcut else demo.run_migration(opts)
         except KeyboardInterrupt:
             cleanup_all()
             print("\ninterrupted; everything started was stopped", file=sys.stderr)

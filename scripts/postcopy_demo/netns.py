@@ -116,6 +116,21 @@ class NetPair:
             raise MigrateError("the delay proxy did not start (see %s)" % log.name)
         return "tcp:127.0.0.1:%d" % port
 
+    def set_link(self, up: bool):
+        """The veth pair up or down on both ends.  Down, every packet
+        between the namespaces is lost and neither QEMU is told: each finds
+        out from its own TCP timers (retransmission, keepalive)."""
+        for side in ("src", "dst"):
+            run(["ip", "-n", self.ns[side], "link", "set", self.veth[side],
+                 "up" if up else "down"])
+
+    def set_sysctls(self, settings: dict):
+        """net.* sysctls in both namespaces (they are per namespace)."""
+        for side in ("src", "dst"):
+            for key, value in settings.items():
+                path = "/proc/sys/" + key.replace(".", "/")
+                run(self.wrap(side, ["sh", "-c", 'echo "$1" > "$2"', "sh", str(value), path]))
+
     def transport(self, dst_port: int) -> str:
         return "TCP over a veth pair between two network namespaces (%s -> %s:%d), %s" % (
             SRC_ADDR, DST_ADDR, dst_port, self.method_text)

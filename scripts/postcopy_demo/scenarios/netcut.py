@@ -1,0 +1,372 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Network cuts during postcopy, and postcopy recovery (`--cut-after`).
+
+The two QEMUs run in their own network namespaces joined by a veth pair
+and migrate over plain TCP between the namespaces' addresses.  Mid-postcopy
+the veth is set down on both ends: the migration stream and the return path
+break, and neither QEMU is told (no migrate-pause, no yank).  Each side
+notices through its own TCP timers, set as an operator would
+(TCP_SETTINGS, in both namespaces):
+
+  source       has unacked data (the background page stream): retransmission
+               gives up after net.ipv4.tcp_retries2; when idle, keepalive
+               (QEMU's keep-alive=on on the migrate channel, an
+               InetSocketAddress field) with net.ipv4.tcp_keepalive_*.
+  destination  has unacked data when a vCPU faulted after the cut (its page
+               request on the return path): tcp_retries2 again.  QEMU 10.0
+               refuses keep-alive on a listening socket, so an idle
+               destination (every vCPU blocked on a page requested before the
+               cut) never notices; after KICK_AFTER s the demo then does what an
+               operator must do, migrate-pause on the destination, and the
+               summary says so.
+
+With both sides in postcopy-paused (the guest's vCPUs blocked on missing
+pages), the link stays down for --cut-hold s, comes back, and the demo
+recovers: migrate-recover on the destination (a new port), migrate with
+resume=true on the source.  The first --handshake-cuts recoveries are
+themselves cut: the link goes down again right after migrate-recover
+(before-resume: the source's resume then fails to connect) or right after
+the resume (after-resume: wherever the handshake is by then), both sides go
+back to postcopy-paused, and the demo recovers again."""
+
+import os
+import random
+import time
+
+from .. import migration
+from ..options import MiB, MigrateError, Options, ROOT, ram_spec_str
+from ..qmp import QMPError
+from ..report import fmt_bytes
+from ..session import Session
+from ..vm import trace_events
+
+# Per network namespace; the values make a cut noticed within seconds on a
+# veth (RTO starts at 200 ms).  A WAN wants larger ones: the same settings
+# decide how long a congested but healthy link may stall before postcopy
+# pauses.
+TCP_SETTINGS = {
+    # unacked data: give up after 3 retransmissions, 0.2+0.4+0.8+1.6 = 3 s
+    "net.ipv4.tcp_retries2": 3,
+    # SO_KEEPALIVE sockets (the source's, keep-alive=on): an idle
+    # connection is declared dead 2 + 3 x 1 = 5 s after its last packet
+    "net.ipv4.tcp_keepalive_time": 2,
+    "net.ipv4.tcp_keepalive_intvl": 1,
+    "net.ipv4.tcp_keepalive_probes": 3,
+    # a resume's connect to a dead peer: SYN retries, 1 + 2 = 3 s
+    "net.ipv4.tcp_syn_retries": 2,
+}
+TRACE_ARGS = ["-trace", "postcopy_page_req_sync", "-trace", "postcopy_pause_*"]
+DEFAULT_POSTCOPY_BANDWIDTH = 32   # MiB/s: postcopy lasts long enough to cut it
+DETECT_TIMEOUT = 60.0             # s for both sides to reach postcopy-paused
+KICK_AFTER = 20.0                 # s the destination may stay unaware
+RECOVER_TIMEOUT = 60.0            # s for postcopy-active after a resume
+RECOVER_PORT = 4540
+PAUSED = "postcopy-paused"
+BACK = ("postcopy-active", "completed")
+
+
+def cut_points(opts: Options, guest_mib: int) -> list:
+    """MiB of postcopy traffic at which each cut happens."""
+    if opts.cut_random is None:
+        return [opts.cut_after * (k + 1) for k in range(opts.cuts)]
+    rng = random.Random(opts.cut_random)
+    # Spread over the first 60% of what postcopy has left to send.
+    hi = max(8.0, 0.6 * (guest_mib - opts.switch_after))
+    return sorted(round(rng.uniform(4, hi), 1) for _ in range(opts.cuts))
+
+
+def channel(host: str, port: int) -> list:
+    return [{"channel-type": "main", "addr": {
+        "transport": "socket", "type": "inet", "host": host, "port": str(port),
+        "keep-alive": True}}]
+
+
+def status(vm) -> str:
+    info = vm.query_migrate()
+    if "_qmp_error" in info:
+        return "no answer (%s)" % info["_qmp_error"]
+    return info.get("status", "none")
+
+
+def both(src, dst) -> str:
+    def one(vm):
+        info = vm.query_migrate()
+        err = info.get("error-desc")
+        return "%s%s" % (info.get("status", info.get("_qmp_error")), " (%s)" % err if err else "")
+    return "source %s; destination %s" % (one(src), one(dst))
+
+
+class Cutter:
+    def __init__(self, s: Session, src, dst, res: dict):
+        self.s, self.src, self.dst, self.res = s, src, dst, res
+        self.net = s.net
+        self.port = RECOVER_PORT
+        self.t0 = time.monotonic()
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def say(self, msg: str):
+        self.s.out.say("[%5.1fs] %s" % (self.now(), msg))
+
+    def cut(self, why: str):
+        self.net.set_link(False)
+        self.res["link_downs"] += 1
+        self.say("CUT: veth down on both ends (%s)" % why)
+
+    def wait_paused(self, cut: dict, since: float):
+        """Both sides in postcopy-paused; record when each got there."""
+        deadline = since + DETECT_TIMEOUT
+        while True:
+            now = time.monotonic()
+            for side, vm in (("source", self.src), ("destination", self.dst)):
+                key = side + "_paused_after_s"
+                if cut.get(key) is None:
+                    st = status(vm)
+                    if st == PAUSED:
+                        cut[key] = round(now - since, 1)
+                        cut[side + "_noticed"] = cut.get(side + "_noticed") or "its TCP timers"
+                        self.say("%s: postcopy-paused, %.1f s after the cut" % (side, now - since))
+                    elif st in ("completed", "failed", "cancelled") or st.startswith("no answer"):
+                        raise MigrateError("after cut %d the %s went to %r instead of "
+                                           "postcopy-paused (%s)"
+                                           % (cut["n"], side, st, both(self.src, self.dst)))
+            if cut.get("source_paused_after_s") is not None and \
+                    cut.get("destination_paused_after_s") is not None:
+                return
+            if (cut.get("source_paused_after_s") is not None and
+                    now - since - cut["source_paused_after_s"] > KICK_AFTER):
+                st = status(self.dst)
+                self.s.out.warn(
+                    "the destination is still %r %.0f s after the source paused: it has "
+                    "nothing in flight and QEMU 10.0 cannot keep-alive its incoming socket; "
+                    "doing what an operator must: migrate-pause on the destination"
+                    % (st, KICK_AFTER))
+                try:
+                    self.dst.qmp.cmd("migrate-pause")
+                except QMPError as e:
+                    raise MigrateError("cut %d: migrate-pause on the destination: %s"
+                                       % (cut["n"], e.desc))
+                cut["destination_noticed"] = "told with migrate-pause (was %s)" % st
+                self.res["destination_kicks"] += 1
+                since_kick = time.monotonic()
+                while status(self.dst) != PAUSED:
+                    if time.monotonic() - since_kick > 15:
+                        raise MigrateError("cut %d: the destination did not reach "
+                                           "postcopy-paused even after migrate-pause (%s)"
+                                           % (cut["n"], both(self.src, self.dst)))
+                    time.sleep(0.1)
+                continue
+            if now > deadline:
+                raise MigrateError(
+                    "cut %d: both sides were not in postcopy-paused %.0f s after the cut "
+                    "(%s)" % (cut["n"], DETECT_TIMEOUT, both(self.src, self.dst)))
+            time.sleep(0.1)
+
+    def recover(self, cut: dict, handshake_cut: str):
+        """migrate-recover + resume; with handshake_cut, cut that attempt
+        and recover again.  Returns once the source is back to
+        postcopy-active (or completed)."""
+        self.net.set_link(True)
+        self.say("link up")
+        self.port += 1
+        uri = "tcp:%s:%d" % (self.net.addr["dst"], self.port)
+        try:
+            self.dst.qmp.cmd("migrate-recover", {"uri": uri})
+        except QMPError as e:
+            raise MigrateError("cut %d: migrate-recover on the destination refused: %s (%s)"
+                               % (cut["n"], e.desc, both(self.src, self.dst)))
+        self.say("destination: migrate-recover %s" % uri)
+        if handshake_cut == "before-resume":
+            self.cut("cut %d, recovery handshake: after migrate-recover, before the resume"
+                     % cut["n"])
+        t_resume = time.monotonic()
+        try:
+            self.src.qmp.cmd("migrate", {"channels": channel(self.net.addr["dst"], self.port),
+                                         "resume": True})
+        except QMPError as e:
+            raise MigrateError("cut %d: migrate resume=true on the source refused: %s (%s)"
+                               % (cut["n"], e.desc, both(self.src, self.dst)))
+        self.res["resumes"] += 1
+        self.say("source: migrate resume=true")
+        if handshake_cut == "after-resume":
+            self.cut("cut %d, recovery handshake: right after the resume" % cut["n"])
+        if handshake_cut:
+            hs = {"n": cut["n"], "source_state_at_cut": status(self.src)}
+            cut["handshake"] = hs
+            self.res["failed_recoveries"] += 1
+            self.say("source at the cut: %s" % hs["source_state_at_cut"])
+            self.wait_paused(hs, time.monotonic())
+            time.sleep(self.s.opts.cut_hold)
+            return self.recover(cut, None)
+        deadline = t_resume + RECOVER_TIMEOUT
+        while True:
+            st_src, st_dst = status(self.src), status(self.dst)
+            if st_src in BACK and st_dst in BACK:
+                break
+            if st_src in ("failed", "cancelled") or time.monotonic() > deadline:
+                raise MigrateError("cut %d: recovery failed: not back to postcopy-active %.0f s "
+                                   "after the resume (%s)" % (cut["n"], RECOVER_TIMEOUT,
+                                                              both(self.src, self.dst)))
+            time.sleep(0.05)
+        cut["resume_to_active_s"] = round(time.monotonic() - t_resume, 2)
+        self.say("recovered: source %s, destination %s (%.2f s after the resume)"
+                 % (st_src, st_dst, cut["resume_to_active_s"]))
+
+
+def run(s: Session, src, dst, res: dict) -> dict:
+    """Migrate src -> dst with the cuts; res gets the migration's figures."""
+    o = s.opts
+    guest_mib = sum(b.mib for b in src.ram)
+    points = cut_points(o, guest_mib)
+    res.update(cuts=[], link_downs=0, resumes=0, failed_recoveries=0, destination_kicks=0,
+               cut_points_mib=points, tcp_settings=dict(TCP_SETTINGS))
+    migration.configure_source(s, src)
+    bw = o.postcopy_bandwidth or DEFAULT_POSTCOPY_BANDWIDTH
+    src.qmp.cmd("migrate-set-parameters", {"max-postcopy-bandwidth": bw * MiB})
+    res["transport"] = "TCP over a veth pair between two network namespaces (%s -> %s:%d), " \
+        "keep-alive=on, postcopy at most %d MiB/s" % (s.net.addr["src"], s.net.addr["dst"],
+                                                       dst.port, bw)
+    s.out.say("migrating %s -> %s; postcopy after %d MiB; cuts at %s MiB of postcopy traffic%s"
+              % (src.name, dst.name, o.switch_after, ", ".join("%g" % p for p in points),
+                 " (seed %d)" % o.cut_random if o.cut_random is not None else ""))
+    c = Cutter(s, src, dst, res)
+    src.qmp.cmd("migrate", {"channels": channel(s.net.addr["dst"], dst.port)})
+    info, k = {}, 0
+    while True:
+        info = src.query_migrate()
+        st = info.get("status")
+        ram = info.get("ram", {})
+        if st in migration.FINAL:
+            res["status"] = st
+            break
+        if not res["postcopy_started"] and st == "active" and \
+                ram.get("transferred", 0) >= o.switch_after * MiB:
+            src.qmp.cmd("migrate-start-postcopy")
+            res.update(postcopy_started=True, switch_at_bytes=ram.get("transferred"),
+                       switch_at_s=round(c.now(), 2))
+            c.say("migrate-start-postcopy at %s sent" % fmt_bytes(ram.get("transferred")))
+        pc = ram.get("postcopy-bytes", 0)
+        if st == "postcopy-active" and k < len(points) and pc >= points[k] * MiB:
+            k += 1
+            cut = {"n": k, "at_postcopy_bytes": pc, "at_s": round(c.now(), 1)}
+            res["cuts"].append(cut)
+            t_cut = time.monotonic()
+            c.cut("cut %d of %d at %s of postcopy traffic" % (k, len(points), fmt_bytes(pc)))
+            c.wait_paused(cut, t_cut)
+            time.sleep(o.cut_hold)
+            c.recover(cut, o.handshake_cut if k <= o.handshake_cuts else None)
+            cut["paused_s"] = round(time.monotonic() - t_cut, 1)
+            continue
+        if st == PAUSED:
+            raise MigrateError("the source paused without a cut (%s)" % both(src, dst))
+        if c.now() > o.timeout:
+            raise MigrateError("migration did not finish in %.0f s (%s)"
+                               % (o.timeout, both(src, dst)))
+        time.sleep(0.1)
+    res["wall_time_s"] = round(c.now(), 2)
+    if k < len(points) and res["status"] == "completed":
+        res["error"] = ("the migration completed after %d of %d cuts: postcopy was over before "
+                        "%g MiB (lower --cut-after, or --postcopy-bandwidth)"
+                        % (k, len(points), points[k]))
+    return info
+
+
+def page_requests_resent(dst) -> int:
+    """Requests still pending at a resume, that the destination sent again:
+    the faults that waited out a pause."""
+    return len(trace_events(dst.stderr_path, "postcopy_page_req_sync"))
+
+
+def run_netcut(opts: Options) -> dict:
+    """Boot, migrate with postcopy, cut the link mid-postcopy --cuts times,
+    recover each time, verify on the destination."""
+    t0 = time.monotonic()
+    result = {"verify_ok": False, "error": None}
+    if opts.netem_delay:
+        raise MigrateError("--cut-after migrates directly over the veth pair: drop "
+                           "--netem-delay (without sch_netem the delay is a proxy the cut "
+                           "would not break)")
+    opts.netem_delay = 0.0
+    opts.qemu_args = list(opts.qemu_args) + TRACE_ARGS
+    try:
+        with Session(opts) as s:
+            result["logdir"] = s.logdir
+            sb = os.path.relpath(s.src_binary, ROOT)
+            result["qemu"] = sb
+            result["driver"] = "QMP (qemu.qmp), two QEMUs in two network namespaces"
+            s.net.set_sysctls(TCP_SETTINGS)
+            s.out.say("TCP in both namespaces: %s" % ", ".join(
+                "%s=%s" % (k.replace("net.ipv4.", ""), v) for k, v in TCP_SETTINGS.items()))
+            src = s.start_source()
+            result["workload"] = src.workload
+            if opts.verify_source:
+                v = s.verify(src)
+                result["source_verify"] = v["line"]
+                if not v["ok"]:
+                    result["error"] = "the guest failed its own check before migrating: %s" % (
+                        v["line"] or v["error"])
+                    return result
+            dst = s.start_destination()
+            res = {"status": None, "error": None, "source_error": None,
+                   "destination_error": None, "postcopy_started": False,
+                   "switch_at_bytes": None, "src_ram": "%dM" % sum(b.mib for b in src.ram),
+                   "logdir": s.logdir, "accel": s.accel, "accel_note": s.accel_note}
+            try:
+                info = run(s, src, dst, res)
+            except MigrateError as e:
+                res.update(status="failed", error=str(e))
+                info = src.query_migrate()
+            err = res["error"]
+            migration.collect(s, src, dst, res, info, 0)
+            if err and res["status"] == "completed":
+                res["error"] = err
+            res["src_ram"], res["dst_ram"] = (ram_spec_str(vm.ram)
+                                              for vm in (src, dst))
+            res["faults_waited"] = page_requests_resent(dst)
+            result.update(res)
+            if res["status"] == "completed" and not res["error"]:
+                v = s.verify(dst)
+                result.update(verify=v["line"], verify_ok=v["ok"],
+                              verify_seconds=v.get("seconds"))
+                if not v["ok"]:
+                    result["error"] = v["error"] or "guest memory check failed: %s" % v["line"]
+    except (MigrateError, QMPError) as e:
+        result["error"] = str(e)
+    result["run_time_s"] = round(time.monotonic() - t0, 1)
+    result["extra_summary"] = summary_lines(result)
+    return result
+
+
+def summary_lines(r: dict) -> list:
+    """(label, text) lines for the summary."""
+    if "cuts" not in r:
+        return []
+    lines = [("network cuts", "%d done of %d planned (at %s MiB of postcopy traffic); "
+              "link down %d times; resumes %d, of which %d cut in the handshake"
+              % (len(r["cuts"]), len(r["cut_points_mib"]),
+                 ", ".join("%g" % p for p in r["cut_points_mib"]), r["link_downs"],
+                 r["resumes"], r["failed_recoveries"]))]
+    for c in r["cuts"]:
+        hs = c.get("handshake")
+        lines.append(("  cut %d" % c["n"], "at %s postcopy, %.1f s in: source paused after %s s "
+                      "(%s), destination after %s s (%s); %shandshake-to-active %s s; "
+                      "paused %s s in all"
+                      % (fmt_bytes(c["at_postcopy_bytes"]), c["at_s"],
+                         c.get("source_paused_after_s"), c.get("source_noticed"),
+                         c.get("destination_paused_after_s"), c.get("destination_noticed"),
+                         "recovery cut (source %s at the cut; paused again after %s/%s s), "
+                         % (hs["source_state_at_cut"], hs.get("source_paused_after_s"),
+                            hs.get("destination_paused_after_s")) if hs else "",
+                         c.get("resume_to_active_s"), c.get("paused_s"))))
+    paused = sum(c.get("paused_s") or 0 for c in r["cuts"])
+    lines.append(("time paused", "%.1f s in all (cut to postcopy-active again)" % paused))
+    lines.append(("faults that waited", "%s page requests pending at a resume, sent again "
+                  "(QEMU trace postcopy_page_req_sync)" % r.get("faults_waited")))
+    if r.get("destination_kicks"):
+        lines.append(("destination told", "%d times with migrate-pause: it did not notice "
+                      "the cut by itself" % r["destination_kicks"]))
+    lines.append(("TCP settings", ", ".join("%s=%s" % (k.replace("net.ipv4.", ""), v)
+                                            for k, v in r["tcp_settings"].items())
+                  + "; source keep-alive=on"))
+    return lines
