@@ -52,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default %(default)s)")
     g.add_argument("--handshake-cuts", type=int, default=d.handshake_cuts, metavar="N",
                    help="cut the first N recoveries too (default %(default)s)")
-    g.add_argument("--handshake-cut", choices=["before-resume", "after-resume"],
-                   default=d.handshake_cut, help="where a recovery is cut: after "
-                   "migrate-recover, or right after the resume (default %(default)s)")
+    g.add_argument("--handshake-cut", choices=["connected", "after-recover"],
+                   default=d.handshake_cut, help="where a recovery is cut: once the "
+                   "source's resume connected, before the destination takes the connection; "
+                   "or right after migrate-recover (default %(default)s)")
     ap.add_argument("--src-binary", default=d.src_binary,
                     help="source qemu-system-x86_64 (default %(default)s)")
     ap.add_argument("--dst-binary", default=d.dst_binary,

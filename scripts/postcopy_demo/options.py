@@ -39,7 +39,7 @@ class Options:
     cuts: int = 1
     cut_random: Optional[int] = None  # seed: cuts at random points instead
     cut_hold: float = 2.0            # s the link stays down once both paused
-    handshake_cut: str = "before-resume"  # or after-resume: where recoveries are cut
+    handshake_cut: str = "connected"  # or after-recover: where recoveries are cut
     handshake_cuts: int = 1          # how many recoveries are themselves cut
     src_binary: str = DEFAULT_BINARY
     dst_binary: str = DEFAULT_BINARY

@@ -64,6 +64,15 @@ class QMPSession:
         except asyncio.TimeoutError:
             raise QMPError(name, "%s QEMU did not answer within %.0f s" % (self.name, timeout))
 
+    def send_fd(self, name: str, fd: int):
+        """Pass fd to QEMU (SCM_RIGHTS), named name for fd:name URIs."""
+        try:
+            self._mon.send_fd_scm(fd)
+        except (LibQMPError, OSError) as e:
+            raise QMPError("getfd", "%s QEMU: could not pass a file descriptor: %s"
+                           % (self.name, e))
+        self.cmd("getfd", {"fdname": name})
+
     def events(self):
         """The events received so far (and forget them)."""
         return self._mon.get_events(wait=False)

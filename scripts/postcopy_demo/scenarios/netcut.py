@@ -12,25 +12,32 @@ notices through its own TCP timers, set as an operator would
                gives up after net.ipv4.tcp_retries2; when idle, keepalive
                (QEMU's keep-alive=on on the migrate channel, an
                InetSocketAddress field) with net.ipv4.tcp_keepalive_*.
-  destination  has unacked data when a vCPU faulted after the cut (its page
-               request on the return path): tcp_retries2 again.  QEMU 10.0
-               refuses keep-alive on a listening socket, so an idle
-               destination (every vCPU blocked on a page requested before the
-               cut) never notices; after KICK_AFTER s the demo then does what an
-               operator must do, migrate-pause on the destination, and the
-               summary says so.
+  destination  QEMU 10.0 refuses keep-alive on a listening socket, and an
+               idle destination (every vCPU blocked on a page requested before
+               the cut) would never notice.  So the demo listens in the
+               destination's namespace itself, accepts the source's
+               connection, turns keepalive on for it (TCP_KEEPIDLE/INTVL/CNT
+               as above) and hands it to QEMU (getfd, then migrate-incoming
+               or migrate-recover fd:NAME).  With unacked data (a page
+               request sent after the cut) tcp_retries2 applies.  Should the
+               destination still not notice, the demo waits KICK_AFTER s and
+               does what an operator must, migrate-pause on the destination,
+               and the summary says so.
 
 With both sides in postcopy-paused (the guest's vCPUs blocked on missing
 pages), the link stays down for --cut-hold s, comes back, and the demo
 recovers: migrate-recover on the destination (a new port), migrate with
 resume=true on the source.  The first --handshake-cuts recoveries are
-themselves cut: the link goes down again right after migrate-recover
-(before-resume: the source's resume then fails to connect) or right after
-the resume (after-resume: wherever the handshake is by then), both sides go
+themselves cut (--handshake-cut): "connected", the link goes down once the
+source's resume has connected and sent its first messages, before the
+destination gets the socket (its answer is lost, so both sides fail
+in the middle of the handshake); "after-recover", right after
+migrate-recover, wherever the handshake is by then.  Both sides go
 back to postcopy-paused, and the demo recovers again."""
 
 import os
 import random
+import socket
 import time
 
 from .. import migration
@@ -38,7 +45,7 @@ from ..options import MiB, MigrateError, Options, ROOT, ram_spec_str
 from ..qmp import QMPError
 from ..report import fmt_bytes
 from ..session import Session
-from ..vm import trace_events
+from ..vm import VM, trace_events
 
 # Per network namespace; the values make a cut noticed within seconds on a
 # veth (RTO starts at 200 ms).  A WAN wants larger ones: the same settings
@@ -61,6 +68,7 @@ DETECT_TIMEOUT = 60.0             # s for both sides to reach postcopy-paused
 KICK_AFTER = 20.0                 # s the destination may stay unaware
 RECOVER_TIMEOUT = 60.0            # s for postcopy-active after a resume
 RECOVER_PORT = 4540
+ACCEPT_TIMEOUT = 10.0
 PAUSED = "postcopy-paused"
 BACK = ("postcopy-active", "completed")
 
@@ -112,7 +120,9 @@ class Cutter:
     def cut(self, why: str):
         self.net.set_link(False)
         self.res["link_downs"] += 1
-        self.say("CUT: veth down on both ends (%s)" % why)
+        self.src_state_at_cut = status(self.src)
+        self.say("CUT: veth down on both ends (%s); source %s"
+                 % (why, self.src_state_at_cut))
 
     def wait_paused(self, cut: dict, since: float):
         """Both sides in postcopy-paused; record when each got there."""
@@ -163,39 +173,78 @@ class Cutter:
                     "(%s)" % (cut["n"], DETECT_TIMEOUT, both(self.src, self.dst)))
             time.sleep(0.1)
 
+    def hand_over(self, port: int, name: str, resume: bool, handshake_cut=None) -> float:
+        """The source connects to a socket the demo listens on in the
+        destination's namespace; the destination gets the accepted socket,
+        with keepalive on (QEMU 10.0 refuses keep-alive on a listening
+        socket), through getfd and migrate-incoming/migrate-recover fd:name.
+        Returns when the source's migrate command was issued."""
+        what = "recovery" if resume else "migration"
+        ls = self.net.listen_in("dst", port)
+        try:
+            ls.settimeout(ACCEPT_TIMEOUT)
+            t = time.monotonic()
+            args = {"channels": channel(self.net.addr["dst"], port)}
+            if resume:
+                args["resume"] = True
+            try:
+                self.src.qmp.cmd("migrate", args)
+            except QMPError as e:
+                raise MigrateError("%s: migrate%s on the source refused: %s (%s)"
+                                   % (what, " resume=true" if resume else "", e.desc,
+                                      both(self.src, self.dst)))
+            if resume:
+                self.res["resumes"] += 1
+                self.say("source: migrate resume=true to %s:%d" % (self.net.addr["dst"], port))
+            try:
+                conn, _ = ls.accept()
+            except OSError as e:
+                raise MigrateError("%s: the source did not connect to %s:%d within %.0f s: %s "
+                                   "(%s)" % (what, self.net.addr["dst"], port, ACCEPT_TIMEOUT,
+                                             e, both(self.src, self.dst)))
+        finally:
+            ls.close()
+        try:
+            for opt, val in ((socket.TCP_KEEPIDLE, TCP_SETTINGS["net.ipv4.tcp_keepalive_time"]),
+                             (socket.TCP_KEEPINTVL, TCP_SETTINGS["net.ipv4.tcp_keepalive_intvl"]),
+                             (socket.TCP_KEEPCNT, TCP_SETTINGS["net.ipv4.tcp_keepalive_probes"])):
+                conn.setsockopt(socket.IPPROTO_TCP, opt, val)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if handshake_cut:
+                self.cut(handshake_cut)
+            self.dst.qmp.send_fd(name, conn.fileno())
+        finally:
+            conn.close()
+        cmd = "migrate-recover" if resume else "migrate-incoming"
+        try:
+            self.dst.qmp.cmd(cmd, {"uri": "fd:" + name} if resume else
+                             {"uri": "fd:" + name, "exit-on-error": False})
+        except QMPError as e:
+            raise MigrateError("%s: %s on the destination refused: %s (%s)"
+                               % (what, cmd, e.desc, both(self.src, self.dst)))
+        if resume:
+            self.say("destination: migrate-recover fd:%s (the accepted socket, keepalive on)"
+                     % name)
+        return t
+
     def recover(self, cut: dict, handshake_cut: str):
-        """migrate-recover + resume; with handshake_cut, cut that attempt
-        and recover again.  Returns once the source is back to
+        """migrate resume + migrate-recover; with handshake_cut, cut that
+        attempt and recover again.  Returns once both sides are back to
         postcopy-active (or completed)."""
         self.net.set_link(True)
         self.say("link up")
         self.port += 1
-        uri = "tcp:%s:%d" % (self.net.addr["dst"], self.port)
-        try:
-            self.dst.qmp.cmd("migrate-recover", {"uri": uri})
-        except QMPError as e:
-            raise MigrateError("cut %d: migrate-recover on the destination refused: %s (%s)"
-                               % (cut["n"], e.desc, both(self.src, self.dst)))
-        self.say("destination: migrate-recover %s" % uri)
-        if handshake_cut == "before-resume":
-            self.cut("cut %d, recovery handshake: after migrate-recover, before the resume"
-                     % cut["n"])
-        t_resume = time.monotonic()
-        try:
-            self.src.qmp.cmd("migrate", {"channels": channel(self.net.addr["dst"], self.port),
-                                         "resume": True})
-        except QMPError as e:
-            raise MigrateError("cut %d: migrate resume=true on the source refused: %s (%s)"
-                               % (cut["n"], e.desc, both(self.src, self.dst)))
-        self.res["resumes"] += 1
-        self.say("source: migrate resume=true")
-        if handshake_cut == "after-resume":
-            self.cut("cut %d, recovery handshake: right after the resume" % cut["n"])
+        why = None
+        if handshake_cut == "connected":
+            why = ("cut %d, recovery handshake: the source's resume connected, before the "
+                   "destination's migrate-recover" % cut["n"])
+        t_resume = self.hand_over(self.port, "rec%d" % self.port, True, why)
+        if handshake_cut == "after-recover":
+            self.cut("cut %d, recovery handshake: right after migrate-recover" % cut["n"])
         if handshake_cut:
-            hs = {"n": cut["n"], "source_state_at_cut": status(self.src)}
+            hs = {"n": cut["n"], "source_state_at_cut": self.src_state_at_cut}
             cut["handshake"] = hs
             self.res["failed_recoveries"] += 1
-            self.say("source at the cut: %s" % hs["source_state_at_cut"])
             self.wait_paused(hs, time.monotonic())
             time.sleep(self.s.opts.cut_hold)
             return self.recover(cut, None)
@@ -231,7 +280,7 @@ def run(s: Session, src, dst, res: dict) -> dict:
               % (src.name, dst.name, o.switch_after, ", ".join("%g" % p for p in points),
                  " (seed %d)" % o.cut_random if o.cut_random is not None else ""))
     c = Cutter(s, src, dst, res)
-    src.qmp.cmd("migrate", {"channels": channel(s.net.addr["dst"], dst.port)})
+    c.hand_over(dst.port, "mig", False)
     info, k = {}, 0
     while True:
         info = src.query_migrate()
@@ -272,6 +321,20 @@ def run(s: Session, src, dst, res: dict) -> dict:
     return info
 
 
+def start_destination(s: Session) -> VM:
+    """A destination QEMU (-incoming defer) with the capabilities set; its
+    migration socket comes later (Cutter.hand_over)."""
+    s.ndst += 1
+    vm = VM(s, "destination", "dst%d" % s.ndst, s.dst_binary, s.dst_ram, incoming=True)
+    s.vms.append(vm)
+    vm.start()
+    vm.qmp.cmd("migrate-set-capabilities", {"capabilities": [
+        {"capability": "postcopy-ram", "state": True},
+        {"capability": "postcopy-blocktime", "state": True}]})
+    vm.port = 4440 + s.ndst
+    return vm
+
+
 def page_requests_resent(dst) -> int:
     """Requests still pending at a resume, that the destination sent again:
     the faults that waited out a pause."""
@@ -307,7 +370,7 @@ def run_netcut(opts: Options) -> dict:
                     result["error"] = "the guest failed its own check before migrating: %s" % (
                         v["line"] or v["error"])
                     return result
-            dst = s.start_destination()
+            dst = start_destination(s)
             res = {"status": None, "error": None, "source_error": None,
                    "destination_error": None, "postcopy_started": False,
                    "switch_at_bytes": None, "src_ram": "%dM" % sum(b.mib for b in src.ram),
@@ -324,6 +387,8 @@ def run_netcut(opts: Options) -> dict:
             res["src_ram"], res["dst_ram"] = (ram_spec_str(vm.ram)
                                               for vm in (src, dst))
             res["faults_waited"] = page_requests_resent(dst)
+            res["destination_pauses"] = len(trace_events(dst.stderr_path,
+                                                         "postcopy_pause_incoming"))
             result.update(res)
             if res["status"] == "completed" and not res["error"]:
                 v = s.verify(dst)
@@ -359,6 +424,10 @@ def summary_lines(r: dict) -> list:
                          % (hs["source_state_at_cut"], hs.get("source_paused_after_s"),
                             hs.get("destination_paused_after_s")) if hs else "",
                          c.get("resume_to_active_s"), c.get("paused_s"))))
+    lines.append(("pauses", "destination QEMU paused %s times (trace postcopy_pause_incoming); "
+                  "the library's fault thread %s (it stays paused through a failed "
+                  "recovery)" % (r.get("destination_pauses"),
+                                 (r.get("library_destination") or {}).get("pauses"))))
     paused = sum(c.get("paused_s") or 0 for c in r["cuts"])
     lines.append(("time paused", "%.1f s in all (cut to postcopy-active again)" % paused))
     lines.append(("faults that waited", "%s page requests pending at a resume, sent again "
