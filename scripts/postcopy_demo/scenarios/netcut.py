@@ -22,7 +22,8 @@ notices through its own TCP timers, set as an operator would
                request sent after the cut) tcp_retries2 applies.  Should the
                destination still not notice, the demo waits KICK_AFTER s and
                does what an operator must, migrate-pause on the destination,
-               and the summary says so.
+               and the summary says so.  (QEMU 10.1 and later accept keep-alive,
+               keep-alive-idle/interval/count on the listening side.)
 
 With both sides in postcopy-paused (the guest's vCPUs blocked on missing
 pages), the link stays down for --cut-hold s, comes back, and the demo
@@ -148,9 +149,9 @@ class Cutter:
                     now - since - cut["source_paused_after_s"] > KICK_AFTER):
                 st = status(self.dst)
                 self.s.out.warn(
-                    "the destination is still %r %.0f s after the source paused: it has "
-                    "nothing in flight and QEMU 10.0 cannot keep-alive its incoming socket; "
-                    "doing what an operator must: migrate-pause on the destination"
+                    "the destination is still %r %.0f s after the source paused (its "
+                    "keepalive should have fired by now); doing what an operator must: "
+                    "migrate-pause on the destination"
                     % (st, KICK_AFTER))
                 try:
                     self.dst.qmp.cmd("migrate-pause")
@@ -274,8 +275,8 @@ def run(s: Session, src, dst, res: dict) -> dict:
     bw = o.postcopy_bandwidth or DEFAULT_POSTCOPY_BANDWIDTH
     src.qmp.cmd("migrate-set-parameters", {"max-postcopy-bandwidth": bw * MiB})
     res["transport"] = "TCP over a veth pair between two network namespaces (%s -> %s:%d), " \
-        "keep-alive=on, postcopy at most %d MiB/s" % (s.net.addr["src"], s.net.addr["dst"],
-                                                       dst.port, bw)
+        "%s, keepalive on both ends, postcopy at most %d MiB/s" % (
+            s.net.addr["src"], s.net.addr["dst"], dst.port, s.net.method_text, bw)
     s.out.say("migrating %s -> %s; postcopy after %d MiB; cuts at %s MiB of postcopy traffic%s"
               % (src.name, dst.name, o.switch_after, ", ".join("%g" % p for p in points),
                  " (seed %d)" % o.cut_random if o.cut_random is not None else ""))
@@ -346,11 +347,7 @@ def run_netcut(opts: Options) -> dict:
     recover each time, verify on the destination."""
     t0 = time.monotonic()
     result = {"verify_ok": False, "error": None}
-    if opts.netem_delay:
-        raise MigrateError("--cut-after migrates directly over the veth pair: drop "
-                           "--netem-delay (without sch_netem the delay is a proxy the cut "
-                           "would not break)")
-    opts.netem_delay = 0.0
+    opts.netem_delay = opts.netem_delay or 0.0
     opts.qemu_args = list(opts.qemu_args) + TRACE_ARGS
     try:
         with Session(opts) as s:
@@ -358,6 +355,10 @@ def run_netcut(opts: Options) -> dict:
             sb = os.path.relpath(s.src_binary, ROOT)
             result["qemu"] = sb
             result["driver"] = "QMP (qemu.qmp), two QEMUs in two network namespaces"
+            if s.net.method == "proxy":
+                raise MigrateError("cuts need the QEMUs to talk TCP across the veth: without "
+                                   "sch_netem, --netem-delay is a proxy the cut would not "
+                                   "break; drop --netem-delay")
             s.net.set_sysctls(TCP_SETTINGS)
             s.out.say("TCP in both namespaces: %s" % ", ".join(
                 "%s=%s" % (k.replace("net.ipv4.", ""), v) for k, v in TCP_SETTINGS.items()))
