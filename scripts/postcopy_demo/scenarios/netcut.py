@@ -138,7 +138,16 @@ class Cutter:
                         cut[key] = round(now - since, 1)
                         cut[side + "_noticed"] = cut.get(side + "_noticed") or "its TCP timers"
                         self.say("%s: postcopy-paused, %.1f s after the cut" % (side, now - since))
-                    elif st in ("completed", "failed", "cancelled") or st.startswith("no answer"):
+                    elif st.startswith("no answer"):
+                        # Seen once (a cut 0.6 s after the switch): the main
+                        # thread is likely blocked on a missing page; only
+                        # an out-of-band migrate-recover on QEMU's own
+                        # listener could recover then (not done here).
+                        raise MigrateError(
+                            "after cut %d the %s QEMU's monitor stopped answering (%s): its "
+                            "main thread is probably blocked on a missing page, which an "
+                            "in-band recovery cannot get past" % (cut["n"], side, st))
+                    elif st in ("completed", "failed", "cancelled"):
                         raise MigrateError("after cut %d the %s went to %r instead of "
                                            "postcopy-paused (%s)"
                                            % (cut["n"], side, st, both(self.src, self.dst)))
@@ -404,6 +413,14 @@ def run_netcut(opts: Options) -> dict:
     return result
 
 
+class Dashes(dict):
+    """A dict whose missing or None values read as "-" (for the summary)."""
+
+    def get(self, k, default=None):
+        v = super().get(k)
+        return "-" if v is None else v
+
+
 def summary_lines(r: dict) -> list:
     """(label, text) lines for the summary."""
     if "cuts" not in r:
@@ -414,8 +431,10 @@ def summary_lines(r: dict) -> list:
                  ", ".join("%g" % p for p in r["cut_points_mib"]), r["link_downs"],
                  r["resumes"], r["failed_recoveries"]))]
     for c in r["cuts"]:
+        c = Dashes(c)
         hs = c.get("handshake")
-        lines.append(("  cut %d" % c["n"], "at %s postcopy, %.1f s in: source paused after %s s "
+        hs = Dashes(hs) if hs != "-" else None
+        lines.append(("  cut %d" % c["n"], "at %s postcopy, %s s in: source paused after %s s "
                       "(%s), destination after %s s (%s); %shandshake-to-active %s s; "
                       "paused %s s in all"
                       % (fmt_bytes(c["at_postcopy_bytes"]), c["at_s"],
@@ -428,7 +447,7 @@ def summary_lines(r: dict) -> list:
     lines.append(("pauses", "destination QEMU paused %s times (trace postcopy_pause_incoming); "
                   "the library's fault thread %s (it stays paused through a failed "
                   "recovery)" % (r.get("destination_pauses"),
-                                 (r.get("library_destination") or {}).get("pauses"))))
+                                 Dashes(r.get("library_destination") or {}).get("pauses"))))
     paused = sum(c.get("paused_s") or 0 for c in r["cuts"])
     lines.append(("time paused", "%.1f s in all (cut to postcopy-active again)" % paused))
     lines.append(("faults that waited", "%s page requests pending at a resume, sent again "
