@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=d.handshake_cut, help="where a recovery is cut: once the "
                    "source's resume connected, before the destination takes the connection; "
                    "or right after migrate-recover (default %(default)s)")
+    g.add_argument("--recover-oob", action="store_true",
+                   help="recover as when the destination's main thread is blocked: follow its "
+                        "MIGRATION events, exec-oob migrate-recover on QEMU's own listener")
     ap.add_argument("--src-binary", default=d.src_binary,
                     help="source qemu-system-x86_64 (default %(default)s)")
     ap.add_argument("--dst-binary", default=d.dst_binary,
@@ -98,7 +101,8 @@ def options_from_args(a: argparse.Namespace) -> Options:
         verify_source=not a.no_verify_source, logdir=a.logdir, progress=a.progress,
         kernel=a.kernel, initrd=a.initrd, qemu_args=a.qemu_arg,
         cut_after=a.cut_after, cuts=a.cuts, cut_random=a.cut_random, cut_hold=a.cut_hold,
-        handshake_cut=a.handshake_cut, handshake_cuts=a.handshake_cuts)
+        handshake_cut=a.handshake_cut, handshake_cuts=a.handshake_cuts,
+        recover_oob=a.recover_oob)
 
 
 def main(argv=None) -> int:

@@ -41,6 +41,7 @@ class Options:
     cut_hold: float = 2.0            # s the link stays down once both paused
     handshake_cut: str = "connected"  # or after-recover: where recoveries are cut
     handshake_cuts: int = 1          # how many recoveries are themselves cut
+    recover_oob: bool = False        # recover out of band even if not needed
     src_binary: str = DEFAULT_BINARY
     dst_binary: str = DEFAULT_BINARY
     accel: str = "auto"              # auto | kvm | tcg

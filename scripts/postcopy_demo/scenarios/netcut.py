@@ -102,7 +102,7 @@ def both(src, dst) -> str:
         info = vm.query_migrate()
         err = info.get("error-desc")
         return "%s%s" % (info.get("status", info.get("_qmp_error")), " (%s)" % err if err else "")
-    return "source %s; destination %s" % (one(src), one(dst))
+    return "source %s" % one(src) + ("; destination %s" % one(dst) if dst else "")
 
 
 class Cutter:
@@ -111,6 +111,24 @@ class Cutter:
         self.net = s.net
         self.port = RECOVER_PORT
         self.t0 = time.monotonic()
+        # The destination's main thread stopped answering QMP: its state
+        # comes from MIGRATION events, recovery goes out of band.
+        self.dst_blocked = s.opts.recover_oob
+        self.dst_event_state = None
+
+    def dst_status(self) -> str:
+        for ev in self.dst.qmp.events():
+            if ev.get("event") == "MIGRATION":
+                self.dst_event_state = ev.get("data", {}).get("status")
+        if self.dst_blocked:
+            return self.dst_event_state or "unknown"
+        return status(self.dst)
+
+    def states(self) -> str:
+        if not self.dst_blocked:
+            return both(self.src, self.dst)
+        return "%s; destination %s (its last MIGRATION event; its monitor does not answer)" % (
+            both(self.src, None), self.dst_status())
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -133,54 +151,59 @@ class Cutter:
             for side, vm in (("source", self.src), ("destination", self.dst)):
                 key = side + "_paused_after_s"
                 if cut.get(key) is None:
-                    st = status(vm)
+                    st = status(vm) if vm is self.src else self.dst_status()
                     if st == PAUSED:
                         cut[key] = round(now - since, 1)
                         cut[side + "_noticed"] = cut.get(side + "_noticed") or "its TCP timers"
                         self.say("%s: postcopy-paused, %.1f s after the cut" % (side, now - since))
+                    elif st.startswith("no answer") and vm is self.dst:
+                        # Seen with a cut 0.6 s after the switch: its main
+                        # thread blocked on a missing page.  Out-of-band
+                        # commands and events still work.
+                        self.dst_blocked = True
+                        self.res["destination_blocked"] += 1
+                        self.s.out.warn("the destination's monitor does not answer (%s): its "
+                                        "main thread is probably blocked on a missing page; "
+                                        "following its MIGRATION events, recovering out of "
+                                        "band" % st)
+                        continue
                     elif st.startswith("no answer"):
-                        # Seen once (a cut 0.6 s after the switch): the main
-                        # thread is likely blocked on a missing page; only
-                        # an out-of-band migrate-recover on QEMU's own
-                        # listener could recover then (not done here).
-                        raise MigrateError(
-                            "after cut %d the %s QEMU's monitor stopped answering (%s): its "
-                            "main thread is probably blocked on a missing page, which an "
-                            "in-band recovery cannot get past" % (cut["n"], side, st))
+                        raise MigrateError("after cut %d the source's monitor stopped "
+                                           "answering (%s)" % (cut["n"], st))
                     elif st in ("completed", "failed", "cancelled"):
                         raise MigrateError("after cut %d the %s went to %r instead of "
                                            "postcopy-paused (%s)"
-                                           % (cut["n"], side, st, both(self.src, self.dst)))
+                                           % (cut["n"], side, st, self.states()))
             if cut.get("source_paused_after_s") is not None and \
                     cut.get("destination_paused_after_s") is not None:
                 return
             if (cut.get("source_paused_after_s") is not None and
                     now - since - cut["source_paused_after_s"] > KICK_AFTER):
-                st = status(self.dst)
+                st = self.dst_status()
                 self.s.out.warn(
                     "the destination is still %r %.0f s after the source paused (its "
                     "keepalive should have fired by now); doing what an operator must: "
                     "migrate-pause on the destination"
                     % (st, KICK_AFTER))
                 try:
-                    self.dst.qmp.cmd("migrate-pause")
+                    self.dst.qmp.cmd_oob("migrate-pause")
                 except QMPError as e:
                     raise MigrateError("cut %d: migrate-pause on the destination: %s"
                                        % (cut["n"], e.desc))
                 cut["destination_noticed"] = "told with migrate-pause (was %s)" % st
                 self.res["destination_kicks"] += 1
                 since_kick = time.monotonic()
-                while status(self.dst) != PAUSED:
+                while self.dst_status() != PAUSED:
                     if time.monotonic() - since_kick > 15:
                         raise MigrateError("cut %d: the destination did not reach "
                                            "postcopy-paused even after migrate-pause (%s)"
-                                           % (cut["n"], both(self.src, self.dst)))
+                                           % (cut["n"], self.states()))
                     time.sleep(0.1)
                 continue
             if now > deadline:
                 raise MigrateError(
                     "cut %d: both sides were not in postcopy-paused %.0f s after the cut "
-                    "(%s)" % (cut["n"], DETECT_TIMEOUT, both(self.src, self.dst)))
+                    "(%s)" % (cut["n"], DETECT_TIMEOUT, self.states()))
             time.sleep(0.1)
 
     def hand_over(self, port: int, name: str, resume: bool, handshake_cut=None) -> float:
@@ -202,7 +225,7 @@ class Cutter:
             except QMPError as e:
                 raise MigrateError("%s: migrate%s on the source refused: %s (%s)"
                                    % (what, " resume=true" if resume else "", e.desc,
-                                      both(self.src, self.dst)))
+                                      self.states()))
             if resume:
                 self.res["resumes"] += 1
                 self.say("source: migrate resume=true to %s:%d" % (self.net.addr["dst"], port))
@@ -211,7 +234,7 @@ class Cutter:
             except OSError as e:
                 raise MigrateError("%s: the source did not connect to %s:%d within %.0f s: %s "
                                    "(%s)" % (what, self.net.addr["dst"], port, ACCEPT_TIMEOUT,
-                                             e, both(self.src, self.dst)))
+                                             e, self.states()))
         finally:
             ls.close()
         try:
@@ -231,10 +254,32 @@ class Cutter:
                              {"uri": "fd:" + name, "exit-on-error": False})
         except QMPError as e:
             raise MigrateError("%s: %s on the destination refused: %s (%s)"
-                               % (what, cmd, e.desc, both(self.src, self.dst)))
+                               % (what, cmd, e.desc, self.states()))
         if resume:
             self.say("destination: migrate-recover fd:%s (the accepted socket, keepalive on)"
                      % name)
+        return t
+
+    def recover_oob(self) -> float:
+        """Recovery while the destination's main thread is blocked:
+        exec-oob migrate-recover on QEMU's own listener (it accepts in the
+        monitor's I/O thread; no keepalive on that socket in QEMU 10.0)."""
+        uri = "tcp:%s:%d" % (self.net.addr["dst"], self.port)
+        try:
+            self.dst.qmp.cmd_oob("migrate-recover", {"uri": uri})
+        except QMPError as e:
+            raise MigrateError("recovery: exec-oob migrate-recover on the destination: %s (%s)"
+                               % (e.desc, self.states()))
+        self.say("destination: exec-oob migrate-recover %s" % uri)
+        t = time.monotonic()
+        try:
+            self.src.qmp.cmd("migrate", {"channels": channel(self.net.addr["dst"], self.port),
+                                         "resume": True})
+        except QMPError as e:
+            raise MigrateError("recovery: migrate resume=true on the source refused: %s (%s)"
+                               % (e.desc, self.states()))
+        self.res["resumes"] += 1
+        self.say("source: migrate resume=true to %s:%d" % (self.net.addr["dst"], self.port))
         return t
 
     def recover(self, cut: dict, handshake_cut: str):
@@ -248,7 +293,12 @@ class Cutter:
         if handshake_cut == "connected":
             why = ("cut %d, recovery handshake: the source's resume connected, before the "
                    "destination's migrate-recover" % cut["n"])
-        t_resume = self.hand_over(self.port, "rec%d" % self.port, True, why)
+        if self.dst_blocked:
+            t_resume = self.recover_oob()
+            if handshake_cut:
+                handshake_cut = "after-recover"
+        else:
+            t_resume = self.hand_over(self.port, "rec%d" % self.port, True, why)
         if handshake_cut == "after-recover":
             self.cut("cut %d, recovery handshake: right after migrate-recover" % cut["n"])
         if handshake_cut:
@@ -260,15 +310,19 @@ class Cutter:
             return self.recover(cut, None)
         deadline = t_resume + RECOVER_TIMEOUT
         while True:
-            st_src, st_dst = status(self.src), status(self.dst)
+            st_src, st_dst = status(self.src), self.dst_status()
             if st_src in BACK and st_dst in BACK:
                 break
             if st_src in ("failed", "cancelled") or time.monotonic() > deadline:
                 raise MigrateError("cut %d: recovery failed: not back to postcopy-active %.0f s "
                                    "after the resume (%s)" % (cut["n"], RECOVER_TIMEOUT,
-                                                              both(self.src, self.dst)))
+                                                              self.states()))
             time.sleep(0.05)
         cut["resume_to_active_s"] = round(time.monotonic() - t_resume, 2)
+        if self.dst_blocked and not self.s.opts.recover_oob and \
+                not status(self.dst).startswith("no answer"):
+            self.dst_blocked = False
+            self.say("the destination's monitor answers again")
         self.say("recovered: source %s, destination %s (%.2f s after the resume)"
                  % (st_src, st_dst, cut["resume_to_active_s"]))
 
@@ -278,7 +332,8 @@ def run(s: Session, src, dst, res: dict) -> dict:
     o = s.opts
     guest_mib = sum(b.mib for b in src.ram)
     points = cut_points(o, guest_mib)
-    res.update(cuts=[], link_downs=0, resumes=0, failed_recoveries=0, destination_kicks=0,
+    res.update(recover_oob=o.recover_oob, cuts=[], link_downs=0, resumes=0, failed_recoveries=0, destination_kicks=0,
+               destination_blocked=0,
                cut_points_mib=points, tcp_settings=dict(TCP_SETTINGS))
     migration.configure_source(s, src)
     bw = o.postcopy_bandwidth or DEFAULT_POSTCOPY_BANDWIDTH
@@ -340,7 +395,9 @@ def start_destination(s: Session) -> VM:
     vm.start()
     vm.qmp.cmd("migrate-set-capabilities", {"capabilities": [
         {"capability": "postcopy-ram", "state": True},
-        {"capability": "postcopy-blocktime", "state": True}]})
+        {"capability": "postcopy-blocktime", "state": True},
+        # MIGRATION events: its state when its main thread cannot answer
+        {"capability": "events", "state": True}]})
     vm.port = 4440 + s.ndst
     return vm
 
@@ -452,6 +509,13 @@ def summary_lines(r: dict) -> list:
     lines.append(("time paused", "%.1f s in all (cut to postcopy-active again)" % paused))
     lines.append(("faults that waited", "%s page requests pending at a resume, sent again "
                   "(QEMU trace postcopy_page_req_sync)" % r.get("faults_waited")))
+    if r.get("recover_oob"):
+        lines.append(("recovery", "out of band (--recover-oob): the destination's state from "
+                      "its MIGRATION events, exec-oob migrate-recover on QEMU's own listener"))
+    if r.get("destination_blocked"):
+        lines.append(("destination blocked", "%d times its monitor did not answer (main thread "
+                      "blocked on a missing page): recovered out of band"
+                      % r["destination_blocked"]))
     if r.get("destination_kicks"):
         lines.append(("destination told", "%d times with migrate-pause: it did not notice "
                       "the cut by itself" % r["destination_kicks"]))
