@@ -332,8 +332,8 @@ def run(s: Session, src, dst, res: dict) -> dict:
     o = s.opts
     guest_mib = sum(b.mib for b in src.ram)
     points = cut_points(o, guest_mib)
-    res.update(recover_oob=o.recover_oob, cuts=[], link_downs=0, resumes=0, failed_recoveries=0, destination_kicks=0,
-               destination_blocked=0,
+    res.update(recover_oob=o.recover_oob, cuts=[], link_downs=0, resumes=0,
+               failed_recoveries=0, destination_kicks=0, destination_blocked=0,
                cut_points_mib=points, tcp_settings=dict(TCP_SETTINGS))
     migration.configure_source(s, src)
     bw = o.postcopy_bandwidth or DEFAULT_POSTCOPY_BANDWIDTH
