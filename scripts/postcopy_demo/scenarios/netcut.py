@@ -34,7 +34,13 @@ source's resume has connected and sent its first messages, before the
 destination gets the socket (its answer is lost, so both sides fail
 in the middle of the handshake); "after-recover", right after
 migrate-recover, wherever the handshake is by then.  Both sides go
-back to postcopy-paused, and the demo recovers again."""
+back to postcopy-paused, and the demo recovers again.
+
+A destination whose main thread is blocked on a missing page (seen with a
+cut right after the switch) does not answer in-band QMP, getfd included.
+Then its state comes from its MIGRATION events and the recovery goes out
+of band: exec-oob migrate-recover on QEMU's own listener, which accepts in
+the monitor's I/O thread (--recover-oob takes that path every time)."""
 
 import os
 import random
