@@ -131,6 +131,11 @@ class Cutter:
         return status(self.dst)
 
     def states(self) -> str:
+        dead = ["%s QEMU exited (status %s)" % (side, vm.proc.returncode)
+                for side, vm in (("source", self.src), ("destination", self.dst))
+                if not vm.alive()]
+        if dead:
+            return "; ".join(dead)
         if not self.dst_blocked:
             return both(self.src, self.dst)
         return "%s; destination %s (its last MIGRATION event; its monitor does not answer)" % (
@@ -251,7 +256,11 @@ class Cutter:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if handshake_cut:
                 self.cut(handshake_cut)
-            self.dst.qmp.send_fd(name, conn.fileno())
+            try:
+                self.dst.qmp.send_fd(name, conn.fileno())
+            except QMPError as e:
+                raise MigrateError("%s: handing the connection to the destination: %s (%s)"
+                                   % (what, e.desc, self.states()))
         finally:
             conn.close()
         cmd = "migrate-recover" if resume else "migrate-incoming"
