@@ -72,5 +72,8 @@ make --no-print-directory demo
 step "the demo under libvirt: make demo ARGS=--libvirt (defaults)"
 make --no-print-directory demo ARGS=--libvirt
 
+step "network cut mid-postcopy, recovered: make demo ARGS=\"--cut-after 64\""
+DEMO_SKIP_BUILD=1 make --no-print-directory demo ARGS="--cut-after 64"
+
 step "end-to-end: hugepages and mismatched page sizes"
 python3 scripts/e2e.py test

@@ -44,6 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="migrate under libvirt instead: two libvirt daemons standing for two "
                          "hosts, virsh migrate --live --postcopy, then virsh migrate-postcopy "
                          "(see README, 'The demo under libvirt')")
+    g = ap.add_argument_group("network cuts during postcopy (scenarios/netcut.py)")
+    g.add_argument("--cut-after", type=int, metavar="MiB",
+                   help="cut the link between two network namespaces every MiB of postcopy "
+                        "traffic, wait until both QEMUs pause, recover")
+    g.add_argument("--cuts", type=int, default=d.cuts, help="how many cuts (default %(default)s)")
+    g.add_argument("--cut-random", type=int, metavar="SEED",
+                   help="cut at --cuts random points (seeded) instead of every --cut-after MiB")
+    g.add_argument("--cut-hold", type=float, default=d.cut_hold, metavar="S",
+                   help="seconds the link stays down once both sides paused "
+                        "(default %(default)s)")
+    g.add_argument("--handshake-cuts", type=int, default=d.handshake_cuts, metavar="N",
+                   help="cut the first N recoveries too (default %(default)s)")
+    g.add_argument("--handshake-cut", choices=["connected", "after-recover"],
+                   default=d.handshake_cut, help="where a recovery is cut: once the "
+                   "source's resume connected, before the destination takes the connection; "
+                   "or right after migrate-recover (default %(default)s)")
+    g.add_argument("--recover-oob", action="store_true",
+                   help="recover as when the destination's main thread is blocked: follow its "
+                        "MIGRATION events, exec-oob migrate-recover on QEMU's own listener")
     ap.add_argument("--src-binary", default=d.src_binary,
                     help="source qemu-system-x86_64 (default %(default)s)")
     ap.add_argument("--dst-binary", default=d.dst_binary,
@@ -84,7 +103,10 @@ def options_from_args(a: argparse.Namespace) -> Options:
         max_bandwidth=a.max_bandwidth, postcopy_bandwidth=a.postcopy_bandwidth,
         timeout=a.timeout, boot_timeout=a.boot_timeout,
         verify_source=not a.no_verify_source, logdir=a.logdir, progress=a.progress,
-        kernel=a.kernel, initrd=a.initrd, qemu_args=a.qemu_arg)
+        kernel=a.kernel, initrd=a.initrd, qemu_args=a.qemu_arg,
+        cut_after=a.cut_after, cuts=a.cuts, cut_random=a.cut_random, cut_hold=a.cut_hold,
+        handshake_cut=a.handshake_cut, handshake_cuts=a.handshake_cuts,
+        recover_oob=a.recover_oob)
 
 
 def main(argv=None) -> int:
@@ -98,15 +120,25 @@ def main(argv=None) -> int:
         side_ram(opts, "dst")
     except MigrateError as e:
         ap.error(str(e))
+    netcut = a.cut_after is not None or a.cut_random is not None
+    if netcut and a.libvirt:
+        ap.error("--libvirt and network cuts do not go together (yet)")
+    if netcut and a.cut_after is None:
+        opts.cut_after = 0
+    if netcut and (a.cuts < 1 or (a.cut_random is None and a.cut_after < 1)):
+        ap.error("--cut-after MiB >= 1 and --cuts N >= 1")
     if a.libvirt:
-        from .scenarios import libvirt_demo as scenario
-        title = "postcopy migration under libvirt"
+        from .scenarios import libvirt_demo
+        run, title = libvirt_demo.run_migration, "postcopy migration under libvirt"
+    elif netcut:
+        from .scenarios import netcut as netcut_scenario
+        run, title = netcut_scenario.run_netcut, "postcopy migration summary (network cuts)"
     else:
-        from .scenarios import demo as scenario
-        title = "postcopy migration summary"
+        from .scenarios import demo
+        run, title = demo.run_migration, "postcopy migration summary"
     with SignalGuard():
         try:
-            r = scenario.run_migration(opts)
+            r = run(opts)
         except KeyboardInterrupt:
             cleanup_all()
             print("\ninterrupted; everything started was stopped", file=sys.stderr)

@@ -5,6 +5,7 @@ The delay is tc netem on both veth ends when the kernel has sch_netem;
 otherwise a userspace proxy in the source namespace that holds every chunk
 for the delay in each direction (same latency, no loss)."""
 
+import ctypes
 import os
 import re
 import select
@@ -20,6 +21,13 @@ from typing import List
 from .options import MiB, MigrateError
 from .procs import kill_proc, register_cleanup, run, spawn
 from .report import Out
+
+CLONE_NEWNET = 0x40000000
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
 
 # Private addresses used only inside the two network namespaces we create.
 SUBNET = "10.254.77"
@@ -115,6 +123,47 @@ class NetPair:
         if "LISTENING" not in line:
             raise MigrateError("the delay proxy did not start (see %s)" % log.name)
         return "tcp:127.0.0.1:%d" % port
+
+    def set_link(self, up: bool):
+        """The veth pair up or down on both ends.  Down, every packet
+        between the namespaces is lost and neither QEMU is told: each finds
+        out from its own TCP timers (retransmission, keepalive)."""
+        for side in ("src", "dst"):
+            run(["ip", "-n", self.ns[side], "link", "set", self.veth[side],
+                 "up" if up else "down"])
+
+    def set_sysctls(self, settings: dict):
+        """net.* sysctls in both namespaces (they are per namespace)."""
+        for side in ("src", "dst"):
+            for key, value in settings.items():
+                path = "/proc/sys/" + key.replace(".", "/")
+                run(self.wrap(side, ["sh", "-c", 'echo "$1" > "$2"', "sh", str(value), path]))
+
+    def listen_in(self, side: str, port: int) -> socket.socket:
+        """A TCP listening socket in a side's namespace, on its address."""
+        box = {}
+
+        def inside():
+            # setns moves only this thread; the socket keeps the namespace.
+            try:
+                with open("/var/run/netns/" + self.ns[side]) as f:
+                    if _libc().setns(f.fileno(), CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), "setns(%s)" % self.ns[side])
+                ls = socket.socket()
+                ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                ls.bind((self.addr[side], port))
+                ls.listen(4)
+                box["sock"] = ls
+            except OSError as e:
+                box["err"] = e
+
+        t = threading.Thread(target=inside)
+        t.start()
+        t.join()
+        if "err" in box:
+            raise MigrateError("listening on %s:%d in %s: %s"
+                               % (self.addr[side], port, self.ns[side], box["err"]))
+        return box["sock"]
 
     def transport(self, dst_port: int) -> str:
         return "TCP over a veth pair between two network namespaces (%s -> %s:%d), %s" % (

@@ -35,6 +35,13 @@ class Options:
     src_ram: Optional[str] = None    # full RAM spec, e.g. "256M@4K,256M@2M"
     dst_ram: Optional[str] = None
     netem_delay: Optional[float] = None  # ms, each way
+    cut_after: Optional[int] = None  # MiB of postcopy traffic per network cut
+    cuts: int = 1
+    cut_random: Optional[int] = None  # seed: cuts at random points instead
+    cut_hold: float = 2.0            # s the link stays down once both paused
+    handshake_cut: str = "connected"  # or after-recover: where recoveries are cut
+    handshake_cuts: int = 1          # how many recoveries are themselves cut
+    recover_oob: bool = False        # recover out of band even if not needed
     src_binary: str = DEFAULT_BINARY
     dst_binary: str = DEFAULT_BINARY
     accel: str = "auto"              # auto | kvm | tcg

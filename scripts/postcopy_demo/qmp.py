@@ -64,6 +64,30 @@ class QMPSession:
         except asyncio.TimeoutError:
             raise QMPError(name, "%s QEMU did not answer within %.0f s" % (self.name, timeout))
 
+    def send_fd(self, name: str, fd: int):
+        """Pass fd to QEMU (SCM_RIGHTS), named name for fd:name URIs."""
+        try:
+            self._mon.send_fd_scm(fd)
+        except (LibQMPError, OSError) as e:
+            raise QMPError("getfd", "%s QEMU: could not pass a file descriptor: %s"
+                           % (self.name, e))
+        self.cmd("getfd", {"fdname": name})
+
+    def cmd_oob(self, name: str, args: Optional[dict] = None, timeout: float = 30.0):
+        """An out-of-band command (exec-oob): QEMU runs it in the monitor's
+        I/O thread, even while its main thread is blocked."""
+        self._oob_id = getattr(self, "_oob_id", 0) + 1
+        self._mon.settimeout(timeout)
+        try:
+            r = self._mon.cmd_obj({"exec-oob": name, "arguments": args or {},
+                                   "id": "oob-%d" % self._oob_id})
+        except (LibQMPError, OSError, EOFError, asyncio.TimeoutError) as e:
+            raise QMPError(name, "%s QEMU: no answer to exec-oob: %s"
+                           % (self.name, str(e) or type(e).__name__))
+        if "error" in r:
+            raise QMPError(name, r["error"].get("desc", str(r["error"])))
+        return r.get("return")
+
     def events(self):
         """The events received so far (and forget them)."""
         return self._mon.get_events(wait=False)

@@ -161,6 +161,8 @@ def print_summary(r: dict, out=sys.stdout, title="postcopy migration summary"):
         p("library (destination)", "placed %s pages (+%s zero), EEXIST handled %s"
           % (ld.get("placed"), ld.get("zero"), ld.get("eexist"))
           if ld else "no postcopy_rs_incoming_stats trace line (not a patched QEMU?)")
+    for label, text in r.get("extra_summary") or ():
+        p(label, text)
     if r.get("source_verify"):
         p("guest before", r["source_verify"] + " (on the source)")
     if r.get("source_verify_after"):
