@@ -6,7 +6,8 @@
 #   1. rustfmt and clippy (-D warnings);
 #   2. cargo test: unit and property tests, the header drift check, the C
 #      harness (plain, valgrind memcheck, AddressSanitizer), and the tests
-#      on real userfaultfd (4 KiB and 2 MiB hugetlbfs pages);
+#      on real userfaultfd (4 KiB and 2 MiB hugetlbfs pages); then the demo
+#      guest's workload on this host (guest/test-workload.sh, no VM);
 #   3. the QEMU stage (scripts/qemu-test.sh): Debian's QEMU 10.0 with the
 #      patch series, QEMU's postcopy qtests, interoperability both ways;
 #   4. the main command, `make demo`, at default settings: a real Linux
@@ -41,6 +42,9 @@ if [ -s "$skipped" ]; then
     cat "$skipped"
     echo "======================================================="
 fi
+
+step "the guest workload, on this host"
+guest/test-workload.sh
 
 if [ "${POSTCOPY_RS_SKIP_QEMU:-0}" = 1 ]; then
     warn "POSTCOPY_RS_SKIP_QEMU=1: the QEMU stage is skipped"
