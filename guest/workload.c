@@ -748,13 +748,14 @@ static void start_threads(unsigned n, int fill)
     pthread_attr_destroy(&attr);
 }
 
-/* Switch every worker to pattern p; its statistics start afresh. */
+/* The statistics start afresh (each worker zeroes its own: one writer). */
 static void stats_reset(void)
 {
     atomic_store(&g_stats_t0, now_ns());
     atomic_fetch_add(&g_stats_epoch, 1);
 }
 
+/* Switch every worker to pattern p; the statistics start afresh. */
 static void set_pattern(enum pattern p)
 {
     atomic_store(&g_pattern, (int)p);
