@@ -19,7 +19,7 @@
 #              memory hotplug are built in.
 #   initramfs  /init (guest/init), /bin/busybox from Debian's busybox-static
 #              (also apt-get download + dpkg-deb -x, not installed), and
-#              /workload (guest/workload.c, gcc -static -O2); packed with
+#              /workload (guest/workload.c, gcc -static -O2 -pthread); packed with
 #              cpio -H newc and gzip.
 #
 # Needs: dpkg-deb, apt-get, gcc with static glibc (build-essential), cpio
@@ -134,8 +134,8 @@ install -m 0644 "${vmlinuz[0]}" "$OUT/vmlinuz.new"
 mv -f "$OUT/vmlinuz.new" "$OUT/vmlinuz"
 echo "kernel $kver -> $OUT/vmlinuz"
 
-step "build the workload (gcc -static -O2)"
-gcc -static -O2 -Wall -Wextra -Werror -o "$WORK/workload" "$GUEST_SRC/workload.c" ||
+step "build the workload (gcc -static -O2 -pthread)"
+gcc -static -O2 -pthread -Wall -Wextra -Werror -o "$WORK/workload" "$GUEST_SRC/workload.c" ||
     die "gcc -static failed for guest/workload.c (static glibc: libc6-dev)"
 install -m 0755 "$WORK/workload" "$OUT/workload"
 

@@ -8,7 +8,8 @@
 #      harness (plain, valgrind memcheck, AddressSanitizer; the standalone
 #      example linked with the README's line), and the tests on real
 #      userfaultfd (4 KiB and 2 MiB hugetlbfs pages); then the library
-#      built for x86_64-unknown-linux-musl;
+#      built for x86_64-unknown-linux-musl, and the demo guest's workload
+#      on this host (guest/test-workload.sh, no VM);
 #   3. the QEMU stage (scripts/qemu-test.sh): Debian's QEMU 10.0 with the
 #      patch series, QEMU's postcopy qtests, interoperability both ways;
 #   4. the main command, `make demo`, at default settings: a real Linux
@@ -57,6 +58,9 @@ if [ -s "$skipped" ]; then
     cat "$skipped"
     echo "======================================================="
 fi
+
+step "the guest workload, on this host"
+guest/test-workload.sh
 
 if [ "${POSTCOPY_RS_SKIP_QEMU:-0}" = 1 ]; then
     warn "POSTCOPY_RS_SKIP_QEMU=1: the QEMU stage is skipped"
