@@ -60,9 +60,9 @@ TARGETS=(qemu-system-x86_64 tests/qtest/migration-test)
 
 step "check inputs"
 [ -x "$SRC/configure" ] || die "$SRC is not a QEMU source tree (no configure); run scripts/qemu-fetch.sh"
-SRC=$(cd "$SRC" && pwd)
+SRC=$(cd "$SRC" && pwd -P)
 mkdir -p "$BUILDDIR"
-BUILDDIR=$(cd "$BUILDDIR" && pwd)
+BUILDDIR=$(cd "$BUILDDIR" && pwd -P)
 [ "$BUILDDIR" != "$SRC" ] || die "BUILDDIR must differ from SRC"
 [ -x "$PCRS_VENV/bin/meson" ] || die "no meson in $PCRS_VENV: run scripts/qemu-deps.sh"
 for tool in ninja cc pkg-config patch; do
@@ -112,7 +112,7 @@ CONFIGURE_ARGS=(
     --target-list=x86_64-softmmu
     --disable-docs --disable-werror --disable-rust
     --without-default-features
-    --enable-slirp --enable-tcg --enable-kvm
+    --enable-slirp --enable-tcg --enable-kvm --enable-gnutls
     --disable-download --disable-install-blobs
     --python="$PCRS_VENV/bin/python3"
 )

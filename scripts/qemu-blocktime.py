@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Check QEMU 10.1+'s postcopy blocktime and latency accounting.
+
+Usage: scripts/qemu-blocktime.py --src BIN --dst BIN --bootblock HEADER
+                                 [--workdir DIR] [--label TEXT]
+
+Boots migration-test's guest (the boot sector in
+tests/qtest/migration/i386/a-b-bootblock.h: it writes a byte of every
+page of 1-100 MiB, over and over) on BIN --src, migrates it with
+postcopy (postcopy-ram and postcopy-blocktime on both sides; the switch
+comes after 20 MB of precopy at 30 MB/s, so the destination faults) to BIN --dst,
+waits until the destination has completed, then reads the destination's
+query-migrate and its trace of the blocktime events
+(postcopy_blocktime_begin, one per fault accounted, and
+postcopy_blocktime_end_one, one per fault resolved).
+
+It passes when the destination reports
+  - a non-zero postcopy-latency, and a postcopy-latency-dist whose
+    counts are not all zero;
+  - histogram counts adding up exactly to the faults QEMU accounted
+    (the begin events), every one of them resolved (the end_one events);
+  - the guest still running (a fresh 'B' on its serial port).
+Once the destination has completed every page has been placed, so no
+fault can begin or end any more: the figures are final and the check is
+exact.  A fault path that skips the begin mark leaves the histogram
+empty and fails it.
+
+Prints the figures and "PASS"/"FAIL" lines; exits 1 on failure.
+Standard library only.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+class Failure(Exception):
+    pass
+
+
+class Qmp:
+    """A minimal QMP client over a unix socket."""
+
+    def __init__(self, path, timeout=30.0):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(str(path))
+                break
+            except OSError:
+                self.sock.close()
+                if time.time() > deadline:
+                    raise Failure(f"no QMP socket at {path}")
+                time.sleep(0.1)
+        self.sock.settimeout(60)
+        self.buf = b""
+        self._recv()  # greeting
+        self.cmd("qmp_capabilities")
+
+    def _recv(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise Failure("QMP connection closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def cmd(self, name, **args):
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            r = self._recv()
+            if "event" in r:
+                continue
+            if "error" in r:
+                raise Failure(f"{name}: {r['error'].get('desc')}")
+            return r.get("return")
+
+    def close(self):
+        self.sock.close()
+
+
+def bootsect(header):
+    text = Path(header).read_text()
+    body = text[text.index("{") + 1:text.index("}")]
+    boot = bytes(int(x, 16) for x in re.findall(r"0x[0-9a-fA-F]{2}", body))
+    if len(boot) != 512:
+        raise Failure(f"boot sector is {len(boot)} bytes, not 512")
+    return boot
+
+
+def start(binary, d, name, extra):
+    args = [
+        str(binary), "-machine", "pc,memory-backend=mem",
+        "-object", "memory-backend-ram,id=mem,size=150M", "-m", "150M",
+        "-accel", "kvm", "-accel", "tcg", "-nodefaults", "-display", "none",
+        "-name", f"{name},debug-threads=on",
+        "-serial", f"file:{d}/{name}.serial",
+        "-drive", f"file={d}/disk.raw,format=raw,if=ide",
+        "-qmp", f"unix:{d}/{name}.qmp,server=on,wait=off",
+    ] + extra
+    log = open(d / f"{name}.stderr", "w")
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+
+def wait_for(what, fn, timeout):
+    deadline = time.time() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.time() > deadline:
+            raise Failure(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def serial_bs(d, name):
+    p = d / f"{name}.serial"
+    return p.read_bytes().count(b"B") if p.exists() else 0
+
+
+def run(a, d):
+    (d / "disk.raw").write_bytes(bootsect(a.bootblock).ljust(1 << 20, b"\0"))
+    mig = d / "mig.sock"
+    dst = start(a.dst, d, "dst", [
+        "-incoming", "defer",
+        "-trace", "enable=postcopy_blocktime_*", "-D", str(d / "dst.trace"),
+    ])
+    src = start(a.src, d, "src", [])
+    procs = [src, dst]
+    try:
+        sq, dq = Qmp(d / "src.qmp"), Qmp(d / "dst.qmp")
+        caps = [{"capability": c, "state": True}
+                for c in ("postcopy-ram", "postcopy-blocktime")]
+        sq.cmd("migrate-set-capabilities", capabilities=caps)
+        dq.cmd("migrate-set-capabilities", capabilities=caps)
+        # Precopy must not converge before the switch: the destination is
+        # to fault on pages it does not have.
+        sq.cmd("migrate-set-parameters", **{"max-bandwidth": 30 * 1000 * 1000,
+                                            "downtime-limit": 1})
+        wait_for("the guest's first pass on the source", lambda: serial_bs(d, "src") >= 1, 60)
+        dq.cmd("migrate-incoming", uri=f"unix:{mig}")
+        sq.cmd("migrate", uri=f"unix:{mig}")
+        wait_for("20 MB of precopy",
+                 lambda: (sq.cmd("query-migrate").get("ram") or {}).get("transferred", 0) >= 20e6,
+                 60)
+        sq.cmd("migrate-start-postcopy")
+
+        def done(q):
+            st = q.cmd("query-migrate").get("status")
+            if st in ("failed", "cancelled"):
+                raise Failure(f"migration {st}")
+            return st == "completed"
+        wait_for("the source to complete", lambda: done(sq), 120)
+        wait_for("the destination to complete", lambda: done(dq), 120)
+        info = dq.cmd("query-migrate")
+        bs = serial_bs(d, "dst")
+        wait_for("a fresh 'B' from the guest on the destination",
+                 lambda: serial_bs(d, "dst") > bs, 30)
+        for q in (sq, dq):
+            try:
+                q.cmd("quit")
+            except (Failure, OSError):
+                pass
+            q.close()
+        for p in procs:
+            p.wait(timeout=30)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return info
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--src", required=True)
+    ap.add_argument("--dst", required=True)
+    ap.add_argument("--bootblock", required=True)
+    ap.add_argument("--workdir")
+    ap.add_argument("--label", default="blocktime")
+    a = ap.parse_args()
+
+    if a.workdir:
+        d = Path(a.workdir)
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    else:
+        d = Path(tempfile.mkdtemp(prefix="pcrs-blocktime-"))
+    try:
+        info = run(a, d)
+    except Failure as e:
+        print(f"FAIL  {a.label}: {e} (files in {d})")
+        for f in ("src.stderr", "dst.stderr"):
+            p = d / f
+            if p.exists() and p.read_text().strip():
+                print(f"--- {f} ---\n{p.read_text()[-2000:]}")
+        return 1
+
+    trace = (d / "dst.trace").read_text() if (d / "dst.trace").exists() else ""
+    begins = len(re.findall(r"postcopy_blocktime_begin\b", trace))
+    ends = len(re.findall(r"postcopy_blocktime_end_one\b", trace))
+    dist = info.get("postcopy-latency-dist") or []
+    latency = info.get("postcopy-latency", 0)
+    print(f"  {a.label}: postcopy-blocktime {info.get('postcopy-blocktime')} ms, "
+          f"postcopy-vcpu-blocktime {info.get('postcopy-vcpu-blocktime')} ms")
+    print(f"  {a.label}: postcopy-latency {latency} ns, "
+          f"postcopy-vcpu-latency {info.get('postcopy-vcpu-latency')} ns, "
+          f"postcopy-non-vcpu-latency {info.get('postcopy-non-vcpu-latency')} ns")
+    print(f"  {a.label}: postcopy-latency-dist {dist} (sum {sum(dist)})")
+    print(f"  {a.label}: faults accounted (postcopy_blocktime_begin) {begins}, "
+          f"resolved (postcopy_blocktime_end_one) {ends}")
+    ok = True
+    for what, good in (
+        ("query-migrate has the 10.1+ latency fields",
+         all(k in info for k in ("postcopy-latency", "postcopy-latency-dist",
+                                 "postcopy-vcpu-latency", "postcopy-non-vcpu-latency"))),
+        ("postcopy-latency is non-zero", latency > 0),
+        ("postcopy-latency-dist has 24 buckets, not all zero", len(dist) == 24 and sum(dist) > 0),
+        ("the histogram adds up to the faults QEMU accounted, all resolved",
+         sum(dist) == begins == ends),
+    ):
+        print(f"{'PASS' if good else 'FAIL'}  {a.label}: {what}")
+        ok = ok and good
+    if ok and not a.workdir:
+        shutil.rmtree(d, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
