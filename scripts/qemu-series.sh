@@ -19,6 +19,13 @@
 #       the series applies with `git am` to a fresh upstream tree, every
 #       patch passes QEMU's scripts/checkpatch.pl, and the whole series
 #       applies with `patch -p1` to Debian's source (dry run).
+#   scripts/qemu-series.sh build-each VERSION SRC BUILDDIR
+#       each patch builds on its own: SRC carries the whole series (as
+#       scripts/qemu-build.sh --patches leaves it) and BUILDDIR is its
+#       build; the series is reverted with `patch -R`, then re-applied one
+#       patch at a time with an incremental build of qemu-system-x86_64
+#       and migration-test after each (and one before the first).  The
+#       tree ends as it started.  Needs PKG_CONFIG_PATH as for the build.
 #
 # The orig tarball and the Debian source come from scripts/qemu-fetch.sh's
 # cache (~/.cache/postcopy-rs/qemu-src); run it first for VERSION
@@ -29,7 +36,8 @@
 cd "$PCRS_ROOT" || exit 1
 
 usage() {
-    echo "usage: $0 tree VERSION DIR | export VERSION DIR | check VERSION" >&2
+    echo "usage: $0 tree VERSION DIR | export VERSION DIR | check VERSION |" \
+        "build-each VERSION SRC BUILDDIR" >&2
     exit 2
 }
 [ $# -ge 2 ] || usage
@@ -98,6 +106,40 @@ EOF
         cat "$SERIES/series"
         ! grep -q '\*\*\* SUBJECT HERE \*\*\*' "$SERIES/0000-cover-letter.patch" ||
             warn "write the cover letter's subject and text in $SERIES/0000-cover-letter.patch"
+        ;;
+    build-each)
+        [ $# -eq 4 ] || usage
+        SRC=$(cd "$3" && pwd -P) BUILDDIR=$(cd "$4" && pwd -P)
+        [ -f "$BUILDDIR/build.ninja" ] || die "$BUILDDIR is not a configured build"
+        mapfile -t patches < <(series_files)
+        popts=(-s -p1 --batch --fuzz=0 --no-backup-if-mismatch --reject-file=-)
+        build() {
+            PATH="$PCRS_VENV/bin:$PATH" ninja -C "$BUILDDIR" qemu-system-x86_64 \
+                tests/qtest/migration-test >"$BUILDDIR/build-each.log" 2>&1 || {
+                grep -E -A12 'error|FAILED' "$BUILDDIR/build-each.log" | head -40 >&2
+                return 1
+            }
+        }
+        step "revert the series in $SRC"
+        for ((i = ${#patches[@]} - 1; i >= 0; i--)); do
+            (cd "$SRC" && patch -R "${popts[@]}" <"${patches[$i]}") ||
+                die "$(basename "${patches[$i]}") does not revert cleanly: is the whole series applied to $SRC?"
+        done
+        fail=0
+        step "build without the series"
+        if build; then echo "PASS  $VERSION: builds without the series"; else
+            echo "FAIL  $VERSION: does not build without the series"; fail=1; fi
+        for p in "${patches[@]}"; do
+            step "apply and build $(basename "$p")"
+            (cd "$SRC" && patch "${popts[@]}" <"$p") || die "$(basename "$p") does not apply"
+            if build; then
+                echo "PASS  $VERSION: builds with the series up to $(basename "$p")"
+            else
+                echo "FAIL  $VERSION: does not build with the series up to $(basename "$p")"
+                fail=1
+            fi
+        done
+        exit "$fail"
         ;;
     check)
         [ $# -eq 2 ] || usage

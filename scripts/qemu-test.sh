@@ -24,7 +24,11 @@
 #      version, patched source to unpatched destination and back; across
 #      versions, patched 10.0.13 to patched 10.2.2 on the 10.0 machine type
 #      (pc-q35-10.0) and back;
-#   6. from 10.1 on (blocktime rework), scripts/qemu-blocktime.py on the
+#   6. mismatched page sizes (scripts/qemu-check.py pagesize): with
+#      postcopy-page-size-report on both patched sides the source's error
+#      names both page sizes; without it, or with an unpatched peer either
+#      way, QEMU's old error and nothing new on the wire;
+#   7. from 10.1 on (blocktime rework), scripts/qemu-check.py blocktime on the
 #      unpatched and on the patched build: after a postcopy migration with
 #      postcopy-blocktime on, the destination's latency is non-zero and
 #      its latency histogram adds up to the faults it accounted.
@@ -252,13 +256,36 @@ vm_tests() {
     done
 
     for v in "${VERSIONS[@]}"; do
+        d=$(vdir "$v")
+        step "QEMU $v: mismatched page sizes (4 KiB -> 2 MiB hugetlbfs)"
+        pagesize() {
+            local label=$1
+            shift
+            timed pagesize python3 scripts/qemu-check.py pagesize --label "$label" \
+                --workdir "$B/pagesize-logs/${label// /_}" "$@"
+        }
+        check "$v" "QEMU $v: patched -> patched, postcopy-page-size-report on both: the source names both page sizes" \
+            pagesize "QEMU $v patched+cap -> patched+cap" --src "$d/patched/qemu-system-x86_64" \
+            --dst "$d/patched/qemu-system-x86_64" --src-cap --dst-cap --expect words
+        check "$v" "QEMU $v: patched -> patched, capability off: the old error, nothing new on the wire" \
+            pagesize "QEMU $v patched -> patched" --src "$d/patched/qemu-system-x86_64" \
+            --dst "$d/patched/qemu-system-x86_64" --expect sibling
+        check "$v" "QEMU $v: patched (capability on) -> unpatched: the old error" \
+            pagesize "QEMU $v patched+cap -> unpatched" --src "$d/patched/qemu-system-x86_64" \
+            --dst "$d/unpatched/qemu-system-x86_64" --src-cap --expect sibling
+        check "$v" "QEMU $v: unpatched -> patched: the old error" \
+            pagesize "QEMU $v unpatched -> patched" --src "$d/unpatched/qemu-system-x86_64" \
+            --dst "$d/patched/qemu-system-x86_64" --expect sibling
+    done
+
+    for v in "${VERSIONS[@]}"; do
         # The blocktime rework (10.1): ns latencies and their histogram.
         dpkg --compare-versions "$v" ge 10.1 || continue
         d=$(vdir "$v")
         step "QEMU $v: postcopy blocktime and latency accounting"
         for kind in unpatched patched; do
             check "$v" "QEMU $v $kind: postcopy latency and histogram add up to the faults accounted" \
-                timed blocktime python3 scripts/qemu-blocktime.py \
+                timed blocktime python3 scripts/qemu-check.py blocktime \
                 --src "$d/$kind/qemu-system-x86_64" --dst "$d/$kind/qemu-system-x86_64" \
                 --bootblock "$d/src/tests/qtest/migration/i386/a-b-bootblock.h" \
                 --workdir "$B/blocktime-logs/$v-$kind" --label "QEMU $v $kind"
