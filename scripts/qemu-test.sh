@@ -126,6 +126,46 @@ for pair in qemu-src:src qemu-src-patched:src-patched qemu-unpatched:unpatched \
     ln -s "$target" "$B/$name"
 done
 
+# sync_tree NEW OLD: make OLD's content NEW's, rewriting only the files
+# whose content differs (their mtime changes, the others' does not).
+sync_tree() {
+    python3 - "$1" "$2" <<'PY'
+import filecmp, os, shutil, sys
+new, old = sys.argv[1], sys.argv[2]
+changed = removed = 0
+for root, dirs, files in os.walk(new):
+    rel = os.path.relpath(root, new)
+    oroot = os.path.join(old, rel)
+    os.makedirs(oroot, exist_ok=True)
+    for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+        n, o = os.path.join(root, name), os.path.join(oroot, name)
+        if os.path.islink(n):
+            if not (os.path.islink(o) and os.readlink(o) == os.readlink(n)):
+                if os.path.lexists(o):
+                    shutil.rmtree(o) if os.path.isdir(o) and not os.path.islink(o) else os.remove(o)
+                os.symlink(os.readlink(n), o)
+                changed += 1
+            continue
+        if os.path.isfile(o) and not os.path.islink(o) and filecmp.cmp(n, o, shallow=False):
+            if os.stat(n).st_mode != os.stat(o).st_mode:
+                os.chmod(o, os.stat(n).st_mode)
+            continue
+        if os.path.lexists(o):
+            shutil.rmtree(o) if os.path.isdir(o) and not os.path.islink(o) else os.remove(o)
+        shutil.copyfile(n, o)
+        os.chmod(o, os.stat(n).st_mode)
+        changed += 1
+for root, dirs, files in os.walk(old, topdown=False):
+    rel = os.path.relpath(root, old)
+    for name in files + dirs:
+        o = os.path.join(root, name)
+        if not os.path.lexists(os.path.join(new, rel, name)):
+            shutil.rmtree(o) if os.path.isdir(o) and not os.path.islink(o) else os.remove(o)
+            removed += 1
+print(f"{changed} files rewritten, {removed} removed in {old}")
+PY
+}
+
 fetch_and_build() {
     local v=$1 d src psrc series stamp
     d=$(vdir "$v")
@@ -141,8 +181,19 @@ fetch_and_build() {
     stamp=$(cat "$series/series" "$series"/*.patch | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$psrc/VERSION" 2>/dev/null)" != "$v" ] ||
         [ "$(cat "$psrc/.postcopy-rs-series" 2>/dev/null)" != "$stamp" ]; then
-        timed fetch env QEMU_VERSION="$v" scripts/qemu-fetch.sh "$psrc"
-        echo "$stamp" >"$psrc/.postcopy-rs-series"
+        # A fresh tree with the series, then only the files that differ
+        # are written into the old one: ninja rebuilds what changed, not
+        # everything.
+        timed fetch env QEMU_VERSION="$v" scripts/qemu-fetch.sh "$psrc.next"
+        scripts/qemu-build.sh "$psrc.next" "$d/patched" --patches "$series" --apply-only
+        echo "$stamp" >"$psrc.next/.postcopy-rs-series"
+        if [ "$(cat "$psrc/VERSION" 2>/dev/null)" = "$v" ]; then
+            sync_tree "$psrc.next" "$psrc"
+            rm -rf "$psrc.next"
+        else
+            rm -rf "$psrc"
+            mv "$psrc.next" "$psrc"
+        fi
     fi
 
     step "QEMU $v: build unpatched"
