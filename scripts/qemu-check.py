@@ -14,7 +14,8 @@ migration-test's guest (the boot sector in
 tests/qtest/migration/i386/a-b-bootblock.h: it writes a byte of every
 page of 1-100 MiB, over and over) on BIN --src, migrates it with
 postcopy (postcopy-ram and postcopy-blocktime on both sides; the switch
-comes after 20 MB of precopy at 30 MB/s, so the destination faults) to
+comes after 20 MB of precopy at 30 MB/s, and postcopy's background
+stream is held to 20 MB/s, so the destination faults) to
 BIN --dst, waits until the destination has completed, then reads the
 destination's query-migrate and its trace of the blocktime events
 (postcopy_blocktime_begin, one per fault accounted, and
@@ -161,7 +162,11 @@ def run_blocktime(a, d):
         dq.cmd("migrate-set-capabilities", capabilities=caps)
         # Precopy must not converge before the switch: the destination is
         # to fault on pages it does not have.
+        # After it, the background stream is held back too, so that the
+        # guest, which keeps writing every page, faults on the destination
+        # whatever the timing (else it may find every page there already).
         sq.cmd("migrate-set-parameters", **{"max-bandwidth": 30 * 1000 * 1000,
+                                            "max-postcopy-bandwidth": 20 * 1000 * 1000,
                                             "downtime-limit": 1})
         wait_for("the guest's first pass on the source", lambda: serial_bs(d, "src") >= 1, 60)
         dq.cmd("migrate-incoming", uri=f"unix:{mig}")
