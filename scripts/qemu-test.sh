@@ -67,9 +67,6 @@ vdir() { printf '%s/qemu-%s\n' "$B" "$1"; }
 series_dir() {
     if [ -f "qemu-patches/v$1/series" ]; then
         printf 'qemu-patches/v%s\n' "$1"
-    elif [ "$1" = 10.0.13 ] && [ -f qemu-patches/series ]; then
-        # Until the 10.0.13 series moves into qemu-patches/v10.0.13/.
-        printf 'qemu-patches\n'
     else
         return 1
     fi
