@@ -145,7 +145,7 @@ EOF
         [ $# -eq 2 ] || usage
         [ -f "$SERIES/series" ] || die "$SERIES/series not found"
         work=$(mktemp -d "${TMPDIR:-/tmp}/pcrs-series-$VERSION.XXXXXX")
-        trap 'rm -rf "$work"' EXIT
+        trap 'rm -rf "$work" || true' EXIT
         mapfile -t patches < <(series_files)
         fail=0
 
