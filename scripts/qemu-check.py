@@ -36,8 +36,9 @@ hugetlbfs RAM (BIN --dst, 32 hugepages reserved for the run; needs root),
 with the postcopy-page-size-report capability set on the sides named.  It
 must fail at once and leave the source VM running; the source's error
 must name both page sizes in words (--expect words) or be QEMU's old
-"Sibling indicated error" (--expect sibling: an older peer or the
-capability off, nothing new on the wire).
+one, "Sibling indicated error 1" or whatever an older source says
+(--expect sibling: an older peer or the capability off, nothing new on
+the wire).
 
 Prints the figures and "PASS"/"FAIL" lines; exits 1 on failure.
 Standard library only.
@@ -279,8 +280,12 @@ def check_pagesize(a, d):
     if a.expect == "words":
         checks.append(("the source's error names both page sizes in words", words))
     else:
-        checks.append(("the source's error is the old 'Sibling indicated error'",
-                       "Sibling indicated error" in err and not words))
+        # An older source's own words vary with timing ("Sibling indicated
+        # error 1", or "ram_save_setup failed" when the destination's
+        # failure overtakes the setup): what matters is that nothing new
+        # reached it.
+        checks.append(("the source's error is QEMU's old one (no page sizes in words)",
+                       bool(err) and not words))
     return checks
 
 
