@@ -7,8 +7,10 @@
 #   2. cargo test: unit and property tests, the header drift check, the C
 #      harness (plain, valgrind memcheck, AddressSanitizer), and the tests
 #      on real userfaultfd (4 KiB and 2 MiB hugetlbfs pages);
-#   3. the QEMU stage (scripts/qemu-test.sh): Debian's QEMU 10.0 with the
-#      patch series, QEMU's postcopy qtests, interoperability both ways;
+#   3. the QEMU stage (scripts/qemu-test.sh): Debian's QEMU 10.0.13 and
+#      10.2.2, each with its patch series and the one library, every
+#      postcopy qtest (TLS included), interoperability both ways and
+#      across the two versions, the page-size report, 10.2's blocktime;
 #   4. the main command, `make demo`, at default settings: a real Linux
 #      guest live-migrated with postcopy between two patched QEMUs; it
 #      fails unless the guest verifies every page of its memory;
