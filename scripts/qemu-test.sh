@@ -344,15 +344,16 @@ vm_tests() {
         local old new
         old=$(vdir 10.0.13)/patched new=$(vdir 10.2.2)/patched
         step "across versions: patched 10.0.13 <-> patched 10.2.2, machine pc-q35-10.0"
-        # 10.2.2's migration-test drives both; QTEST_QEMU_MACHINE_TYPE pins
-        # the machine type both binaries know.
+        # 10.0.13's migration-test drives both: 10.2's passes -run-with
+        # exit-with-parent=on, which 10.0 does not know.
+        # QTEST_QEMU_MACHINE_TYPE pins the machine type both binaries know.
         check - "postcopy: patched 10.0.13 source -> patched 10.2.2 destination (pc-q35-10.0), guest RAM verified" \
-            timed interop interop 10.0.13-to-10.2.2 "$new" \
-            QTEST_QEMU_BINARY_SRC "$old/qemu-system-x86_64" postcopy_rs_incoming_stats placed \
+            timed interop interop 10.0.13-to-10.2.2 "$old" \
+            QTEST_QEMU_BINARY_DST "$new/qemu-system-x86_64" postcopy_rs_incoming_stats placed \
             QTEST_QEMU_MACHINE_TYPE=pc-q35-10.0
         check - "postcopy: patched 10.2.2 source -> patched 10.0.13 destination (pc-q35-10.0), guest RAM verified" \
-            timed interop interop 10.2.2-to-10.0.13 "$new" \
-            QTEST_QEMU_BINARY_DST "$old/qemu-system-x86_64" postcopy_rs_incoming_stats placed \
+            timed interop interop 10.2.2-to-10.0.13 "$old" \
+            QTEST_QEMU_BINARY_SRC "$new/qemu-system-x86_64" postcopy_rs_incoming_stats placed \
             QTEST_QEMU_MACHINE_TYPE=pc-q35-10.0
     fi
 }
