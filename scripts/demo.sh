@@ -15,9 +15,9 @@
 #   3. scripts/qemu-fetch.sh build/qemu-src-patched
 #                                           only if the tree is missing, or
 #                                           carries another version of the
-#                                           series than qemu-patches/
+#                                           series than qemu-patches/v10.0.13/
 #   4. scripts/qemu-build.sh build/qemu-src-patched build/qemu-patched
-#      --patches qemu-patches               relinked only when the library
+#      --patches qemu-patches/v10.0.13      relinked only when the library
 #                                           archive changed
 #   5. scripts/guest-build.sh               build/guest/{vmlinuz,initramfs.cpio.gz}
 #   6. scripts/migrate.py "$@"              the migration, its summary; exit 0
@@ -35,6 +35,9 @@ B=$PCRS_ROOT/build
 PREFIX=$B/prefix
 SRC=$B/qemu-src-patched
 QEMU_BUILD=$B/qemu-patched
+# The series for the QEMU in build/qemu-src-patched (a link to the
+# 10.0.13 tree that scripts/qemu-test.sh builds).
+SERIES=qemu-patches/v10.0.13
 declare -A took=()
 
 timed() {
@@ -68,8 +71,8 @@ if [ "${DEMO_SKIP_BUILD:-0}" != 1 ]; then
     # Fetch when the tree is missing, or when it carries patches that are not
     # the current series (scripts/qemu-build.sh records them in
     # .postcopy-rs-patches and refuses a tree with a different series).
-    want_patches=$(sed -e 's/#.*//' -e 's/[[:space:]]//g' qemu-patches/series | grep -v '^$' |
-        while read -r p; do echo "$p $(sha256sum "qemu-patches/$p" | cut -d' ' -f1)"; done)
+    want_patches=$(sed -e 's/#.*//' -e 's/[[:space:]]//g' "$SERIES/series" | grep -v '^$' |
+        while read -r p; do echo "$p $(sha256sum "$SERIES/$p" | cut -d' ' -f1)"; done)
     have_patches=$(cat "$SRC/.postcopy-rs-patches" 2>/dev/null || true)
     if [ ! -f "$SRC/VERSION" ]; then
         timed fetch scripts/qemu-fetch.sh "$SRC"
@@ -85,7 +88,7 @@ if [ "${DEMO_SKIP_BUILD:-0}" != 1 ]; then
     step "build the patched QEMU"
     relink_if_library_changed "$QEMU_BUILD" "$PREFIX/lib/libpostcopy_rs.a"
     timed qemu env PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" \
-        scripts/qemu-build.sh "$SRC" "$QEMU_BUILD" --patches qemu-patches
+        scripts/qemu-build.sh "$SRC" "$QEMU_BUILD" --patches "$SERIES"
 else
     step "DEMO_SKIP_BUILD=1: using $QEMU_BUILD as it is"
 fi

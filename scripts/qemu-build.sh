@@ -4,7 +4,7 @@
 # Configure and build QEMU's qemu-system-x86_64 and tests/qtest/migration-test
 # (and nothing else) from an unpacked source tree.
 #
-# Usage: scripts/qemu-build.sh SRC BUILDDIR [--patches DIR]
+# Usage: scripts/qemu-build.sh SRC BUILDDIR [--patches DIR] [--apply-only]
 #
 #   SRC       QEMU source tree, e.g. build/qemu-src from scripts/qemu-fetch.sh
 #   BUILDDIR  build directory (created; out-of-tree)
@@ -16,6 +16,8 @@
 #             applied are recorded in SRC/.postcopy-rs-patches, so running
 #             again with the same series skips them; a tree carrying a
 #             different series is refused: re-run scripts/qemu-fetch.sh.
+#   --apply-only
+#             apply the series and stop (BUILDDIR is not touched).
 #
 # Environment:
 #   QEMU_EXTRA_CONFIGURE  extra arguments for configure, split on white
@@ -40,15 +42,17 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() { echo "usage: $0 SRC BUILDDIR [--patches DIR]" >&2; exit 2; }
+usage() { echo "usage: $0 SRC BUILDDIR [--patches DIR] [--apply-only]" >&2; exit 2; }
 
 [ $# -ge 2 ] || usage
 SRC=$1
 BUILDDIR=$2
 shift 2
 PATCHES=""
+APPLY_ONLY=0
 while [ $# -gt 0 ]; do
     case $1 in
+        --apply-only) APPLY_ONLY=1; shift ;;
         --patches) [ $# -ge 2 ] || usage; PATCHES=$2; shift 2 ;;
         --patches=*) PATCHES=${1#--patches=}; shift ;;
         *) usage ;;
@@ -60,9 +64,10 @@ TARGETS=(qemu-system-x86_64 tests/qtest/migration-test)
 
 step "check inputs"
 [ -x "$SRC/configure" ] || die "$SRC is not a QEMU source tree (no configure); run scripts/qemu-fetch.sh"
-SRC=$(cd "$SRC" && pwd)
+SRC=$(cd "$SRC" && pwd -P)
+[ "$APPLY_ONLY" -eq 0 ] || [ -n "$PATCHES" ] || die "--apply-only needs --patches"
 mkdir -p "$BUILDDIR"
-BUILDDIR=$(cd "$BUILDDIR" && pwd)
+BUILDDIR=$(cd "$BUILDDIR" && pwd -P)
 [ "$BUILDDIR" != "$SRC" ] || die "BUILDDIR must differ from SRC"
 [ -x "$PCRS_VENV/bin/meson" ] || die "no meson in $PCRS_VENV: run scripts/qemu-deps.sh"
 for tool in ninja cc pkg-config patch; do
@@ -106,13 +111,16 @@ if [ -n "$PATCHES" ]; then
     done <"$PATCHES/series"
     [ "$n" -ge "${#applied[@]}" ] ||
         die "SRC carries ${#applied[@]} patches but $PATCHES/series lists $n: re-run scripts/qemu-fetch.sh"
+    if [ "$APPLY_ONLY" -eq 1 ]; then
+        exit 0
+    fi
 fi
 
 CONFIGURE_ARGS=(
     --target-list=x86_64-softmmu
     --disable-docs --disable-werror --disable-rust
     --without-default-features
-    --enable-slirp --enable-tcg --enable-kvm
+    --enable-slirp --enable-tcg --enable-kvm --enable-gnutls
     --disable-download --disable-install-blobs
     --python="$PCRS_VENV/bin/python3"
 )

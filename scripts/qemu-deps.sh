@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
-# Install what fetching, building and testing QEMU 10.0.x needs on Debian 12:
+# Install what fetching, building and testing QEMU 10.0.x and 10.2.x needs on
+# Debian 12:
 #   - Debian packages: build tools and libraries, dpkg-dev (dpkg-source),
 #     binutils (nm, for the test that the library is linked in), and the
 #     firmware packages seabios, qemu-system-data and ipxe-qemu (the +ds source
@@ -24,6 +25,8 @@ APT_PKGS=(
     ca-certificates
     # QEMU libraries (--without-default-features + slirp)
     libglib2.0-dev libpixman-1-dev libfdt-dev libslirp-dev zlib1g-dev
+    # TLS (--enable-gnutls): migration-test's tls/psk variants
+    libgnutls28-dev
     # Python for QEMU's configure (mkvenv) and our meson venv
     python3 python3-venv
     # fetching / unpacking the Debian source package
@@ -40,9 +43,9 @@ mapfile -t missing < <(apt_missing "${APT_PKGS[@]}")
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "missing: ${missing[*]}"
     step "apt-get update"
-    as_root apt-get update -q || die "apt-get update failed"
+    as_root apt-get -o DPkg::Lock::Timeout=600 update -q || die "apt-get update failed"
     step "apt-get install ${missing[*]}"
-    as_root apt-get install -y -q --no-install-recommends "${missing[@]}" ||
+    as_root apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}" ||
         die "apt-get install failed for: ${missing[*]}"
     mapfile -t still < <(apt_missing "${APT_PKGS[@]}")
     [ "${#still[@]}" -eq 0 ] || die "still not installed after apt-get install: ${still[*]}"

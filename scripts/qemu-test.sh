@@ -1,26 +1,51 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
-# The QEMU stage of the test command: a real QEMU with the patch series,
-# linked with the library, passing QEMU's own postcopy migration qtests.
+# The QEMU stage of the test command: real QEMUs with the patch series,
+# linked with the one library, passing QEMU's own postcopy migration
+# qtests, for every QEMU version the project targets (10.0.13 and 10.2.2).
 #
 #   1. install QEMU's build dependencies; install the library under
-#      build/prefix (static library, header, pkg-config file);
-#   2. fetch QEMU from Debian's source package twice: build/qemu-src
-#      (unpatched) and build/qemu-src-patched (a fresh tree whenever
-#      qemu-patches/ changes);
-#   3. build both (qemu-system-x86_64 and migration-test only);
-#   4. check that Rust is really in: the patched binary exports the
-#      library's symbols, and the replaced C functions are gone from the
-#      patched tree;
-#   5. run the 7 postcopy qtests and one precopy qtest on the patched
-#      build, with the library's trace events on, and check that the
-#      library sent discard runs and placed pages during postcopy/plain;
-#   6. interoperability, both ways, with migration-test's own guest RAM
-#      check: patched source to unpatched destination, and back.
+#      build/prefix (static library, header, pkg-config file): ONE
+#      libpostcopy_rs.a, which every patched QEMU below links;
+#   2. per version V, fetch Debian's source package twice:
+#      build/qemu-V/src (unpatched) and build/qemu-V/src-patched (a fresh
+#      tree whenever the series changes), and build both (only
+#      qemu-system-x86_64 and migration-test, with gnutls for the TLS
+#      tests) into build/qemu-V/unpatched and build/qemu-V/patched;
+#   3. check that Rust is really in: each patched binary exports the
+#      library's symbols, and the replaced C functions are gone;
+#   4. under the machine lock (/tmp/pcrs-vm.lock): per version, every
+#      postcopy qtest migration-test lists (TLS included) and one precopy
+#      qtest on the patched build, 4 at a time, with the library's trace
+#      events on; check that the library sent discard runs and placed pages
+#      during postcopy/plain;
+#   5. interoperability, with migration-test's own guest RAM check: per
+#      version, patched source to unpatched destination and back; across
+#      versions, patched 10.0.13 to patched 10.2.2 on the 10.0 machine type
+#      (pc-q35-10.0) and back;
+#   6. mismatched page sizes (scripts/qemu-check.py pagesize): with
+#      postcopy-page-size-report on both patched sides the source's error
+#      names both page sizes; without it, or with an unpatched peer either
+#      way, QEMU's old error and nothing new on the wire;
+#   7. from 10.1 on (blocktime rework), scripts/qemu-check.py blocktime on the
+#      unpatched and on the patched build: after a postcopy migration with
+#      postcopy-blocktime on, the destination's latency is non-zero and
+#      its latency histogram adds up to the faults it accounted.
 #
-# Prints "N passed, N failed" for all of it and exits non-zero on any
-# failure.  POSTCOPY_RS_SKIP_QEMU=1 makes the test command skip this stage.
+# The series for version V is qemu-patches/vV/ (its `series` file lists
+# the order).  The 10.0.13 trees are also reachable under the names the
+# other scripts use: build/qemu-src, build/qemu-src-patched,
+# build/qemu-unpatched and build/qemu-patched are symbolic links into
+# build/qemu-10.0.13/ (override with QEMU_LEGACY_VERSION).
+#
+# Environment:
+#   QEMU_VERSIONS  the versions to test, default "10.0.13 10.2.2"
+#   QTEST_JOBS     qtests run at once (default 4)
+#
+# Prints "N passed, N failed" per version and for the whole stage, and
+# exits non-zero on any failure.  POSTCOPY_RS_SKIP_QEMU=1 makes the test
+# command skip this stage.
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -28,60 +53,160 @@ cd "$PCRS_ROOT" || exit 1
 
 B=$PCRS_ROOT/build
 PREFIX=$B/prefix
-UNPATCHED_SRC=$B/qemu-src
-PATCHED_SRC=$B/qemu-src-patched
-UNPATCHED=$B/qemu-unpatched
-PATCHED=$B/qemu-patched
+read -r -a VERSIONS <<<"${QEMU_VERSIONS:-10.0.13 10.2.2}"
+LEGACY=${QEMU_LEGACY_VERSION:-10.0.13}
 TRACE='postcopy_rs_*'
+LOCK=/tmp/pcrs-vm.lock
 PASSED=0
 FAILED=0
+declare -A VPASS=() VFAIL=() TOOK=()
 
-check() {
-    local what=$1
-    shift
-    if "$@"; then
-        echo "PASS  $what"
-        PASSED=$((PASSED + 1))
+vdir() { printf '%s/qemu-%s\n' "$B" "$1"; }
+
+# The patch series for version $1.
+series_dir() {
+    if [ -f "qemu-patches/v$1/series" ]; then
+        printf 'qemu-patches/v%s\n' "$1"
     else
-        echo "FAIL  $what"
-        FAILED=$((FAILED + 1))
+        return 1
     fi
 }
 
+# check VERSION|- WHAT CMD...: one counted check.
+check() {
+    local v=$1 what=$2
+    shift 2
+    if "$@"; then
+        echo "PASS  $what"
+        PASSED=$((PASSED + 1))
+        [ "$v" = - ] || VPASS[$v]=$((${VPASS[$v]:-0} + 1))
+    else
+        echo "FAIL  $what"
+        FAILED=$((FAILED + 1))
+        [ "$v" = - ] || VFAIL[$v]=$((${VFAIL[$v]:-0} + 1))
+    fi
+}
+
+timed() {
+    local name=$1 t0=$SECONDS rc=0
+    shift
+    "$@" || rc=$?
+    TOOK[$name]=$((${TOOK[$name]:-0} + SECONDS - t0))
+    return "$rc"
+}
+
 step "QEMU build dependencies"
-scripts/qemu-deps.sh
+timed deps scripts/qemu-deps.sh
 
 step "install the library under build/prefix"
-make --no-print-directory install PREFIX="$PREFIX" >/dev/null ||
+timed library make --no-print-directory install PREFIX="$PREFIX" >/dev/null ||
     die "make install of the library failed"
+LIB=$PREFIX/lib/libpostcopy_rs.a
+LIB_SHA=$(sha256sum "$LIB" | cut -d' ' -f1)
+echo "one library for every version: $LIB (sha256 ${LIB_SHA:0:16}...)"
 
-step "fetch QEMU (unpatched tree)"
-if [ ! -f "$UNPATCHED_SRC/VERSION" ] || [ -e "$UNPATCHED_SRC/.postcopy-rs-patches" ]; then
-    scripts/qemu-fetch.sh "$UNPATCHED_SRC"
-fi
+step "the 10.0.13 trees under their usual names"
+# Other scripts (demo.sh, e2e.py, migrate.py) use build/qemu-{src,
+# src-patched,unpatched,patched}: point them at build/qemu-$LEGACY/.  A real
+# directory there is a build from before the per-version layout: replace it.
+mkdir -p "$(vdir "$LEGACY")"
+for pair in qemu-src:src qemu-src-patched:src-patched qemu-unpatched:unpatched \
+    qemu-patched:patched; do
+    name=${pair%%:*} target=qemu-$LEGACY/${pair#*:}
+    if [ -L "$B/$name" ] && [ "$(readlink "$B/$name")" = "$target" ]; then
+        continue
+    fi
+    if [ -e "$B/$name" ] && [ ! -L "$B/$name" ]; then
+        echo "replacing $B/$name (a tree from before the per-version layout) with a link to $target"
+    fi
+    rm -rf "${B:?}/$name"
+    ln -s "$target" "$B/$name"
+done
 
-step "fetch QEMU (tree for the patch series)"
-series_stamp=$(cat qemu-patches/series qemu-patches/*.patch | sha256sum | cut -d' ' -f1)
-if [ ! -f "$PATCHED_SRC/VERSION" ] ||
-    [ "$(cat "$PATCHED_SRC/.postcopy-rs-series" 2>/dev/null)" != "$series_stamp" ]; then
-    scripts/qemu-fetch.sh "$PATCHED_SRC"
-    echo "$series_stamp" > "$PATCHED_SRC/.postcopy-rs-series"
-fi
+# sync_tree NEW OLD: make OLD's content NEW's, rewriting only the files
+# whose content differs (their mtime changes, the others' does not).
+sync_tree() {
+    python3 - "$1" "$2" <<'PY'
+import filecmp, os, shutil, sys
+new, old = sys.argv[1], sys.argv[2]
+changed = removed = 0
+for root, dirs, files in os.walk(new):
+    rel = os.path.relpath(root, new)
+    oroot = os.path.join(old, rel)
+    os.makedirs(oroot, exist_ok=True)
+    for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+        n, o = os.path.join(root, name), os.path.join(oroot, name)
+        if os.path.islink(n):
+            if not (os.path.islink(o) and os.readlink(o) == os.readlink(n)):
+                if os.path.lexists(o):
+                    shutil.rmtree(o) if os.path.isdir(o) and not os.path.islink(o) else os.remove(o)
+                os.symlink(os.readlink(n), o)
+                changed += 1
+            continue
+        if os.path.isfile(o) and not os.path.islink(o) and filecmp.cmp(n, o, shallow=False):
+            if os.stat(n).st_mode != os.stat(o).st_mode:
+                os.chmod(o, os.stat(n).st_mode)
+            continue
+        if os.path.lexists(o):
+            shutil.rmtree(o) if os.path.isdir(o) and not os.path.islink(o) else os.remove(o)
+        shutil.copyfile(n, o)
+        os.chmod(o, os.stat(n).st_mode)
+        changed += 1
+for root, dirs, files in os.walk(old, topdown=False):
+    rel = os.path.relpath(root, old)
+    for name in files + dirs:
+        o = os.path.join(root, name)
+        if not os.path.lexists(os.path.join(new, rel, name)):
+            shutil.rmtree(o) if os.path.isdir(o) and not os.path.islink(o) else os.remove(o)
+            removed += 1
+print(f"{changed} files rewritten, {removed} removed in {old}")
+PY
+}
 
-step "build unpatched QEMU"
-scripts/qemu-build.sh "$UNPATCHED_SRC" "$UNPATCHED"
+fetch_and_build() {
+    local v=$1 d src psrc series stamp
+    d=$(vdir "$v")
+    src=$d/src psrc=$d/src-patched
+    series=$(series_dir "$v") || die "no patch series for QEMU $v (qemu-patches/v$v/series)"
 
-step "build patched QEMU linked with the library"
-relink_if_library_changed "$PATCHED" "$PREFIX/lib/libpostcopy_rs.a"
-PKG_CONFIG_PATH=$PREFIX/lib/pkgconfig scripts/qemu-build.sh \
-    "$PATCHED_SRC" "$PATCHED" --patches qemu-patches
+    step "QEMU $v: fetch (unpatched tree)"
+    if [ "$(cat "$src/VERSION" 2>/dev/null)" != "$v" ] || [ -e "$src/.postcopy-rs-patches" ]; then
+        timed fetch env QEMU_VERSION="$v" scripts/qemu-fetch.sh "$src"
+    fi
 
-step "the patched binary carries the library"
+    step "QEMU $v: fetch (tree for the series $series)"
+    stamp=$(cat "$series/series" "$series"/*.patch | sha256sum | cut -d' ' -f1)
+    if [ "$(cat "$psrc/VERSION" 2>/dev/null)" != "$v" ] ||
+        [ "$(cat "$psrc/.postcopy-rs-series" 2>/dev/null)" != "$stamp" ]; then
+        # A fresh tree with the series, then only the files that differ
+        # are written into the old one: ninja rebuilds what changed, not
+        # everything.
+        timed fetch env QEMU_VERSION="$v" scripts/qemu-fetch.sh "$psrc.next"
+        scripts/qemu-build.sh "$psrc.next" "$d/patched" --patches "$series" --apply-only
+        echo "$stamp" >"$psrc.next/.postcopy-rs-series"
+        if [ "$(cat "$psrc/VERSION" 2>/dev/null)" = "$v" ]; then
+            sync_tree "$psrc.next" "$psrc"
+            rm -rf "$psrc.next"
+        else
+            rm -rf "$psrc"
+            mv "$psrc.next" "$psrc"
+        fi
+    fi
+
+    step "QEMU $v: build unpatched"
+    timed build nice -n 10 scripts/qemu-build.sh "$src" "$d/unpatched"
+
+    step "QEMU $v: build patched, linked with the library"
+    relink_if_library_changed "$d/patched" "$LIB"
+    timed build env PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" nice -n 10 \
+        scripts/qemu-build.sh "$psrc" "$d/patched" --patches "$series"
+}
+
 exports_library() {
-    local sym syms missing=0
+    local bin=$1 sym syms missing=0
     # Into a variable first: `nm | grep -q` fails under pipefail when grep
     # stops reading early.
-    syms=$(nm "$PATCHED/qemu-system-x86_64")
+    syms=$(nm "$bin")
     for sym in postcopy_rs_send_discard_bitmap postcopy_chunk_hostpages \
         postcopy_rs_place_page postcopy_rs_place_page_zero \
         postcopy_rs_fault_thread_start postcopy_rs_fault_thread_stop; do
@@ -92,10 +217,9 @@ exports_library() {
     done
     return $missing
 }
-check "patched qemu-system-x86_64 exports the library's symbols" exports_library
 
 c_functions_gone() {
-    local fn found=0
+    local psrc=$1 src=$2 fn found=0
     for fn in postcopy_each_ram_send_discard postcopy_chunk_hostpages_pass \
         postcopy_send_discard_bm_ram \
         postcopy_ram_fault_thread postcopy_pause_fault_thread \
@@ -103,27 +227,28 @@ c_functions_gone() {
         # A definition: a return type at the start of the line, then the
         # name and its parameter list (comments start with a space).
         if grep -nE "^(static )?[a-z_]+[ *]+$fn\\(" \
-            "$PATCHED_SRC/migration/ram.c" "$PATCHED_SRC/migration/postcopy-ram.c"; then
+            "$psrc/migration/ram.c" "$psrc/migration/postcopy-ram.c"; then
             echo "  still defined in C: $fn"
             found=1
         fi
     done
     # ...and the unpatched tree does define them, so the check can fail.
-    grep -qE '^static void postcopy_chunk_hostpages_pass\(' "$UNPATCHED_SRC/migration/ram.c" ||
+    grep -qE '^static void postcopy_chunk_hostpages_pass\(' "$src/migration/ram.c" ||
         { echo "  sanity: unpatched ram.c lacks postcopy_chunk_hostpages_pass"; found=1; }
     return $found
 }
-check "replaced C functions are gone from the patched tree" c_functions_gone
 
-step "QEMU's migration qtests on the patched build"
-export QTEST_TRACE=$TRACE
-if QTEST_LOGDIR=$PATCHED/qtest-logs scripts/qemu-qtest.sh "$PATCHED"; then
-    echo "PASS  qtests on the patched build"
-    PASSED=$((PASSED + 1))
-else
-    echo "FAIL  qtests on the patched build"
-    FAILED=$((FAILED + 1))
-fi
+for v in "${VERSIONS[@]}"; do
+    fetch_and_build "$v"
+    d=$(vdir "$v")
+    step "QEMU $v: the patched binary carries the library"
+    check "$v" "QEMU $v: patched qemu-system-x86_64 exports the library's symbols" \
+        exports_library "$d/patched/qemu-system-x86_64"
+    check "$v" "QEMU $v: replaced C functions are gone from the patched tree" \
+        c_functions_gone "$d/src-patched" "$d/src"
+done
+[ "$(sha256sum "$LIB" | cut -d' ' -f1)" = "$LIB_SHA" ] ||
+    die "$LIB changed while the QEMUs were built"
 
 # The largest value of FIELD in TRACE lines of LOG ("... FIELD N ...").
 max_field() {
@@ -139,26 +264,117 @@ rust_ran() {
     echo "  library counters in $(basename "$log"): discard runs ${runs:-none}, pages placed ${placed:-none}"
     [ "${runs:-0}" -gt 0 ] && [ "${placed:-0}" -gt 0 ]
 }
-check "postcopy/plain: the library sent discard runs and placed pages" \
-    rust_ran "$PATCHED/qtest-logs/x86_64_migration_postcopy_plain.log"
 
-step "interoperability with unpatched QEMU (wire format unchanged)"
+# interop NAME BUILDDIR SIDE_VAR OTHER_BINARY EVENT FIELD [ENV...]:
+# postcopy/plain with BUILDDIR's migration-test and binary on one side and
+# OTHER_BINARY on the other (SIDE_VAR: QTEST_QEMU_BINARY_SRC or _DST); the
+# patched side must have done its part through the library (EVENT FIELD).
 interop() {
-    # migration-test takes one of QTEST_QEMU_BINARY_SRC/_DST; the other side
-    # is QTEST_QEMU_BINARY, which qemu-qtest.sh sets to the patched build.
-    local name=$1 side_var=$2 event=$3 field=$4 logdir=$B/interop-logs/$1 n
+    local name=$1 build=$2 side_var=$3 other=$4 event=$5 field=$6
+    local logdir=$B/interop-logs/$name n
+    shift 6
     rm -rf "$logdir"
-    env "$side_var=$UNPATCHED/qemu-system-x86_64" QTEST_LOGDIR="$logdir" \
-        scripts/qemu-qtest.sh "$PATCHED" /x86_64/migration/postcopy/plain || return 1
-    # The patched side must have done its part through the library.
+    env "$side_var=$other" QTEST_LOGDIR="$logdir" QTEST_LABEL="$name" "$@" \
+        scripts/qemu-qtest.sh "$build" /x86_64/migration/postcopy/plain || return 1
     n=$(max_field "$logdir/x86_64_migration_postcopy_plain.log" "$event" "$field")
     echo "  $name: $event $field = ${n:-none}"
     [ "${n:-0}" -gt 0 ]
 }
-check "postcopy: patched source -> unpatched destination, guest RAM verified" \
-    interop patched-to-unpatched QTEST_QEMU_BINARY_DST postcopy_rs_discard_stats runs
-check "postcopy: unpatched source -> patched destination, guest RAM verified" \
-    interop unpatched-to-patched QTEST_QEMU_BINARY_SRC postcopy_rs_incoming_stats placed
 
+vm_tests() {
+    local v d
+    export QTEST_TRACE=$TRACE
+    for v in "${VERSIONS[@]}"; do
+        d=$(vdir "$v")
+        step "QEMU $v: migration qtests on the patched build"
+        check "$v" "QEMU $v: every postcopy qtest and a precopy qtest on the patched build" \
+            timed "qtests $v" env QTEST_LOGDIR="$d/patched/qtest-logs" \
+            QTEST_LABEL="QEMU $v patched qtests" scripts/qemu-qtest.sh "$d/patched"
+        check "$v" "QEMU $v: postcopy/plain: the library sent discard runs and placed pages" \
+            rust_ran "$d/patched/qtest-logs/x86_64_migration_postcopy_plain.log"
+
+        step "QEMU $v: interoperability with unpatched QEMU (wire format unchanged)"
+        check "$v" "QEMU $v postcopy: patched source -> unpatched destination, guest RAM verified" \
+            timed interop interop "$v-patched-to-unpatched" "$d/patched" \
+            QTEST_QEMU_BINARY_DST "$d/unpatched/qemu-system-x86_64" postcopy_rs_discard_stats runs
+        check "$v" "QEMU $v postcopy: unpatched source -> patched destination, guest RAM verified" \
+            timed interop interop "$v-unpatched-to-patched" "$d/patched" \
+            QTEST_QEMU_BINARY_SRC "$d/unpatched/qemu-system-x86_64" postcopy_rs_incoming_stats placed
+    done
+
+    for v in "${VERSIONS[@]}"; do
+        d=$(vdir "$v")
+        step "QEMU $v: mismatched page sizes (4 KiB -> 2 MiB hugetlbfs)"
+        pagesize() {
+            local label=$1
+            shift
+            timed pagesize python3 scripts/qemu-check.py pagesize --label "$label" \
+                --workdir "$B/pagesize-logs/${label// /_}" "$@"
+        }
+        check "$v" "QEMU $v: patched -> patched, postcopy-page-size-report on both: the source names both page sizes" \
+            pagesize "QEMU $v patched+cap -> patched+cap" --src "$d/patched/qemu-system-x86_64" \
+            --dst "$d/patched/qemu-system-x86_64" --src-cap --dst-cap --expect words
+        check "$v" "QEMU $v: patched -> patched, capability off: the old error, nothing new on the wire" \
+            pagesize "QEMU $v patched -> patched" --src "$d/patched/qemu-system-x86_64" \
+            --dst "$d/patched/qemu-system-x86_64" --expect sibling
+        check "$v" "QEMU $v: patched (capability on) -> unpatched: the old error" \
+            pagesize "QEMU $v patched+cap -> unpatched" --src "$d/patched/qemu-system-x86_64" \
+            --dst "$d/unpatched/qemu-system-x86_64" --src-cap --expect sibling
+        check "$v" "QEMU $v: unpatched -> patched: the old error" \
+            pagesize "QEMU $v unpatched -> patched" --src "$d/unpatched/qemu-system-x86_64" \
+            --dst "$d/patched/qemu-system-x86_64" --expect sibling
+    done
+
+    for v in "${VERSIONS[@]}"; do
+        # The blocktime rework (10.1): ns latencies and their histogram.
+        dpkg --compare-versions "$v" ge 10.1 || continue
+        d=$(vdir "$v")
+        step "QEMU $v: postcopy blocktime and latency accounting"
+        for kind in unpatched patched; do
+            check "$v" "QEMU $v $kind: postcopy latency and histogram add up to the faults accounted" \
+                timed blocktime python3 scripts/qemu-check.py blocktime \
+                --src "$d/$kind/qemu-system-x86_64" --dst "$d/$kind/qemu-system-x86_64" \
+                --bootblock "$d/src/tests/qtest/migration/i386/a-b-bootblock.h" \
+                --workdir "$B/blocktime-logs/$v-$kind" --label "QEMU $v $kind"
+        done
+    done
+
+    if [[ " ${VERSIONS[*]} " == *" 10.0.13 "* ]] && [[ " ${VERSIONS[*]} " == *" 10.2.2 "* ]]; then
+        local old new
+        old=$(vdir 10.0.13)/patched new=$(vdir 10.2.2)/patched
+        step "across versions: patched 10.0.13 <-> patched 10.2.2, machine pc-q35-10.0"
+        # 10.0.13's migration-test drives both: 10.2's passes -run-with
+        # exit-with-parent=on, which 10.0 does not know.
+        # QTEST_QEMU_MACHINE_TYPE pins the machine type both binaries know.
+        check - "postcopy: patched 10.0.13 source -> patched 10.2.2 destination (pc-q35-10.0), guest RAM verified" \
+            timed interop interop 10.0.13-to-10.2.2 "$old" \
+            QTEST_QEMU_BINARY_DST "$new/qemu-system-x86_64" postcopy_rs_incoming_stats placed \
+            QTEST_QEMU_MACHINE_TYPE=pc-q35-10.0
+        check - "postcopy: patched 10.2.2 source -> patched 10.0.13 destination (pc-q35-10.0), guest RAM verified" \
+            timed interop interop 10.2.2-to-10.0.13 "$old" \
+            QTEST_QEMU_BINARY_SRC "$new/qemu-system-x86_64" postcopy_rs_incoming_stats placed \
+            QTEST_QEMU_MACHINE_TYPE=pc-q35-10.0
+    fi
+}
+
+step "VM tests (waiting for $LOCK)"
+t0=$SECONDS
+exec 9>"$LOCK"
+flock 9
+echo "holding $LOCK (waited $((SECONDS - t0))s)"
+# The lock stays with this shell: no QEMU the tests start inherits it.
+vm_tests 9>&-
+flock -u 9
+exec 9>&-
+
+step "summary"
+for v in "${VERSIONS[@]}"; do
+    echo "QEMU $v: ${VPASS[$v]:-0} passed, ${VFAIL[$v]:-0} failed"
+done
+times=""
+while IFS= read -r k; do
+    times+="$k $(fmt_secs "${TOOK[$k]}"), "
+done < <(printf '%s\n' "${!TOOK[@]}" | sort)
+echo "times: ${times%, }"
 echo "QEMU stage: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

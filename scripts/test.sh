@@ -10,8 +10,10 @@
 #      userfaultfd (4 KiB and 2 MiB hugetlbfs pages); then the library
 #      built for x86_64-unknown-linux-musl, and the demo guest's workload
 #      on this host (guest/test-workload.sh, no VM);
-#   3. the QEMU stage (scripts/qemu-test.sh): Debian's QEMU 10.0 with the
-#      patch series, QEMU's postcopy qtests, interoperability both ways;
+#   3. the QEMU stage (scripts/qemu-test.sh): Debian's QEMU 10.0.13 and
+#      10.2.2, each with its patch series and the one library, every
+#      postcopy qtest (TLS included), interoperability both ways and
+#      across the two versions, the page-size report, 10.2's blocktime;
 #   4. the main command, `make demo`, at default settings: a real Linux
 #      guest live-migrated with postcopy between two patched QEMUs; it
 #      fails unless the guest verifies every page of its memory;

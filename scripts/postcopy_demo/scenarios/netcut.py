@@ -408,11 +408,8 @@ def start_destination(s: Session) -> VM:
     vm = VM(s, "destination", "dst%d" % s.ndst, s.dst_binary, s.dst_ram, incoming=True)
     s.vms.append(vm)
     vm.start()
-    vm.qmp.cmd("migrate-set-capabilities", {"capabilities": [
-        {"capability": "postcopy-ram", "state": True},
-        {"capability": "postcopy-blocktime", "state": True},
-        # MIGRATION events: its state when its main thread cannot answer
-        {"capability": "events", "state": True}]})
+    # events: MIGRATION events tell its state when its main thread cannot answer
+    migration.set_capabilities(vm, ["postcopy-ram", "postcopy-blocktime", "events"])
     vm.port = 4440 + s.ndst
     return vm
 
