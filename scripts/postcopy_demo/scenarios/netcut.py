@@ -121,6 +121,7 @@ class Cutter:
         # comes from MIGRATION events, recovery goes out of band.
         self.dst_blocked = s.opts.recover_oob
         self.dst_event_state = None
+        self.dst_keepalive = True     # the destination's socket has keepalive on
 
     def dst_status(self) -> str:
         for ev in self.dst.qmp.events():
@@ -192,10 +193,11 @@ class Cutter:
                     now - since - cut["source_paused_after_s"] > KICK_AFTER):
                 st = self.dst_status()
                 self.s.out.warn(
-                    "the destination is still %r %.0f s after the source paused (its "
-                    "keepalive should have fired by now); doing what an operator must: "
-                    "migrate-pause on the destination"
-                    % (st, KICK_AFTER))
+                    "the destination is still %r %.0f s after the source paused (%s); "
+                    "doing what an operator must: migrate-pause on the destination"
+                    % (st, KICK_AFTER, "its keepalive should have fired by now"
+                       if self.dst_keepalive else "its socket is QEMU's own, without "
+                       "keepalive, and it had nothing in flight"))
                 try:
                     self.dst.qmp.cmd_oob("migrate-pause")
                 except QMPError as e:
@@ -270,6 +272,7 @@ class Cutter:
         except QMPError as e:
             raise MigrateError("%s: %s on the destination refused: %s (%s)"
                                % (what, cmd, e.desc, self.states()))
+        self.dst_keepalive = True
         if resume:
             self.say("destination: migrate-recover fd:%s (the accepted socket, keepalive on)"
                      % name)
@@ -286,6 +289,7 @@ class Cutter:
             raise MigrateError("recovery: exec-oob migrate-recover on the destination: %s (%s)"
                                % (e.desc, self.states()))
         self.say("destination: exec-oob migrate-recover %s" % uri)
+        self.dst_keepalive = False
         t = time.monotonic()
         try:
             self.src.qmp.cmd("migrate", {"channels": channel(self.net.addr["dst"], self.port),
