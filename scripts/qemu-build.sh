@@ -135,7 +135,9 @@ if [ -f "$BUILDDIR/build.ninja" ] && [ "$(cat "$cfg_stamp" 2>/dev/null || true)"
     echo "already configured with the same arguments: $BUILDDIR"
 else
     step "configure"
-    if [ -n "$(ls -A "$BUILDDIR")" ]; then
+    # relink_if_library_changed (lib.sh) may have left its stamp in a new
+    # build directory: that alone does not make it someone else's.
+    if [ -n "$(find "$BUILDDIR" -mindepth 1 -maxdepth 1 ! -name .postcopy-rs-lib -print -quit)" ]; then
         if [ -f "$cfg_stamp" ] || [ -f "$BUILDDIR/build.ninja" ]; then
             echo "configure arguments changed: wiping $BUILDDIR"
             find "$BUILDDIR" -mindepth 1 -delete
