@@ -464,15 +464,10 @@ impl Loop<'_> {
             // unusable; POLLHUP comes from an fd that is not one.)
             let bad = pfds[0].revents & (libc::POLLERR | libc::POLLNVAL | libc::POLLHUP);
             if bad != 0 {
-                log::error!(
-                    "postcopy fault thread: poll on the userfaultfd returned revents {bad:#x}; stopping"
-                );
-                let e = Error::Os {
-                    op: "poll on the userfaultfd (POLLERR/POLLHUP/POLLNVAL)",
-                    errno: libc::EBADF,
-                };
-                self.handler.fatal(&e, 0);
-                return Err(e);
+                return Err(self.unusable(
+                    "poll on the userfaultfd (POLLERR/POLLHUP/POLLNVAL)",
+                    &format!("poll on the userfaultfd returned revents {bad:#x}"),
+                ));
             }
             if pfds[0].revents & libc::POLLIN != 0 {
                 if let Next::Quit = self.read_batch(&mut buf)? {
@@ -492,6 +487,18 @@ impl Loop<'_> {
                 }
             }
         }
+    }
+
+    /// The userfaultfd cannot be served (`op` failed as `detail` says):
+    /// log it, tell the embedder, and give the error that ends the thread.
+    fn unusable(&mut self, op: &'static str, detail: &str) -> Error {
+        log::error!("postcopy fault thread: {detail}; stopping");
+        let e = Error::Os {
+            op,
+            errno: libc::EBADF,
+        };
+        self.handler.fatal(&e, 0);
+        e
     }
 
     /// Pause until resumed (true) or stopped (false).
@@ -529,15 +536,10 @@ impl Loop<'_> {
             // A userfaultfd returns whole messages or an error, never end
             // of file: this fd is not one, and poll() would report it
             // readable again at once (a spin).
-            log::error!(
-                "postcopy fault thread: read of the userfaultfd returned {n} bytes, not whole messages; stopping"
-            );
-            let e = Error::Os {
-                op: "read of the userfaultfd (end of file or a partial message)",
-                errno: libc::EBADF,
-            };
-            self.handler.fatal(&e, 0);
-            return Err(e);
+            return Err(self.unusable(
+                "read of the userfaultfd (end of file or a partial message)",
+                &format!("read of the userfaultfd returned {n} bytes, not whole messages"),
+            ));
         }
         stats::add(Counter::FaultReads, 1);
         stats::add(Counter::FaultsRead, count as u64);
