@@ -144,6 +144,27 @@ fn dup_shared(fds: &[BorrowedFd<'_>]) -> Result<Vec<SharedFd>> {
 }
 
 impl Shared {
+    /// A running thread's shared state, with a fresh stop eventfd;
+    /// `shared_fds` is the set the thread picks up on its first loop.
+    fn new(shared_fds: Option<Vec<SharedFd>>) -> Result<Self> {
+        // SAFETY: plain syscall; the fd it returns is owned below.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(Error::last_os("eventfd"));
+        }
+        Ok(Shared {
+            quit: AtomicBool::new(false),
+            // SAFETY: a fresh fd from eventfd() that nothing else owns.
+            event: unsafe { OwnedFd::from_raw_fd(efd) },
+            control: Mutex::new(Control {
+                state: PostcopyRsFaultThreadState::Running,
+                resumes: 0,
+            }),
+            cond: Condvar::new(),
+            shared_fds: Mutex::new(shared_fds),
+        })
+    }
+
     fn kick(&self) {
         let one: u64 = 1;
         // SAFETY: writing 8 bytes from a live u64 to our own eventfd.
@@ -215,22 +236,7 @@ impl FaultThread {
         if flags & libc::O_NONBLOCK == 0 {
             return Err(Error::Invalid("the userfaultfd must be opened O_NONBLOCK"));
         }
-        // SAFETY: plain syscall; the fd it returns is owned below.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if efd < 0 {
-            return Err(Error::last_os("eventfd"));
-        }
-        let shared = Arc::new(Shared {
-            quit: AtomicBool::new(false),
-            // SAFETY: a fresh fd from eventfd() that nothing else owns.
-            event: unsafe { OwnedFd::from_raw_fd(efd) },
-            control: Mutex::new(Control {
-                state: PostcopyRsFaultThreadState::Running,
-                resumes: 0,
-            }),
-            cond: Condvar::new(),
-            shared_fds: Mutex::new(Some(shared_fds)),
-        });
+        let shared = Arc::new(Shared::new(Some(shared_fds))?);
         let (ready_tx, ready_rx) = mpsc::channel();
         let sh = Arc::clone(&shared);
         // Like qemu_thread_create(): the new thread starts with every
@@ -702,20 +708,7 @@ mod tests {
     }
 
     fn shared() -> Shared {
-        // SAFETY: plain syscall; the fd is owned below.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        assert!(efd >= 0);
-        Shared {
-            quit: AtomicBool::new(false),
-            // SAFETY: a fresh fd nothing else owns.
-            event: unsafe { OwnedFd::from_raw_fd(efd) },
-            control: Mutex::new(Control {
-                state: PostcopyRsFaultThreadState::Running,
-                resumes: 0,
-            }),
-            cond: Condvar::new(),
-            shared_fds: Mutex::new(None),
-        }
+        Shared::new(None).expect("eventfd")
     }
 
     fn fault(addr: u64) -> UffdMsg {

@@ -340,6 +340,12 @@ fn pause_cycle(ft: &FaultThread, ev: &Events, during: impl FnOnce()) -> Result<(
     during();
     ev.return_path_gone.store(false, SeqCst);
     ft.resume();
+    wait_for_resume(ev, r0, t)
+}
+
+/// Wait until the thread took a resume posted after `r0` resumes, within
+/// STALL of `t`.
+fn wait_for_resume(ev: &Events, r0: u32, t: Instant) -> Result<(), String> {
     while ev.resumed.load(SeqCst) == r0 {
         if t.elapsed() > STALL {
             return Err("the thread did not take its resume".into());
@@ -370,13 +376,7 @@ fn failed_request_cycle(ft: &FaultThread, ev: &Events) -> Result<(), String> {
     }
     std::thread::sleep(Duration::from_millis(1));
     ft.resume();
-    while ev.resumed.load(SeqCst) == r0 {
-        if t.elapsed() > STALL {
-            return Err("the thread did not take its resume".into());
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    Ok(())
+    wait_for_resume(ev, r0, t)
 }
 
 /// What one round did, for the report line (read through Debug).
