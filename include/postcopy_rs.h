@@ -550,24 +550,6 @@ int postcopy_rs_get_stats(PostcopyRsStats *out);
 void postcopy_rs_reset_stats(void);
 
 /**
- * The `MIG_RP_MSG_PONG` value a destination sends before failing on
- * mismatched page sizes, carrying its page-size summary
- * (`ram_pagesize_summary()`); 0 if the summary cannot be carried (then
- * send nothing).  Any QEMU source accepts the pong; a postcopy-rs source
- * decodes it with `postcopy_rs_pagesize_pong_decode()`.
- */
-uint32_t postcopy_rs_pagesize_pong_encode(uint64_t summary);
-
-/**
- * If `pong` is a page-size pong, store the peer's summary in `*summary`
- * and return true; otherwise (any other pong, or NULL `summary`) false.
- *
- * # Safety
- * `summary`, if not NULL, must be writable.
- */
-bool postcopy_rs_pagesize_pong_decode(uint32_t pong, uint64_t *summary);
-
-/**
  * Write the error for mismatched page summaries, naming both sides' page
  * sizes, into `buf` (at most `len` bytes, always NUL-terminated when
  * `len > 0`, like snprintf).  Returns the message's full length, or

@@ -208,10 +208,6 @@ enum Op {
         null: bool,
         len: usize,
     },
-    PongDecode {
-        null: bool,
-        pong: u32,
-    },
     GetStatsNull,
 }
 
@@ -313,7 +309,6 @@ fn op() -> impl Strategy<Value = Op> {
         ])
             .prop_map(|(null, nr_pages, ratio)| Op::Chunk { null, nr_pages, ratio }),
         1 => (any::<bool>(), 0..200usize).prop_map(|(null, len)| Op::Message { null, len }),
-        1 => (any::<bool>(), any::<u32>()).prop_map(|(null, pong)| Op::PongDecode { null, pong }),
         1 => Just(Op::GetStatsNull),
     ]
 }
@@ -1066,16 +1061,6 @@ impl Case {
                         prop_assert!(buf[len..].iter().all(|&b| b == 0x55), "{}: overran", &call);
                     }
                 }
-                Ok(())
-            }
-            Op::PongDecode { null, pong } => {
-                let mut out = 0u64;
-                let p = if null { std::ptr::null_mut() } else { &mut out };
-                // SAFETY: p is live or NULL.
-                let ok = bounded(what, || unsafe {
-                    ffi::postcopy_rs_pagesize_pong_decode(pong, p)
-                });
-                prop_assert!(!(null && ok), "{}: decoded into NULL", &call);
                 Ok(())
             }
             Op::GetStatsNull => {

@@ -73,32 +73,6 @@ pub extern "C" fn postcopy_rs_reset_stats() {
 // ---------------------------------------------------------------------------
 // Mismatched page sizes between source and destination.
 
-/// The `MIG_RP_MSG_PONG` value a destination sends before failing on
-/// mismatched page sizes, carrying its page-size summary
-/// (`ram_pagesize_summary()`); 0 if the summary cannot be carried (then
-/// send nothing).  Any QEMU source accepts the pong; a postcopy-rs source
-/// decodes it with `postcopy_rs_pagesize_pong_decode()`.
-#[no_mangle]
-pub extern "C" fn postcopy_rs_pagesize_pong_encode(summary: u64) -> u32 {
-    boundary("postcopy_rs_pagesize_pong_encode", || {
-        Ok::<u32, crate::error::Error>(pagesize::pong_encode(summary).unwrap_or(0))
-    })
-}
-
-/// If `pong` is a page-size pong, store the peer's summary in `*summary`
-/// and return true; otherwise (any other pong, or NULL `summary`) false.
-///
-/// # Safety
-/// `summary`, if not NULL, must be writable.
-#[no_mangle]
-pub unsafe extern "C" fn postcopy_rs_pagesize_pong_decode(pong: u32, summary: *mut u64) -> bool {
-    boundary("postcopy_rs_pagesize_pong_decode", || {
-        // SAFETY: NULL or writable (contract).
-        let out = unsafe { try_mut(summary, "summary") }?;
-        Ok(pagesize::pong_decode(pong).map(|s| *out = s).is_some())
-    })
-}
-
 /// Write the error for mismatched page summaries, naming both sides' page
 /// sizes, into `buf` (at most `len` bytes, always NUL-terminated when
 /// `len > 0`, like snprintf).  Returns the message's full length, or
