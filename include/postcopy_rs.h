@@ -468,12 +468,9 @@ int postcopy_rs_fault_thread_start(const PostcopyRsFaultConfig *cfg,
  *
  * Returns 0 if the thread was running until now, or the negative errno
  * that ended it earlier (e.g. -ERANGE after a fault outside guest RAM,
- * -ENOTRECOVERABLE after an internal error).  NULL is a no-op returning
- * -EFAULT.
- *
- * # Safety
- * `t` must be a handle from `postcopy_rs_fault_thread_start()`, not yet
- * stopped, and not used again after this call.
+ * -ENOTRECOVERABLE after an internal error).  NULL is `-EFAULT` and a
+ * handle already stopped (or never started) `-ESRCH`, both touching
+ * nothing: a second stop is an error, not a use-after-free.
  */
 int postcopy_rs_fault_thread_stop(PostcopyRsFaultThread *t);
 
@@ -481,29 +478,20 @@ int postcopy_rs_fault_thread_stop(PostcopyRsFaultThread *t);
  * Post one resume: a thread paused after a failed request retries it.
  * Like a semaphore post, a resume before the pause is remembered.
  * QEMU: `qemu_sem_post(&mis->postcopy_pause_sem_fault)`.
- * Returns 0, or `-EFAULT` for NULL.
- *
- * # Safety
- * `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+ * Returns 0, `-EFAULT` for NULL or `-ESRCH` for a handle not live.
  */
 int postcopy_rs_fault_thread_resume(PostcopyRsFaultThread *t);
 
 /**
  * Wake the thread so that it calls `ops.check_pause` again (QEMU:
  * `postcopy_fault_thread_notify()`, after closing the return path).
- * Returns 0, or `-EFAULT` for NULL.
- *
- * # Safety
- * `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+ * Returns 0, `-EFAULT` for NULL or `-ESRCH` for a handle not live.
  */
 int postcopy_rs_fault_thread_notify(PostcopyRsFaultThread *t);
 
 /**
- * What the thread is doing now (`PostcopyRsFaultThreadState`), or
- * `-EFAULT` for NULL.
- *
- * # Safety
- * `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+ * What the thread is doing now (`PostcopyRsFaultThreadState`), `-EFAULT`
+ * for NULL or `-ESRCH` for a handle not live.
  */
 int postcopy_rs_fault_thread_state(const PostcopyRsFaultThread *t);
 
@@ -512,12 +500,11 @@ int postcopy_rs_fault_thread_state(const PostcopyRsFaultThread *t);
  * change takes effect when the thread next wakes (it is woken now).  The
  * thread polls duplicates of them; `shared_fault` receives the numbers
  * given here.  Returns 0, or `-EFAULT` for a NULL `t`, or NULL `fds` with
- * `n > 0`, or `-EBADF` for a negative or closed fd (the set is then
- * unchanged).
+ * `n > 0`, `-ESRCH` for a handle not live, or `-EBADF` for a negative or
+ * closed fd (the set is then unchanged).
  *
  * # Safety
- * `t` must be NULL or a live handle; `fds` must hold `n` ints (may be
- * NULL if `n` is 0).
+ * `fds` must hold `n` ints (may be NULL if `n` is 0).
  */
 int postcopy_rs_fault_thread_set_shared_fds(PostcopyRsFaultThread *t,
                                             const int *fds,

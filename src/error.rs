@@ -50,6 +50,9 @@ pub enum Error {
     },
     /// An operation that is not valid in the current state.  -EBUSY.
     State(&'static str),
+    /// A handle that is not live: already stopped, or never started.
+    /// -ESRCH.
+    NoHandle(&'static str),
     /// A system call failed.  -errno.
     Os {
         /// What was being done.
@@ -101,6 +104,7 @@ impl Error {
             | Error::Invalid(_) => libc::EINVAL,
             Error::OutOfRange { .. } => libc::ERANGE,
             Error::State(_) => libc::EBUSY,
+            Error::NoHandle(_) => libc::ESRCH,
             Error::Os { errno, .. } | Error::Ioctl { errno, .. } => *errno,
             Error::Callback { ret, .. } => {
                 ret.checked_neg().filter(|e| *e > 0).unwrap_or(libc::EIO)
@@ -155,6 +159,10 @@ impl fmt::Display for Error {
                 write!(f, "range {addr:#x}+{len:#x} lies outside guest RAM")
             }
             Error::State(what) => write!(f, "{what}"),
+            Error::NoHandle(arg) => write!(
+                f,
+                "argument '{arg}' is not a live fault thread (already stopped, or never started)"
+            ),
             Error::Os { op, errno } => write!(
                 f,
                 "{op} failed: {} (errno {errno})",
@@ -192,6 +200,7 @@ mod tests {
             -libc::ERANGE
         );
         assert_eq!(Error::Panic.to_neg_errno(), -libc::ENOTRECOVERABLE);
+        assert_eq!(Error::NoHandle("t").to_neg_errno(), -libc::ESRCH);
         assert_eq!(
             Error::Os {
                 op: "x",

@@ -51,6 +51,7 @@ const EFAULT: i32 = -libc::EFAULT;
 const EINVAL: i32 = -libc::EINVAL;
 const ERANGE: i32 = -libc::ERANGE;
 const EBADF: i32 = -libc::EBADF;
+const ESRCH: i32 = -libc::ESRCH;
 
 // --- The watchdog ----------------------------------------------------------
 
@@ -191,6 +192,9 @@ enum Op {
     SetShared(Shared),
     /// The same calls with a NULL handle.
     NullHandle(u8),
+    /// The same calls with the handle stopped last (a second stop, a late
+    /// notify): -ESRCH, not a use-after-free.
+    StaleHandle(u8),
     /// A thread reads page `i` (and blocks until it is placed).
     Touch(u64),
     /// Place every page requested so far.
@@ -299,6 +303,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::State),
         1 => shared().prop_map(Op::SetShared),
         1 => (0..5u8).prop_map(Op::NullHandle),
+        1 => (0..5u8).prop_map(Op::StaleHandle),
         4 => (0..NPAGES).prop_map(Op::Touch),
         3 => Just(Op::Serve),
         1 => (1..3u32).prop_map(Op::FailRequests),
@@ -487,6 +492,8 @@ struct Case {
     ctx: Box<Ctx>,
     /// Live fault threads and the fd each was started on.
     threads: Vec<(*mut PostcopyRsFaultThread, Fd)>,
+    /// The handle stopped last, if any: never to be dereferenced.
+    stopped: Option<*mut PostcopyRsFaultThread>,
     touchers: Vec<std::thread::JoinHandle<()>>,
     /// Pages present, as far as the calls that succeeded say.
     present: [bool; NPAGES as usize],
@@ -555,6 +562,7 @@ impl Case {
             src,
             ctx,
             threads: Vec::new(),
+            stopped: None,
             touchers: Vec::new(),
             present: [false; NPAGES as usize],
             served: 0,
@@ -894,10 +902,12 @@ impl Case {
                 Ok(())
             }
             Op::Stop => match self.threads.pop() {
-                Some((t, fd)) => stop_thread(&call, t, fd).map(|_| ()),
+                Some((t, fd)) => {
+                    self.stopped = Some(t);
+                    stop_thread(&call, t, fd).map(|_| ())
+                }
                 None => {
-                    // SAFETY: NULL.
-                    let ret = bounded(what, || unsafe {
+                    let ret = bounded(what, || {
                         ffi::postcopy_rs_fault_thread_stop(std::ptr::null_mut())
                     });
                     prop_assert_eq!(ret, EFAULT, "stop(NULL)");
@@ -906,13 +916,10 @@ impl Case {
             },
             Op::Resume | Op::Notify | Op::State => {
                 let t = self.newest();
-                // SAFETY: a live handle or NULL.
-                let ret = bounded(what, || unsafe {
-                    match op {
-                        Op::Resume => ffi::postcopy_rs_fault_thread_resume(t),
-                        Op::Notify => ffi::postcopy_rs_fault_thread_notify(t),
-                        _ => ffi::postcopy_rs_fault_thread_state(t),
-                    }
+                let ret = bounded(what, || match op {
+                    Op::Resume => ffi::postcopy_rs_fault_thread_resume(t),
+                    Op::Notify => ffi::postcopy_rs_fault_thread_notify(t),
+                    _ => ffi::postcopy_rs_fault_thread_state(t),
                 });
                 if t.is_null() {
                     prop_assert_eq!(ret, EFAULT, "{} on NULL", &call);
@@ -941,18 +948,21 @@ impl Case {
                 Ok(())
             }
             Op::NullHandle(k) => {
-                let n = std::ptr::null_mut();
-                // SAFETY: NULL handles only.
-                let ret = bounded(what, || unsafe {
-                    match k {
-                        0 => ffi::postcopy_rs_fault_thread_resume(n),
-                        1 => ffi::postcopy_rs_fault_thread_notify(n),
-                        2 => ffi::postcopy_rs_fault_thread_state(n),
-                        3 => ffi::postcopy_rs_fault_thread_set_shared_fds(n, std::ptr::null(), 0),
-                        _ => ffi::postcopy_rs_fault_thread_stop(n),
-                    }
-                });
+                let ret = bounded(what, || handle_call(k, std::ptr::null_mut()));
                 prop_assert_eq!(ret, EFAULT, "{}", &call);
+                Ok(())
+            }
+            Op::StaleHandle(k) => {
+                // A newer thread may have been given the same address, as
+                // malloc would: then the handle is live again.
+                let Some(t) = self
+                    .stopped
+                    .filter(|t| self.threads.iter().all(|(l, _)| l != t))
+                else {
+                    return Ok(());
+                };
+                let ret = bounded(what, || handle_call(k, t));
+                prop_assert_eq!(ret, ESRCH, "{}", &call);
                 Ok(())
             }
             Op::Touch(i) => {
@@ -1142,24 +1152,35 @@ impl Case {
 /// hangs up or reads end-of-file must have ended by itself, with -EBADF,
 /// rather than spin (unless it paused first: the return path check comes
 /// first, and a paused thread waits, it does not spin).
+/// Call `k`'s fault-thread export on a handle that is NULL or not live:
+/// nothing may dereference it.
+fn handle_call(k: u8, t: *mut PostcopyRsFaultThread) -> c_int {
+    match k {
+        0 => ffi::postcopy_rs_fault_thread_resume(t),
+        1 => ffi::postcopy_rs_fault_thread_notify(t),
+        2 => ffi::postcopy_rs_fault_thread_state(t),
+        // SAFETY: no fds (NULL, 0).
+        3 => unsafe { ffi::postcopy_rs_fault_thread_set_shared_fds(t, std::ptr::null(), 0) },
+        _ => ffi::postcopy_rs_fault_thread_stop(t),
+    }
+}
+
 fn stop_thread(call: &str, t: *mut PostcopyRsFaultThread, fd: Fd) -> Result<c_int, TestCaseError> {
     let must_end = matches!(fd, Fd::HungUp | Fd::DevNull);
     let mut state = 0;
     if must_end {
         let at = Instant::now();
         while at.elapsed() < Duration::from_secs(5) {
-            // SAFETY: a live handle.
-            state = unsafe { ffi::postcopy_rs_fault_thread_state(t) };
+            state = ffi::postcopy_rs_fault_thread_state(t);
             if state != 0 {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    // SAFETY: a live handle, not used again.
     let ret = bounded(
         || format!("{call}: stop"),
-        || unsafe { ffi::postcopy_rs_fault_thread_stop(t) },
+        || ffi::postcopy_rs_fault_thread_stop(t),
     );
     check(call, ret, STOP_ERRNOS)?;
     if must_end {

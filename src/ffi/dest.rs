@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! Destination-side exports: page placement and the fault thread.
 
-use super::{boundary, try_cstr, try_fd, try_mut, try_ref, try_slice};
+use super::{boundary, handles, try_cstr, try_fd, try_mut, try_ref, try_slice};
 use crate::error::{Error, Result};
 use crate::fault_thread::{FaultHandler, FaultThread, Resolved};
 use crate::log::PostcopyRsLogLevel;
@@ -476,7 +476,7 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_start(
         // SAFETY: NULL or a C string (contract).
         let name = unsafe { try_cstr(cfg.name) }.map(|n| n.to_string_lossy().into_owned());
         let t = FaultThread::start(uffd, &shared, name.as_deref(), Box::new(COps(cfg.ops)))?;
-        *out = Box::into_raw(Box::new(PostcopyRsFaultThread(t)));
+        *out = handles::register(PostcopyRsFaultThread(t));
         Ok(())
     })
 }
@@ -486,88 +486,49 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_start(
 ///
 /// Returns 0 if the thread was running until now, or the negative errno
 /// that ended it earlier (e.g. -ERANGE after a fault outside guest RAM,
-/// -ENOTRECOVERABLE after an internal error).  NULL is a no-op returning
-/// -EFAULT.
-///
-/// # Safety
-/// `t` must be a handle from `postcopy_rs_fault_thread_start()`, not yet
-/// stopped, and not used again after this call.
+/// -ENOTRECOVERABLE after an internal error).  NULL is `-EFAULT` and a
+/// handle already stopped (or never started) `-ESRCH`, both touching
+/// nothing: a second stop is an error, not a use-after-free.
 #[no_mangle]
-pub unsafe extern "C" fn postcopy_rs_fault_thread_stop(t: *mut PostcopyRsFaultThread) -> c_int {
+pub extern "C" fn postcopy_rs_fault_thread_stop(t: *mut PostcopyRsFaultThread) -> c_int {
     boundary("postcopy_rs_fault_thread_stop", || {
-        if t.is_null() {
-            return Err(Error::Null("t"));
-        }
-        // SAFETY: t came from Box::into_raw in start and is not used again
-        // (contract).
-        let t = unsafe { Box::from_raw(t) };
-        t.0.stop()
+        handles::take(t)?.0.stop()
     })
 }
 
 /// Post one resume: a thread paused after a failed request retries it.
 /// Like a semaphore post, a resume before the pause is remembered.
 /// QEMU: `qemu_sem_post(&mis->postcopy_pause_sem_fault)`.
-/// Returns 0, or `-EFAULT` for NULL.
-///
-/// # Safety
-/// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+/// Returns 0, `-EFAULT` for NULL or `-ESRCH` for a handle not live.
 #[no_mangle]
-pub unsafe extern "C" fn postcopy_rs_fault_thread_resume(t: *mut PostcopyRsFaultThread) -> c_int {
-    // SAFETY: forwarded contract.
-    unsafe {
-        with_thread("postcopy_rs_fault_thread_resume", t, |t| {
-            t.resume();
+pub extern "C" fn postcopy_rs_fault_thread_resume(t: *mut PostcopyRsFaultThread) -> c_int {
+    boundary("postcopy_rs_fault_thread_resume", || {
+        handles::with_live(t, |t| {
+            t.0.resume();
             Ok(())
         })
-    }
+    })
 }
 
 /// Wake the thread so that it calls `ops.check_pause` again (QEMU:
 /// `postcopy_fault_thread_notify()`, after closing the return path).
-/// Returns 0, or `-EFAULT` for NULL.
-///
-/// # Safety
-/// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+/// Returns 0, `-EFAULT` for NULL or `-ESRCH` for a handle not live.
 #[no_mangle]
-pub unsafe extern "C" fn postcopy_rs_fault_thread_notify(t: *mut PostcopyRsFaultThread) -> c_int {
-    // SAFETY: forwarded contract.
-    unsafe {
-        with_thread("postcopy_rs_fault_thread_notify", t, |t| {
-            t.notify();
+pub extern "C" fn postcopy_rs_fault_thread_notify(t: *mut PostcopyRsFaultThread) -> c_int {
+    boundary("postcopy_rs_fault_thread_notify", || {
+        handles::with_live(t, |t| {
+            t.0.notify();
             Ok(())
         })
-    }
-}
-
-/// Run `f` on a live thread handle: 0, `f`'s error, or -EFAULT for NULL.
-///
-/// # Safety
-/// `t` must be NULL or a live handle from `postcopy_rs_fault_thread_start()`.
-unsafe fn with_thread(
-    name: &'static str,
-    t: *const PostcopyRsFaultThread,
-    f: impl FnOnce(&FaultThread) -> Result<()>,
-) -> c_int {
-    boundary(name, || {
-        // SAFETY: NULL or a live handle (contract); only shared access is
-        // needed.
-        let t = unsafe { try_ref(t, "t") }?;
-        f(&t.0)
     })
 }
 
-/// What the thread is doing now (`PostcopyRsFaultThreadState`), or
-/// `-EFAULT` for NULL.
-///
-/// # Safety
-/// `t` must be a live handle from `postcopy_rs_fault_thread_start()`.
+/// What the thread is doing now (`PostcopyRsFaultThreadState`), `-EFAULT`
+/// for NULL or `-ESRCH` for a handle not live.
 #[no_mangle]
-pub unsafe extern "C" fn postcopy_rs_fault_thread_state(t: *const PostcopyRsFaultThread) -> c_int {
+pub extern "C" fn postcopy_rs_fault_thread_state(t: *const PostcopyRsFaultThread) -> c_int {
     boundary("postcopy_rs_fault_thread_state", || {
-        // SAFETY: NULL or a live handle (contract).
-        let t = unsafe { try_ref(t, "t") }?;
-        Ok(t.0.state() as c_int)
+        handles::with_live(t, |t| Ok(t.0.state() as c_int))
     })
 }
 
@@ -575,23 +536,22 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_state(t: *const PostcopyRsFaul
 /// change takes effect when the thread next wakes (it is woken now).  The
 /// thread polls duplicates of them; `shared_fault` receives the numbers
 /// given here.  Returns 0, or `-EFAULT` for a NULL `t`, or NULL `fds` with
-/// `n > 0`, or `-EBADF` for a negative or closed fd (the set is then
-/// unchanged).
+/// `n > 0`, `-ESRCH` for a handle not live, or `-EBADF` for a negative or
+/// closed fd (the set is then unchanged).
 ///
 /// # Safety
-/// `t` must be NULL or a live handle; `fds` must hold `n` ints (may be
-/// NULL if `n` is 0).
+/// `fds` must hold `n` ints (may be NULL if `n` is 0).
 #[no_mangle]
 pub unsafe extern "C" fn postcopy_rs_fault_thread_set_shared_fds(
     t: *mut PostcopyRsFaultThread,
     fds: *const c_int,
     n: u32,
 ) -> c_int {
-    let set = |thread: &FaultThread| {
-        // SAFETY: fds holds n open fds (contract).
-        let fds = unsafe { fd_list(fds, n) }?;
-        thread.set_shared_fds(&fds)
-    };
-    // SAFETY: forwarded contract.
-    unsafe { with_thread("postcopy_rs_fault_thread_set_shared_fds", t, set) }
+    boundary("postcopy_rs_fault_thread_set_shared_fds", || {
+        handles::with_live(t, |t| {
+            // SAFETY: fds holds n ints (contract).
+            let fds = unsafe { fd_list(fds, n) }?;
+            t.0.set_shared_fds(&fds)
+        })
+    })
 }

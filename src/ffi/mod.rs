@@ -11,10 +11,12 @@
 //! is `-EFAULT`, a negative fd `-EBADF`.
 //!
 //! - [`source`]: canonicalisation and the discard bitmap (source side);
-//! - [`dest`]: placement and the fault thread (destination side);
+//! - [`dest`]: placement and the fault thread (destination side), whose
+//!   handles [`handles`] keeps;
 //! - [`misc`]: the log sink, the counters, page-size messages.
 
 pub mod dest;
+mod handles;
 pub mod misc;
 pub mod source;
 

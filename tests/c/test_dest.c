@@ -987,6 +987,10 @@ static void test_real_fault_thread(void)
 
     phase("stop fault thread #1");
     CHECK(postcopy_rs_fault_thread_stop(t) == 0);
+    /* A stopped handle is refused, not freed twice (ASan would see it). */
+    CHECK(postcopy_rs_fault_thread_stop(t) == -ESRCH);
+    CHECK(postcopy_rs_fault_thread_notify(t) == -ESRCH);
+    CHECK(postcopy_rs_fault_thread_state(t) == -ESRCH);
     CHECK(atomic_load(&c.thread_exit) == 1);
     CHECK(atomic_load(&c.thread_enter) == 1);
     CHECK(atomic_load(&c.fatal_count) == 0);
