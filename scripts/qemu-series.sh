@@ -24,8 +24,9 @@
 #       scripts/qemu-build.sh --patches leaves it) and BUILDDIR is its
 #       build; the series is reverted with `patch -R`, then re-applied one
 #       patch at a time with an incremental build of qemu-system-x86_64
-#       and migration-test after each (and one before the first).  The
-#       tree ends as it started.  Needs PKG_CONFIG_PATH as for the build.
+#       and migration-test after each (and one before the first); a
+#       compiler warning fails the step, as -Werror would.  The tree ends
+#       as it started.  Needs PKG_CONFIG_PATH as for the build.
 #
 # The orig tarball and the Debian source come from scripts/qemu-fetch.sh's
 # cache (~/.cache/postcopy-rs/qemu-src); run it first for VERSION
@@ -45,7 +46,7 @@ CMD=$1 VERSION=$2
 SERIES=$PCRS_ROOT/qemu-patches/v$VERSION
 DL=$PCRS_CACHE/qemu-src
 ORIG=$DL/qemu_$VERSION+ds.orig.tar.xz
-GIT=(git -c user.name="postcopy-rs developers" -c user.email="dev@postcopy-rs.invalid"
+GIT=(git -c user.name="postcopy-rs developers" -c user.email="dev@postcopy-rs.invalid" -c gc.auto=0
     -c commit.gpgsign=false -c core.autocrlf=false)
 
 upstream_tree() {
@@ -113,12 +114,19 @@ EOF
         [ -f "$BUILDDIR/build.ninja" ] || die "$BUILDDIR is not a configured build"
         mapfile -t patches < <(series_files)
         popts=(-s -p1 --batch --fuzz=0 --no-backup-if-mismatch --reject-file=-)
+        # The build is configured --disable-werror (release tarballs build
+        # so), but QEMU's own git builds use -Werror: a warning a patch
+        # brings in fails its step too.
         build() {
             PATH="$PCRS_VENV/bin:$PATH" ninja -C "$BUILDDIR" qemu-system-x86_64 \
                 tests/qtest/migration-test >"$BUILDDIR/build-each.log" 2>&1 || {
                 grep -E -A12 'error|FAILED' "$BUILDDIR/build-each.log" | head -40 >&2
                 return 1
             }
+            if grep -q 'warning:' "$BUILDDIR/build-each.log"; then
+                grep -A6 'warning:' "$BUILDDIR/build-each.log" | head -40 >&2
+                return 1
+            fi
         }
         step "revert the series in $SRC"
         for ((i = ${#patches[@]} - 1; i >= 0; i--)); do
