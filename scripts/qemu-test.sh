@@ -14,7 +14,9 @@
 #      qemu-system-x86_64 and migration-test, with gnutls for the TLS
 #      tests) into build/qemu-V/unpatched and build/qemu-V/patched;
 #   3. check that Rust is really in: each patched binary exports the
-#      library's symbols, and the replaced C functions are gone;
+#      library's symbols, and the replaced C functions are gone; and that
+#      each series is what a maintainer can take (scripts/qemu-series.sh
+#      check: git am onto upstream, checkpatch.pl, patch -p1 onto Debian);
 #   4. under the machine lock (/tmp/pcrs-vm.lock): per version, every
 #      postcopy qtest migration-test lists (TLS included) and one precopy
 #      qtest on the patched build, 4 at a time, with the library's trace
@@ -246,6 +248,9 @@ for v in "${VERSIONS[@]}"; do
         exports_library "$d/patched/qemu-system-x86_64"
     check "$v" "QEMU $v: replaced C functions are gone from the patched tree" \
         c_functions_gone "$d/src-patched" "$d/src"
+    step "QEMU $v: the series as a maintainer receives it"
+    check "$v" "QEMU $v: the series applies with git am to upstream, is checkpatch-clean, applies with patch -p1 to Debian's source" \
+        timed series nice -n 10 scripts/qemu-series.sh check "$v"
 done
 [ "$(sha256sum "$LIB" | cut -d' ' -f1)" = "$LIB_SHA" ] ||
     die "$LIB changed while the QEMUs were built"
