@@ -9,6 +9,8 @@
 //! - maps each fault to its block and host page, tells the embedder about
 //!   every fault (blocktime accounting), and requests each page from the
 //!   source at most once while it is in flight, never once received;
+//! - notes the time of the first fault on each missing host page, for the
+//!   fault-to-placement latency ([`crate::latency`]);
 //! - pauses when a request fails (broken return path) until
 //!   [`FaultThread::resume`] or [`FaultThread::stop`], then retries;
 //! - stops on a fault outside guest RAM, or when the userfaultfd is
@@ -21,6 +23,7 @@
 //! the eventfd, wakes a paused thread and joins, so it cannot hang.
 
 use crate::error::{Error, Result};
+use crate::latency;
 use crate::log;
 use crate::placement::Block;
 use crate::stats::{self, Counter};
@@ -361,7 +364,7 @@ fn thread_main(
     let res = catch_unwind(AssertUnwindSafe(|| {
         handler.thread_enter();
         let _ = ready.send(());
-        Loop {
+        let mut l = Loop {
             shared: &shared,
             uffd: uffd.as_fd(),
             handler: handler.as_mut(),
@@ -370,8 +373,14 @@ fn thread_main(
             request_again_after: REQUEST_AGAIN_AFTER,
             shared_fds: Vec::new(),
             probes: 0,
-        }
-        .run()
+            time_faults: true,
+            read_at: 0,
+            ranges: Vec::new(),
+        };
+        let res = l.run();
+        // Faults still waiting will never be placed by this migration.
+        latency::abandon(&l.ranges);
+        res
     }));
     let res = res.unwrap_or_else(|p| {
         let msg = p
@@ -411,6 +420,15 @@ struct Loop<'a> {
     /// Table entries examined while forgetting requests, for the test
     /// that keeps that O(1) per fault.
     probes: u64,
+    /// Note first faults for the latency histogram (off in the unit tests
+    /// below, whose pages are never placed).
+    time_faults: bool,
+    /// When the last `read()` returned (ns, [`latency::now_ns`]): the time
+    /// of every fault it read.
+    read_at: u64,
+    /// `(host, len)` of the blocks with first faults noted, to drop the
+    /// unresolved ones when the thread ends.
+    ranges: Vec<(u64, u64)>,
 }
 
 enum Next {
@@ -547,6 +565,9 @@ impl Loop<'_> {
                 &format!("read of the userfaultfd returned {n} bytes, not whole messages"),
             ));
         }
+        if self.time_faults {
+            self.read_at = latency::now_ns();
+        }
         stats::add(Counter::FaultReads, 1);
         stats::add(Counter::FaultsRead, count as u64);
         for msg in &buf[..count] {
@@ -631,7 +652,7 @@ impl Loop<'_> {
             }
         };
         self.handler.fault(r.handle, addr, msg.pf_ptid);
-        if block.is_received(offset) {
+        if block.is_received(offset) || self.first_fault_was_placed(&block, page, offset) {
             self.inflight.remove(&page);
             stats::add(Counter::RequestsDeduped, 1);
             return Ok(Next::Go);
@@ -658,6 +679,24 @@ impl Loop<'_> {
         stats::add(Counter::PagesRequested, 1);
         self.remember(page);
         Ok(Next::Go)
+    }
+
+    /// Note the first fault on `page` (not received when checked) for the
+    /// latency; true if the page turns out received after all, placed
+    /// between the check and the note, which then gives no sample.
+    fn first_fault_was_placed(&mut self, block: &Block, page: u64, offset: u64) -> bool {
+        if !self.time_faults || !latency::begin(page, self.read_at) {
+            return false;
+        }
+        let range = (block.host, block.len);
+        if !self.ranges.contains(&range) {
+            self.ranges.push(range);
+        }
+        if block.is_received(offset) {
+            latency::cancel(page);
+            return true;
+        }
+        false
     }
 
     /// Note a request for `page`, first forgetting requests old enough to
@@ -739,6 +778,9 @@ mod tests {
             request_again_after: REQUEST_AGAIN_AFTER,
             shared_fds: Vec::new(),
             probes: 0,
+            time_faults: false,
+            read_at: 0,
+            ranges: Vec::new(),
         }
     }
 
