@@ -364,7 +364,7 @@ fn thread_main(
     let res = catch_unwind(AssertUnwindSafe(|| {
         handler.thread_enter();
         let _ = ready.send(());
-        let mut l = Loop {
+        Loop {
             shared: &shared,
             uffd: uffd.as_fd(),
             handler: handler.as_mut(),
@@ -376,11 +376,8 @@ fn thread_main(
             time_faults: true,
             read_at: 0,
             ranges: Vec::new(),
-        };
-        let res = l.run();
-        // Faults still waiting will never be placed by this migration.
-        latency::abandon(&l.ranges);
-        res
+        }
+        .run()
     }));
     let res = res.unwrap_or_else(|p| {
         let msg = p
@@ -429,6 +426,14 @@ struct Loop<'a> {
     /// `(host, len)` of the blocks with first faults noted, to drop the
     /// unresolved ones when the thread ends.
     ranges: Vec<(u64, u64)>,
+}
+
+impl Drop for Loop<'_> {
+    /// However the thread ends (a panic too): the faults still waiting
+    /// will not be placed for it.
+    fn drop(&mut self) {
+        latency::abandon(&self.ranges);
+    }
 }
 
 enum Next {
