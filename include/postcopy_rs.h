@@ -44,6 +44,12 @@ extern "C" {
 #define POSTCOPY_RS_BLOCK_ZEROPAGE 1
 
 /**
+ * Buckets in `PostcopyRsLatency.buckets`: QEMU's
+ * `BLOCKTIME_LATENCY_BUCKET_N`.
+ */
+#define POSTCOPY_RS_LATENCY_BUCKETS 24
+
+/**
  * Message severity, as passed to the log sink.
  */
 typedef enum {
@@ -305,6 +311,54 @@ typedef struct {
 } PostcopyRsStats;
 
 /**
+ * Fault-to-placement latency, per host page (`postcopy_rs_get_latency`).
+ * Latencies are in microseconds.
+ */
+typedef struct {
+  /**
+   * Samples: host pages whose first fault a placement resolved (the
+   * sum of `buckets`).
+   */
+  uint64_t count;
+  /**
+   * Sum of the samples (the mean is `sum_us / count`).
+   */
+  uint64_t sum_us;
+  /**
+   * The largest sample.
+   */
+  uint64_t max_us;
+  /**
+   * Median: an upper bound, the end of the bucket it is in (every
+   * sample in that bucket is below it), at most `max_us`.  0 without
+   * samples.
+   */
+  uint64_t p50_us;
+  /**
+   * 99th percentile, bounded the same way.
+   */
+  uint64_t p99_us;
+  /**
+   * First faults noted and not resolved yet.
+   */
+  uint64_t pending;
+  /**
+   * First faults not timed: no free entry near the page's slot in the
+   * table of pending faults.
+   */
+  uint64_t untracked;
+  /**
+   * Noted faults still unresolved when their fault thread stopped.
+   */
+  uint64_t abandoned;
+  /**
+   * `buckets[N]`: samples of `[2^N, 2^(N+1))` us (bucket 0 from 0, the
+   * last one without an end), as QEMU's `postcopy-latency-dist`.
+   */
+  uint64_t buckets[POSTCOPY_RS_LATENCY_BUCKETS];
+} PostcopyRsLatency;
+
+/**
  * One RAMBlock, filled in by `PostcopyRsDiscardOps::next_block`.
  */
 typedef struct {
@@ -532,9 +586,27 @@ void postcopy_rs_set_log_fn(PostcopyRsLogFn log_fn, int max_level);
 int postcopy_rs_get_stats(PostcopyRsStats *out);
 
 /**
- * Zero the library's counters.
+ * Zero the library's counters and the latency histogram
+ * (`postcopy_rs_get_latency()`).  First faults already noted stay
+ * pending: one resolved after the reset is a sample of the new histogram.
  */
 void postcopy_rs_reset_stats(void);
+
+/**
+ * Copy the destination's fault-to-placement latency histogram into
+ * `*out`: per host page, from the first fault the fault thread read on it
+ * to the placement that resolved it, in QEMU's `postcopy-latency-dist`
+ * buckets, with p50 and p99 (see `PostcopyRsLatency`).
+ *
+ * `size` is the caller's `sizeof(PostcopyRsLatency)`: the library writes
+ * the first `size` bytes of its own struct at most, so that a caller built
+ * against this header keeps working when later versions append fields.
+ * Returns the number of bytes written, or `-EFAULT` if `out` is NULL.
+ *
+ * # Safety
+ * `out`, if not NULL, must be writable for `size` bytes.
+ */
+int postcopy_rs_get_latency(PostcopyRsLatency *out, size_t size);
 
 /**
  * Write the error for mismatched page summaries, naming both sides' page

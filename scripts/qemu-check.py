@@ -25,7 +25,11 @@ the destination reports
     counts are not all zero;
   - histogram counts adding up exactly to the faults QEMU accounted
     (the begin events), every one of them resolved (the end_one events);
-  - the guest still running (a fresh 'B' on its serial port).
+  - the guest still running (a fresh 'B' on its serial port);
+  - on a patched build, postcopy-rs's own page latency
+    (postcopy_rs_incoming_latency) in the same 24 buckets, adding up to
+    the pages it timed: at least one, and no more than QEMU's count (QEMU
+    counts every blocked thread per page, the library each page once).
 Once the destination has completed every page has been placed, so no
 fault can begin or end any more: the figures are final and the check is
 exact.  A fault path that skips the begin mark leaves the histogram
@@ -146,12 +150,32 @@ def serial_bs(d, name):
     return p.read_bytes().count(b"B") if p.exists() else 0
 
 
+def has_lib_latency(binary):
+    """Does this QEMU trace postcopy-rs's page latency (a patched build)?"""
+    out = subprocess.run([binary, "-trace", "help"], capture_output=True, text=True,
+                         timeout=30).stdout
+    return "postcopy_rs_incoming_latency" in out
+
+
+def lib_latency(trace):
+    """The last postcopy_rs_incoming_latency line's fields (dist: a list)."""
+    m = re.findall(r"postcopy_rs_incoming_latency (.*)", trace)
+    if not m:
+        return None
+    toks = m[-1].split()
+    out = {k: int(v) for k, v in zip(toks[0::2], toks[1::2]) if v.isdigit()}
+    dist = dict(zip(toks[0::2], toks[1::2])).get("dist", "")
+    out["dist"] = [int(x) for x in dist.split(",") if x.isdigit()]
+    return out
+
+
 def run_blocktime(a, d):
     (d / "disk.raw").write_bytes(bootsect(a.bootblock).ljust(1 << 20, b"\0"))
     mig = d / "mig.sock"
+    lib_trace = ["-trace", "enable=postcopy_rs_incoming_latency"] if has_lib_latency(a.dst) else []
     dst = start(a.dst, d, "dst", [
         "-incoming", "defer",
-        "-trace", "enable=postcopy_blocktime_*", "-D", str(d / "dst.trace"),
+        "-trace", "enable=postcopy_blocktime_*", *lib_trace, "-D", str(d / "dst.trace"),
     ])
     src = start(a.src, d, "src", [])
     procs = [src, dst]
@@ -304,7 +328,22 @@ def check_blocktime(a, d):
     print(f"  {a.label}: postcopy-latency-dist {dist} (sum {sum(dist)})")
     print(f"  {a.label}: faults accounted (postcopy_blocktime_begin) {begins}, "
           f"resolved (postcopy_blocktime_end_one) {ends}")
-    return [
+    checks = []
+    if has_lib_latency(a.dst):
+        lib = lib_latency(trace) or {}
+        ldist = lib.get("dist") or []
+        print(f"  {a.label}: postcopy-rs page latency {ldist} (pages {lib.get('pages')}, "
+              f"p50 <= {lib.get('p50_us')} us, p99 <= {lib.get('p99_us')} us, "
+              f"max {lib.get('max_us')} us, mean {lib.get('mean_us')} us)")
+        # QEMU counts each blocked thread per page, the library each page
+        # once: never more than QEMU, and the same buckets.
+        checks += [
+            ("postcopy-rs traced its page latency in 24 buckets adding up to its pages",
+             len(ldist) == 24 and sum(ldist) == lib.get("pages", -1)),
+            ("postcopy-rs timed at least one page, and no more than the faults QEMU accounted",
+             0 < lib.get("pages", 0) <= sum(dist)),
+        ]
+    return checks + [
         ("query-migrate has the 10.1+ latency fields",
          all(k in info for k in ("postcopy-latency", "postcopy-latency-dist",
                                  "postcopy-vcpu-latency", "postcopy-non-vcpu-latency"))),

@@ -263,10 +263,13 @@ max_field() {
 }
 
 rust_ran() {
-    local log=$1 runs placed
+    local log=$1 runs placed timed p99
     runs=$(max_field "$log" postcopy_rs_discard_stats runs)
     placed=$(max_field "$log" postcopy_rs_incoming_stats placed)
-    echo "  library counters in $(basename "$log"): discard runs ${runs:-none}, pages placed ${placed:-none}"
+    # Shown, not required: a test may end without a page fault.
+    timed=$(max_field "$log" postcopy_rs_incoming_latency pages)
+    p99=$(max_field "$log" postcopy_rs_incoming_latency p99_us)
+    echo "  library counters in $(basename "$log"): discard runs ${runs:-none}, pages placed ${placed:-none}, fault latency ${timed:-no} pages (p99 <= ${p99:--} us)"
     [ "${runs:-0}" -gt 0 ] && [ "${placed:-0}" -gt 0 ]
 }
 

@@ -9,6 +9,8 @@
 //! - maps each fault to its block and host page, tells the embedder about
 //!   every fault (blocktime accounting), and requests each page from the
 //!   source at most once while it is in flight, never once received;
+//! - notes the time of the first fault on each missing host page, for the
+//!   fault-to-placement latency ([`crate::latency`]);
 //! - pauses when a request fails (broken return path) until
 //!   [`FaultThread::resume`] or [`FaultThread::stop`], then retries;
 //! - stops on a fault outside guest RAM, or when the userfaultfd is
@@ -21,6 +23,7 @@
 //! the eventfd, wakes a paused thread and joins, so it cannot hang.
 
 use crate::error::{Error, Result};
+use crate::latency;
 use crate::log;
 use crate::placement::Block;
 use crate::stats::{self, Counter};
@@ -370,6 +373,9 @@ fn thread_main(
             request_again_after: REQUEST_AGAIN_AFTER,
             shared_fds: Vec::new(),
             probes: 0,
+            time_faults: true,
+            read_at: 0,
+            ranges: Vec::new(),
         }
         .run()
     }));
@@ -411,6 +417,23 @@ struct Loop<'a> {
     /// Table entries examined while forgetting requests, for the test
     /// that keeps that O(1) per fault.
     probes: u64,
+    /// Note first faults for the latency histogram (off in the unit tests
+    /// below, whose pages are never placed).
+    time_faults: bool,
+    /// When the last `read()` returned (ns, [`latency::now_ns`]): the time
+    /// of every fault it read.
+    read_at: u64,
+    /// `(host, len)` of the blocks with first faults noted, to drop the
+    /// unresolved ones when the thread ends.
+    ranges: Vec<(u64, u64)>,
+}
+
+impl Drop for Loop<'_> {
+    /// However the thread ends (a panic too): the faults still waiting
+    /// will not be placed for it.
+    fn drop(&mut self) {
+        latency::abandon(&self.ranges);
+    }
 }
 
 enum Next {
@@ -547,6 +570,9 @@ impl Loop<'_> {
                 &format!("read of the userfaultfd returned {n} bytes, not whole messages"),
             ));
         }
+        if self.time_faults {
+            self.read_at = latency::now_ns();
+        }
         stats::add(Counter::FaultReads, 1);
         stats::add(Counter::FaultsRead, count as u64);
         for msg in &buf[..count] {
@@ -631,7 +657,7 @@ impl Loop<'_> {
             }
         };
         self.handler.fault(r.handle, addr, msg.pf_ptid);
-        if block.is_received(offset) {
+        if block.is_received(offset) || self.first_fault_was_placed(&block, page, offset) {
             self.inflight.remove(&page);
             stats::add(Counter::RequestsDeduped, 1);
             return Ok(Next::Go);
@@ -658,6 +684,24 @@ impl Loop<'_> {
         stats::add(Counter::PagesRequested, 1);
         self.remember(page);
         Ok(Next::Go)
+    }
+
+    /// Note the first fault on `page` (not received when checked) for the
+    /// latency; true if the page turns out received after all, placed
+    /// between the check and the note, which then gives no sample.
+    fn first_fault_was_placed(&mut self, block: &Block, page: u64, offset: u64) -> bool {
+        if !self.time_faults || !latency::begin(page, self.read_at) {
+            return false;
+        }
+        let range = (block.host, block.len);
+        if !self.ranges.contains(&range) {
+            self.ranges.push(range);
+        }
+        if block.is_received(offset) {
+            latency::cancel(page);
+            return true;
+        }
+        false
     }
 
     /// Note a request for `page`, first forgetting requests old enough to
@@ -739,6 +783,9 @@ mod tests {
             request_again_after: REQUEST_AGAIN_AFTER,
             shared_fds: Vec::new(),
             probes: 0,
+            time_faults: false,
+            read_at: 0,
+            ranges: Vec::new(),
         }
     }
 

@@ -10,6 +10,8 @@
 //! - [`placement`]: destination side, atomic page placement.
 //! - [`receivedmap`]: the destination's received bitmap, shared with C.
 //! - [`fault_thread`]: destination side, the userfaultfd fault thread.
+//! - [`latency`]: destination side, fault-to-placement latency per host
+//!   page, as a histogram.
 //! - [`pagesize`]: telling the source which page sizes did not match.
 //! - [`ffi`]: the exported C ABI, the one place raw pointers, raw fds and
 //!   callbacks from C become safe types.
@@ -24,6 +26,7 @@ pub mod discard;
 pub mod error;
 pub mod fault_thread;
 pub mod ffi;
+pub mod latency;
 pub mod log;
 pub mod pagesize;
 pub mod panic;

@@ -18,6 +18,7 @@
 //! is retried from where the kernel stopped.
 
 use crate::error::{Error, Result};
+use crate::latency;
 use crate::log;
 use crate::receivedmap::ReceivedMap;
 use crate::stats::{self, Counter};
@@ -278,6 +279,8 @@ pub fn place_pages(
     let src = from.as_ptr() as u64;
     let present = fill_range(uffd, Fill::Copy(src), host, len, block.page_size)?;
     block.mark_received(off, len);
+    // After marking them: see crate::latency on the ordering.
+    latency::end(host, block.page_size, npages);
     // Pages found already there (EEXIST) were not placed by this call.
     stats::add(Counter::PagesPlaced, (len - present) / block.page_size);
     stats::add(Counter::BytesPlaced, len - present);
@@ -297,6 +300,7 @@ pub fn place_zero(uffd: BorrowedFd<'_>, block: &Block, host: u64) -> Result<()> 
     };
     let present = fill_range(uffd, fill, host, ps, ps)?;
     block.mark_received(off, ps);
+    latency::end(host, ps, 1);
     if present == 0 {
         stats::add(Counter::ZeroPagesPlaced, 1);
         stats::add(Counter::BytesPlaced, ps);

@@ -28,6 +28,7 @@ mod common;
 use common::*;
 use postcopy_rs::ffi::{self, PostcopyRsBlockView, PostcopyRsFaultConfig, PostcopyRsFaultOps};
 use postcopy_rs::ffi::{PostcopyRsFaultTarget, PostcopyRsFaultThread, POSTCOPY_RS_BLOCK_ZEROPAGE};
+use postcopy_rs::latency::PostcopyRsLatency;
 use postcopy_rs::log::PostcopyRsLogLevel;
 use postcopy_rs::stats::PostcopyRsStats;
 use postcopy_rs::uffd::Userfaultfd;
@@ -52,6 +53,7 @@ const EINVAL: i32 = -libc::EINVAL;
 const ERANGE: i32 = -libc::ERANGE;
 const EBADF: i32 = -libc::EBADF;
 const ESRCH: i32 = -libc::ESRCH;
+const LATENCY_SIZE: usize = std::mem::size_of::<PostcopyRsLatency>();
 
 // --- The watchdog ----------------------------------------------------------
 
@@ -213,6 +215,11 @@ enum Op {
         len: usize,
     },
     GetStatsNull,
+    /// `postcopy_rs_get_latency()` into a NULL or a buffer of `size` bytes.
+    GetLatency {
+        null: bool,
+        size: usize,
+    },
 }
 
 fn fd() -> impl Strategy<Value = Fd> {
@@ -315,6 +322,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(null, nr_pages, ratio)| Op::Chunk { null, nr_pages, ratio }),
         1 => (any::<bool>(), 0..200usize).prop_map(|(null, len)| Op::Message { null, len }),
         1 => Just(Op::GetStatsNull),
+        1 => (prop::bool::weighted(0.3), prop_oneof![0..=LATENCY_SIZE + 16, any::<usize>()])
+            .prop_map(|(null, size)| Op::GetLatency { null, size }),
     ]
 }
 
@@ -1077,6 +1086,27 @@ impl Case {
                 // SAFETY: NULL.
                 let ret = unsafe { ffi::postcopy_rs_get_stats(std::ptr::null_mut()) };
                 prop_assert_eq!(ret, EFAULT);
+                Ok(())
+            }
+            Op::GetLatency { null, size } => {
+                // A struct and guard bytes after it: whatever `size` says,
+                // the library writes its own struct's size at most.
+                let mut buf = [0x55u8; LATENCY_SIZE + 64];
+                let p = if null {
+                    std::ptr::null_mut()
+                } else {
+                    buf.as_mut_ptr().cast::<PostcopyRsLatency>()
+                };
+                // SAFETY: NULL, or buf, writable for min(size, its length)
+                // bytes, which is all the library may write.
+                let ret = bounded(what, || unsafe { ffi::postcopy_rs_get_latency(p, size) });
+                if null {
+                    prop_assert_eq!(ret, EFAULT, "{}", &call);
+                } else {
+                    let n = size.min(LATENCY_SIZE);
+                    prop_assert_eq!(ret as usize, n, "{}", &call);
+                    prop_assert!(buf[n..].iter().all(|&b| b == 0x55), "{}: overran", &call);
+                }
                 Ok(())
             }
         }

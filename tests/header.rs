@@ -248,6 +248,9 @@ fn header_names_are_prefixed() {
         "postcopy_rs_send_discard_bitmap",
         "postcopy_rs_fault_thread_start",
         "postcopy_chunk_hostpages",
+        "POSTCOPY_RS_LATENCY_BUCKETS",
+        "PostcopyRsLatency",
+        "postcopy_rs_get_latency",
     ] {
         assert!(
             names.iter().any(|n| n == want),

@@ -9,6 +9,7 @@ mod common;
 use common::*;
 use postcopy_rs::error::Error;
 use postcopy_rs::fault_thread::{FaultHandler, FaultThread, PostcopyRsFaultThreadState, Resolved};
+use postcopy_rs::latency::{self, PostcopyRsLatency, POSTCOPY_RS_LATENCY_BUCKETS};
 use postcopy_rs::placement::{self, Block};
 use postcopy_rs::stats;
 use std::collections::{HashMap, HashSet};
@@ -735,6 +736,131 @@ fn zero_pages(page_size: u64) {
     assert!(!b.is_received(0));
 }
 
+/// The fault-to-placement latency histogram on real faults: one sample per
+/// host page a thread faulted on, none for a second fault on a pending
+/// page, a page placed before anyone touched it, or a second placement
+/// (EEXIST); pages the source holds back 25 ms land in the 2^14 us bucket
+/// or above; no sample is longer than the stall its thread saw.  Then a
+/// fault left pending when the thread stops is abandoned, not sampled.
+fn latency_histogram(page_size: u64) {
+    const TOUCHED: u64 = 8;
+    const DELAYED_FROM: u64 = 5;
+    const DELAY: Duration = Duration::from_millis(25);
+    let r = Region::new(page_size, TOUCHED + 2);
+    let b = r.block();
+    let ev = Arc::new(Events::default());
+    latency::reset();
+    let l0 = latency::snapshot();
+    // Page TOUCHED is placed before it is touched: no fault, no sample.
+    let early = pattern_page(TOUCHED, page_size, SALT);
+    place(r.fd(), &b, r.page(TOUCHED), &early, 1).unwrap();
+    let (ft, rx) = start(&r, &ev);
+    let wd = Watchdog::new(r.fd(), b.clone(), 30);
+    let source = {
+        let (fd, b) = (r.fd(), b.clone());
+        std::thread::spawn(move || {
+            for off in rx {
+                let page = off / b.page_size;
+                if page >= DELAYED_FROM {
+                    std::thread::sleep(DELAY);
+                }
+                let buf = pattern_page(page, b.page_size, SALT);
+                place(&fd, &b, b.host + off, &buf, 1).expect("place_pages");
+            }
+        })
+    };
+    // One thread per page, a second one on page 1, and one on the early
+    // page; each times its own stall.
+    let stalls: Vec<Duration> = std::thread::scope(|s| {
+        let touchers: Vec<_> = (0..TOUCHED)
+            .chain([1, TOUCHED])
+            .map(|i| {
+                let r = &r;
+                s.spawn(move || {
+                    let t = Instant::now();
+                    check_page(r, i, SALT).unwrap();
+                    t.elapsed()
+                })
+            })
+            .collect();
+        touchers.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    wd.finish();
+    // The last sample is added after the placement's wake-up: wait for it.
+    wait_until("a sample per touched page", 10, || {
+        latency::snapshot().count - l0.count == TOUCHED
+    });
+    // A second placement of a resolved page gives no sample.
+    let again = pattern_page(0, page_size, SALT);
+    place(r.fd(), &b, r.page(0), &again, 1).unwrap();
+    let l1 = latency::snapshot();
+    assert_eq!(l1.count - l0.count, TOUCHED, "{l1:?}");
+    assert_eq!(l1.pending, l0.pending, "{l1:?}");
+    assert_eq!(l1.untracked, l0.untracked, "{l1:?}");
+    let delta: [u64; POSTCOPY_RS_LATENCY_BUCKETS] =
+        std::array::from_fn(|i| l1.buckets[i] - l0.buckets[i]);
+    let slow_bucket = latency::bucket_of(DELAY.as_micros() as u64);
+    assert_eq!(slow_bucket, 14);
+    let slow: u64 = delta[slow_bucket..].iter().sum();
+    assert!(
+        slow >= TOUCHED - DELAYED_FROM,
+        "{slow} samples of 2^14 us or more, {} pages were held back {DELAY:?}: {delta:?}",
+        TOUCHED - DELAYED_FROM
+    );
+    // A sample ends when the placing thread is back from the ioctl that
+    // woke the toucher, which may run first: allow for the placer being
+    // scheduled out in between on a busy machine.
+    let slack = 10_000;
+    let longest = stalls.iter().max().unwrap().as_micros() as u64;
+    let total: u64 = stalls.iter().map(|d| d.as_micros() as u64).sum();
+    assert!(
+        l1.max_us >= DELAY.as_micros() as u64 && l1.max_us <= longest + slack,
+        "max {} us, longest stall {longest} us",
+        l1.max_us
+    );
+    assert!(
+        l1.sum_us - l0.sum_us <= total + slack * TOUCHED,
+        "{} us of latency, {total} us of stalls",
+        l1.sum_us - l0.sum_us
+    );
+    // 3 of 8 samples are slow: the p99 is one of them, bounded by the max.
+    assert!(
+        l1.p99_us >= DELAY.as_micros() as u64 && l1.p99_us <= l1.max_us,
+        "{l1:?}"
+    );
+    assert!(l1.p50_us <= l1.p99_us);
+    assert_eq!(ft.stop(), Ok(()));
+    source.join().unwrap();
+
+    // A fault pending when the thread stops is abandoned, not sampled.
+    let last = TOUCHED + 1;
+    let (ft_last, _rx) = start(&r, &ev);
+    let wd_last = Watchdog::new(r.fd(), b.clone(), 30);
+    std::thread::scope(|s| {
+        let r = &r;
+        s.spawn(move || check_page(r, last, SALT).unwrap());
+        wait_until("the request for the last page", 10, || {
+            ev.requests
+                .lock()
+                .unwrap()
+                .contains_key(&(last * page_size))
+        });
+        assert_eq!(latency::snapshot().pending, l1.pending + 1);
+        assert_eq!(ft_last.stop(), Ok(()));
+        let l2 = latency::snapshot();
+        assert_eq!(
+            (l2.pending, l2.abandoned),
+            (l1.pending, l1.abandoned + 1),
+            "{l2:?}"
+        );
+        let buf = pattern_page(last, page_size, SALT);
+        place(r.fd(), &b, r.page(last), &buf, 1).unwrap();
+    });
+    wd_last.finish();
+    let l3: PostcopyRsLatency = latency::snapshot();
+    assert_eq!(l3.count, l1.count, "{l3:?}");
+}
+
 /// Stop while faults are pending (requested, never answered): prompt.
 fn stop_with_pending_faults(page_size: u64) {
     let r = Region::new(page_size, 4);
@@ -1199,6 +1325,12 @@ fn anon_zero_pages() {
 }
 
 #[test]
+fn anon_latency_histogram() {
+    let _g = serial();
+    latency_histogram(PAGE_4K);
+}
+
+#[test]
 fn anon_stop_with_pending_faults() {
     let _g = serial();
     stop_with_pending_faults(PAGE_4K);
@@ -1374,6 +1506,13 @@ fn hugetlb_double_placement() {
 #[test]
 fn hugetlb_zero_pages() {
     with_hugepages("hugetlb_zero_pages", 2, || zero_pages(PAGE_2M));
+}
+
+#[test]
+fn hugetlb_latency_histogram() {
+    with_hugepages("hugetlb_latency_histogram", 10, || {
+        latency_histogram(PAGE_2M)
+    });
 }
 
 #[test]

@@ -166,6 +166,8 @@ def collect(session, src, dst, res: dict, info: dict, discard_lines_before: int)
             lib_dst = dst.counters("incoming_stats")
             time.sleep(0 if lib_dst else 0.2)
     res["library_destination"] = lib_dst
+    # Traced with the counters, just before them.
+    res["library_latency"] = dst.latency() if lib_dst else None
     res["source_running"] = src.alive() and src.run_state() == "running"
     res["destination_running"] = dst.alive() and dstate == "running"
     if res["status"] != "completed":

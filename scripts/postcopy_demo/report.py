@@ -69,6 +69,44 @@ def fmt_ms(ms) -> str:
     return "%d ms" % ms if ms < 10000 else "%.1f s" % (ms / 1000.0)
 
 
+def fmt_us(us) -> str:
+    if us is None:
+        return "-"
+    if us < 1000:
+        return "%d us" % us
+    if us < 1000000:
+        return "%.3g ms" % (us / 1000.0)
+    return "%.3g s" % (us / 1000000.0)
+
+
+def bucket_label(i: int, last: bool) -> str:
+    """Bucket i of postcopy-latency-dist: [2^i, 2^(i+1)) us (from 0 for
+    the first, no end for the last)."""
+    lo = fmt_us(0 if i == 0 else 1 << i)
+    if last:
+        return lo + "+"
+    hi = fmt_us(1 << (i + 1))
+    if lo.split()[1] == hi.split()[1]:
+        lo = lo.split()[0]
+    return "%s-%s" % (lo, hi)
+
+
+def latency_lines(lat: dict) -> list:
+    """The library's fault-to-placement latency (postcopy_rs_incoming_latency),
+    as summary lines: the figures, then the non-empty buckets."""
+    lines = [("dst page latency",
+              "p50 <= %s, p99 <= %s, max %s, mean %s over %s host pages "
+              "(library: first fault read to placement; p50/p99 are bucket ends)"
+              % (fmt_us(lat.get("p50_us")), fmt_us(lat.get("p99_us")),
+                 fmt_us(lat.get("max_us")), fmt_us(lat.get("mean_us")), lat.get("pages")))]
+    dist = lat.get("dist") or []
+    cells = ["%s: %d" % (bucket_label(i, i == len(dist) - 1), n)
+             for i, n in enumerate(dist) if n]
+    if cells:
+        lines.append(("  histogram", ", ".join(cells)))
+    return lines
+
+
 def progress_line(elapsed: float, info: dict, guest_dirty_rate=None) -> str:
     """One line from query-migrate's answer (and the guest's own dirty rate)."""
     ram = info.get("ram", {})
@@ -161,6 +199,9 @@ def print_summary(r: dict, out=sys.stdout, title="postcopy migration summary"):
         p("library (destination)", "placed %s pages (+%s zero), EEXIST handled %s"
           % (ld.get("placed"), ld.get("zero"), ld.get("eexist"))
           if ld else "no postcopy_rs_incoming_stats trace line (not a patched QEMU?)")
+    if r.get("library_latency"):
+        for label, text in latency_lines(r["library_latency"]):
+            p(label, text)
     for label, text in r.get("extra_summary") or ():
         p(label, text)
     if r.get("source_verify"):

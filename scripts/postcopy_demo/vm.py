@@ -33,6 +33,33 @@ def trace_events(path: str, event: str) -> List[Dict[str, int]]:
     return found
 
 
+def parse_latency(path: str) -> Optional[dict]:
+    """The destination library's fault-to-placement latency, from the last
+    postcopy_rs_incoming_latency line ("pages N p50_us N p99_us N max_us N
+    mean_us N dist B0,B1,...,B23"), or None (an older patched QEMU has no
+    such line).  `dist` is the list of bucket counts: bucket i holds
+    latencies of [2^i, 2^(i+1)) us, as QEMU's postcopy-latency-dist."""
+    event = "postcopy_rs_incoming_latency "
+    last = None
+    try:
+        with open(path, "r", errors="replace") as f:
+            for line in f:
+                i = line.find(event)
+                if i >= 0:
+                    last = line[i + len(event):].split()
+    except OSError:
+        return None
+    if last is None:
+        return None
+    out: dict = {}
+    for k, v in zip(last[0::2], last[1::2]):
+        if v.isdigit():
+            out[k] = int(v)
+        elif k == "dist" and all(x.isdigit() for x in v.split(",")):
+            out[k] = [int(x) for x in v.split(",")]
+    return out
+
+
 def parse_trace(path: str, event: str, skip: int = 0) -> Optional[Dict[str, int]]:
     """The last `event` line after the first `skip` ones, or None.  The
     library's counters are process-wide: when an earlier line exists (a
@@ -161,6 +188,10 @@ class VM:
     def counters(self, event: str, skip: int = 0) -> Optional[Dict[str, int]]:
         """The library's postcopy_rs_<event> counters from this QEMU's trace."""
         return parse_trace(self.stderr_path, "postcopy_rs_" + event, skip)
+
+    def latency(self) -> Optional[dict]:
+        """The library's fault-to-placement latency from this QEMU's trace."""
+        return parse_latency(self.stderr_path)
 
     def stop(self):
         if self.qmp:

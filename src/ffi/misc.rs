@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-//! Exports for both sides: the log sink, the counters, and the messages
-//! about mismatched page sizes.
+//! Exports for both sides: the log sink, the counters, the latency
+//! histogram, and the messages about mismatched page sizes.
 
 use super::{boundary, try_mut, try_slice_mut};
+use crate::error::Error;
+use crate::latency::{self, PostcopyRsLatency};
 use crate::log::{self, PostcopyRsLogLevel};
 use crate::pagesize;
 use crate::stats::{self, PostcopyRsStats};
@@ -64,10 +66,50 @@ pub unsafe extern "C" fn postcopy_rs_get_stats(out: *mut PostcopyRsStats) -> c_i
     })
 }
 
-/// Zero the library's counters.
+/// Zero the library's counters and the latency histogram
+/// (`postcopy_rs_get_latency()`).  First faults already noted stay
+/// pending: one resolved after the reset is a sample of the new histogram.
 #[no_mangle]
 pub extern "C" fn postcopy_rs_reset_stats() {
     stats::reset();
+    latency::reset();
+}
+
+/// Copy the destination's fault-to-placement latency histogram into
+/// `*out`: per host page, from the first fault the fault thread read on it
+/// to the placement that resolved it, in QEMU's `postcopy-latency-dist`
+/// buckets, with p50 and p99 (see `PostcopyRsLatency`).
+///
+/// `size` is the caller's `sizeof(PostcopyRsLatency)`: the library writes
+/// the first `size` bytes of its own struct at most, so that a caller built
+/// against this header keeps working when later versions append fields.
+/// Returns the number of bytes written, or `-EFAULT` if `out` is NULL.
+///
+/// # Safety
+/// `out`, if not NULL, must be writable for `size` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_get_latency(
+    out: *mut PostcopyRsLatency,
+    size: usize,
+) -> c_int {
+    boundary("postcopy_rs_get_latency", || {
+        if out.is_null() {
+            return Err(Error::Null("out"));
+        }
+        let snap = latency::snapshot();
+        let n = size.min(std::mem::size_of::<PostcopyRsLatency>());
+        // SAFETY: `snap` is a live PostcopyRsLatency, readable for its size;
+        // `out` is writable for `size` bytes (contract) and does not
+        // overlap a local; n is at most both.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                std::ptr::from_ref(&snap).cast::<u8>(),
+                out.cast::<u8>(),
+                n,
+            );
+        }
+        Ok(c_int::try_from(n).unwrap_or(c_int::MAX))
+    })
 }
 
 // ---------------------------------------------------------------------------

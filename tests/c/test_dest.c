@@ -192,6 +192,21 @@ static PostcopyRsStats stats(void)
     return st;
 }
 
+static PostcopyRsLatency latency(void)
+{
+    PostcopyRsLatency l;
+    uint64_t sum = 0;
+
+    memset(&l, 0, sizeof(l));
+    CHECK(postcopy_rs_get_latency(&l, sizeof(l)) == (int)sizeof(l));
+    for (int i = 0; i < POSTCOPY_RS_LATENCY_BUCKETS; i++) {
+        sum += l.buckets[i];
+    }
+    CHECK(l.count == sum);
+    CHECK(l.p50_us <= l.p99_us && l.p99_us <= l.max_us);
+    return l;
+}
+
 /* ------------------------------------------------------------------ */
 /* The log sink: called from any thread, including the fault thread. */
 
@@ -657,6 +672,7 @@ static void test_concurrent_faults(struct fctx *c, int req_rd)
     int touched[NPAGES] = { 0 };
     int distinct = 0, served = 0;
     PostcopyRsStats before = stats(), after;
+    PostcopyRsLatency lat_before = latency();
 
     memset(t, 0, sizeof(t));
     for (int i = 0; i < NTOUCHERS; i++) {
@@ -750,6 +766,9 @@ static void test_concurrent_faults(struct fctx *c, int req_rd)
     CHECK(after.faults_read - before.faults_read ==
           after.pages_requested - before.pages_requested +
           after.requests_deduped - before.requests_deduped);
+    /* One latency sample per page: its first fault, resolved by its
+     * placement. */
+    CHECK(latency().count - lat_before.count == (uint64_t)distinct);
     c->ntids = 0;
 }
 
@@ -885,6 +904,17 @@ static void test_bad_input(void)
     CHECK(postcopy_rs_place_pages(uffd, &view, p56, NULL, 1) == -EFAULT);
     CHECK(postcopy_rs_place_page_zero(uffd, NULL, p56) == -EFAULT);
     CHECK(postcopy_rs_place_page_zero(uffd, &view, NULL) == -EFAULT);
+    CHECK(postcopy_rs_get_latency(NULL, sizeof(PostcopyRsLatency)) == -EFAULT);
+    {
+        /* A caller that knows only the first field gets only that. */
+        uint64_t first[2] = { ~0ULL, ~0ULL };
+
+        int n = postcopy_rs_get_latency((PostcopyRsLatency *)first,
+                                        sizeof(first[0]));
+
+        CHECK(n == (int)sizeof(first[0]));
+        CHECK(first[0] == latency().count && first[1] == ~0ULL);
+    }
     v = view;
     v.host = NULL;
     CHECK(postcopy_rs_place_page(uffd, &v, p56, src) == -EFAULT);

@@ -34,7 +34,7 @@ from ..procs import kill_proc, spawn
 from ..qmp import QMPError
 from ..report import fmt_bytes
 from ..session import Session
-from ..vm import TRACE_PATTERN, parse_trace
+from ..vm import TRACE_PATTERN, parse_latency, parse_trace
 
 DOMAIN = "pcrs-demo"
 # Inside each daemon's own /var/lib/libvirt: one path, two files.
@@ -254,6 +254,8 @@ def summarize(s: Session, hosts: HostPair, res: dict):
         if res["library_destination"] or time.monotonic() > deadline:
             break
         time.sleep(0.2)
+    res["library_latency"] = (parse_latency(hosts.dst.real_path(QEMU_LOG))
+                              if res["library_destination"] else None)
 
 
 def run_migration(opts: Options) -> dict:
