@@ -23,6 +23,7 @@
 use crate::error::{Error, Result};
 use crate::log;
 use crate::placement::Block;
+use crate::prepage::{self, Prepager};
 use crate::stats::{self, Counter};
 use crate::uffd::{UffdMsg, UFFD_EVENT_PAGEFAULT};
 use std::collections::{HashMap, VecDeque};
@@ -117,7 +118,12 @@ struct Shared {
     control: Mutex<Control>,
     cond: Condvar,
     shared_fds: Mutex<Option<Vec<SharedFd>>>,
+    /// New pre-paging settings, picked up on wake-up.
+    prepage: Mutex<Option<PrepageChange>>,
 }
+
+/// Pre-paging settings to apply (None: turn it off).
+struct PrepageChange(Option<prepage::Settings>);
 
 /// A shared (vhost-user) userfaultfd: the thread's own duplicate, polled
 /// and read, and the embedder's number for it, which the embedder's
@@ -162,6 +168,7 @@ impl Shared {
             }),
             cond: Condvar::new(),
             shared_fds: Mutex::new(shared_fds),
+            prepage: Mutex::new(None),
         })
     }
 
@@ -313,6 +320,18 @@ impl FaultThread {
         Ok(())
     }
 
+    /// Turn adaptive pre-paging on with `settings`, or off with None (see
+    /// [`crate::prepage`]).  It applies from the thread's next wake-up,
+    /// which this causes.
+    pub fn set_prepage(&self, settings: Option<prepage::Settings>) {
+        *self
+            .shared
+            .prepage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(PrepageChange(settings));
+        self.shared.kick();
+    }
+
     /// What the thread is doing now.
     pub fn state(&self) -> PostcopyRsFaultThreadState {
         self.shared
@@ -370,6 +389,7 @@ fn thread_main(
             request_again_after: REQUEST_AGAIN_AFTER,
             shared_fds: Vec::new(),
             probes: 0,
+            prepage: Prepager::default(),
         }
         .run()
     }));
@@ -411,6 +431,7 @@ struct Loop<'a> {
     /// Table entries examined while forgetting requests, for the test
     /// that keeps that O(1) per fault.
     probes: u64,
+    prepage: Prepager,
 }
 
 enum Next {
@@ -459,6 +480,7 @@ impl Loop<'_> {
             if pfds[1].revents != 0 {
                 self.shared.drain();
             }
+            self.take_prepage_settings();
             if self.shared.quit.load(Ordering::Acquire) {
                 return Ok(());
             }
@@ -519,6 +541,7 @@ impl Loop<'_> {
         // let later faults ask again.
         self.inflight.clear();
         self.requested.clear();
+        self.prepage.reset();
         Ok(true)
     }
 
@@ -641,12 +664,26 @@ impl Loop<'_> {
             .get(&page)
             .is_some_and(|at| at.elapsed() < self.request_again_after)
         {
+            self.prepage.fault_in_flight(r.handle, page);
             stats::add(Counter::RequestsDeduped, 1);
             return Ok(Next::Go);
         }
-        loop {
-            match self.handler.request_page(r.handle, offset, addr) {
-                Ok(()) => break,
+        let (inflight, again) = (&self.inflight, self.request_again_after);
+        let npages = self.prepage.plan(r.handle, &block, page, |p| {
+            inflight.get(&p).is_some_and(|at| at.elapsed() < again)
+        });
+        let asked = loop {
+            // The faulting page first: alone, or at the head of the range.
+            let sent = if npages > 1 {
+                self.prepage
+                    .request(r.handle, offset, npages, block.page_size, addr)
+            } else {
+                self.handler
+                    .request_page(r.handle, offset, addr)
+                    .map(|()| 1)
+            };
+            match sent {
+                Ok(n) => break n,
                 Err(e) => {
                     log::warning!("postcopy fault thread: page request failed ({e}); pausing until the return path is back");
                     if !self.pause()? {
@@ -654,10 +691,27 @@ impl Loop<'_> {
                     }
                 }
             }
-        }
+        };
         stats::add(Counter::PagesRequested, 1);
-        self.remember(page);
+        self.prepage
+            .requested(r.handle, page, block.page_size, asked);
+        for i in 0..asked {
+            self.remember(page + i * block.page_size);
+        }
         Ok(Next::Go)
+    }
+
+    /// Apply pre-paging settings set since the last wake-up.
+    fn take_prepage_settings(&mut self) {
+        let new = self
+            .shared
+            .prepage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(PrepageChange(settings)) = new {
+            self.prepage.configure(settings);
+        }
     }
 
     /// Note a request for `page`, first forgetting requests old enough to
@@ -739,6 +793,7 @@ mod tests {
             request_again_after: REQUEST_AGAIN_AFTER,
             shared_fds: Vec::new(),
             probes: 0,
+            prepage: Prepager::default(),
         }
     }
 

@@ -10,6 +10,7 @@
 //! - [`placement`]: destination side, atomic page placement.
 //! - [`receivedmap`]: the destination's received bitmap, shared with C.
 //! - [`fault_thread`]: destination side, the userfaultfd fault thread.
+//! - [`prepage`]: destination side, adaptive pre-paging in the fault thread.
 //! - [`pagesize`]: telling the source which page sizes did not match.
 //! - [`ffi`]: the exported C ABI, the one place raw pointers, raw fds and
 //!   callbacks from C become safe types.
@@ -28,6 +29,7 @@ pub mod log;
 pub mod pagesize;
 pub mod panic;
 pub mod placement;
+pub mod prepage;
 pub mod receivedmap;
 pub mod source;
 pub mod stats;

@@ -248,6 +248,11 @@ fn header_names_are_prefixed() {
         "postcopy_rs_send_discard_bitmap",
         "postcopy_rs_fault_thread_start",
         "postcopy_chunk_hostpages",
+        "postcopy_rs_fault_thread_set_prepage",
+        "postcopy_rs_get_prepage_stats",
+        "PostcopyRsPrepageStats",
+        "PostcopyRsRequestRangeFn",
+        "POSTCOPY_RS_PREPAGE_MAX_PAGES",
     ] {
         assert!(
             names.iter().any(|n| n == want),

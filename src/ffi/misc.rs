@@ -64,10 +64,11 @@ pub unsafe extern "C" fn postcopy_rs_get_stats(out: *mut PostcopyRsStats) -> c_i
     })
 }
 
-/// Zero the library's counters.
+/// Zero the library's counters, the pre-paging ones included.
 #[no_mangle]
 pub extern "C" fn postcopy_rs_reset_stats() {
     stats::reset();
+    crate::prepage::reset_stats();
 }
 
 // ---------------------------------------------------------------------------
