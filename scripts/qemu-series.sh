@@ -78,7 +78,9 @@ case $CMD in
         step "export $DIR into $SERIES"
         base=$(cd "$DIR" && git rev-list --max-parents=0 HEAD)
         out=$(mktemp -d)
-        (cd "$DIR" && git format-patch -q --cover-letter -o "$out" "$base") ||
+        # The project's identity for the cover letter too (format-patch
+        # writes the committer's), not this machine's.
+        (cd "$DIR" && "${GIT[@]}" format-patch -q --cover-letter -o "$out" "$base") ||
             die "git format-patch failed"
         cover=$out/0000-cover-letter.patch
         if [ -f "$SERIES/0000-cover-letter.patch" ]; then
