@@ -44,6 +44,12 @@ extern "C" {
 #define POSTCOPY_RS_BLOCK_ZEROPAGE 1
 
 /**
+ * Largest pre-paging window, in host pages, that
+ * `postcopy_rs_fault_thread_set_prepage()` accepts.
+ */
+#define POSTCOPY_RS_PREPAGE_MAX_PAGES 1024
+
+/**
  * Buckets in `PostcopyRsLatency.buckets`: QEMU's
  * `BLOCKTIME_LATENCY_BUCKET_N`.
  */
@@ -90,7 +96,7 @@ typedef enum {
 } PostcopyRsFaultThreadState;
 
 /**
- * A running fault thread (opaque).
+ * A running fault thread (opaque), and the `opaque` of its ops.
  */
 typedef struct PostcopyRsFaultThread PostcopyRsFaultThread;
 
@@ -359,6 +365,69 @@ typedef struct {
 } PostcopyRsLatency;
 
 /**
+ * Ask the source for `len` bytes of `block` from block offset `offset`
+ * in one request (QEMU: one `MIG_RP_MSG_REQ_PAGES` of that length).  The
+ * range is whole host pages, at least two; its first page is the one
+ * that faulted, at `addr`.  Called on the fault thread with the
+ * `opaque` of the thread's `PostcopyRsFaultOps`, for requests of more
+ * than one page only (one page still goes through `request_page`).
+ *
+ * Return 0 when the whole range was requested; a positive count of
+ * bytes when only that much from `offset` was (at least the faulting
+ * page: the rest is not counted as in flight); or a negative errno if
+ * the return path is broken: the thread then pauses and retries, as for
+ * `request_page`.
+ */
+typedef int64_t (*PostcopyRsRequestRangeFn)(void *opaque,
+                                            void *block,
+                                            uint64_t offset,
+                                            uint64_t len,
+                                            uint64_t addr);
+
+/**
+ * Pre-paging counters (`postcopy_rs_get_prepage_stats`).  Pages are
+ * host pages.
+ */
+typedef struct {
+  /**
+   * Page requests that carried pre-paged pages (more than one page).
+   */
+  uint64_t requests;
+  /**
+   * Pages pre-paged: requested beyond the faulting pages.
+   */
+  uint64_t pages;
+  /**
+   * Pre-paged pages a thread then faulted on while still in flight.
+   */
+  uint64_t hits_in_flight;
+  /**
+   * Pre-paged pages of runs the guest walked past (the stream's next
+   * fault was the first missing page after the run), not counted as
+   * in-flight hits: used most likely, but not observed page by page.
+   */
+  uint64_t hits_walked_past;
+  /**
+   * Pre-paged pages of runs dropped with no hit (stream replaced, or
+   * the fault thread paused): perhaps used without a fault, perhaps
+   * wasted.
+   */
+  uint64_t unconfirmed;
+  /**
+   * Streams started (faults that continued no stream).
+   */
+  uint64_t streams;
+  /**
+   * Times a window doubled.
+   */
+  uint64_t window_grows;
+  /**
+   * The largest window reached, in pages (a maximum, not a sum).
+   */
+  uint64_t max_window;
+} PostcopyRsPrepageStats;
+
+/**
  * One RAMBlock, filled in by `PostcopyRsDiscardOps::next_block`.
  */
 typedef struct {
@@ -586,9 +655,10 @@ void postcopy_rs_set_log_fn(PostcopyRsLogFn log_fn, int max_level);
 int postcopy_rs_get_stats(PostcopyRsStats *out);
 
 /**
- * Zero the library's counters and the latency histogram
- * (`postcopy_rs_get_latency()`).  First faults already noted stay
- * pending: one resolved after the reset is a sample of the new histogram.
+ * Zero the library's counters, the pre-paging ones and the latency
+ * histogram (`postcopy_rs_get_latency()`).  First faults already noted
+ * stay pending: one resolved after the reset is a sample of the new
+ * histogram.
  */
 void postcopy_rs_reset_stats(void);
 
@@ -621,6 +691,45 @@ int postcopy_rs_pagesize_mismatch_message(uint64_t source_summary,
                                           uint64_t destination_summary,
                                           char *buf,
                                           size_t len);
+
+/**
+ * Turn adaptive pre-paging on (or off) for a running fault thread.  On a
+ * fault that leads to a request, the thread then asks for the faulting
+ * page and up to `max_pages - 1` missing host pages after it in the same
+ * block, in one `request_range` call starting at the faulting page; the
+ * window adapts per stream of sequential faults (it grows while the
+ * pre-paged pages are faulted on or walked past, and a stream that stops
+ * being hit is dropped, so random faults request one page each).  Pre-paged
+ * pages are in flight: a fault on one is not requested again.  See the
+ * `prepage` module of the crate for the policy, and
+ * `postcopy_rs_get_prepage_stats()` for the counters.
+ *
+ * `max_pages` 0 or 1, or a NULL `request_range`, turns it off: the
+ * default, which requests exactly what QEMU's own thread does.  It
+ * applies from the thread's next wake-up (this call wakes it).
+ *
+ * Returns 0, `-EFAULT` for a NULL `t`, `-ESRCH` for a handle not live,
+ * `-EINVAL` for `max_pages` above `POSTCOPY_RS_PREPAGE_MAX_PAGES`.
+ *
+ * # Safety
+ * `request_range`, if not NULL, must be callable from the fault thread
+ * with the `opaque` of the ops the thread was started with until the
+ * thread is stopped (turning pre-paging off does not wait for a call
+ * under way), and must not call back into the fault-thread API.
+ */
+int postcopy_rs_fault_thread_set_prepage(PostcopyRsFaultThread *t,
+                                         uint32_t max_pages,
+                                         PostcopyRsRequestRangeFn request_range);
+
+/**
+ * Copy the pre-paging counters (all fault threads of the process, since
+ * start or the last `postcopy_rs_reset_stats()`) into `*out`.  Returns 0,
+ * or `-EFAULT` if `out` is NULL.
+ *
+ * # Safety
+ * `out`, if not NULL, must point to a writable `PostcopyRsPrepageStats`.
+ */
+int postcopy_rs_get_prepage_stats(PostcopyRsPrepageStats *out);
 
 /**
  * Canonicalise a RAMBlock's dirty bitmap to host pages: every host page

@@ -79,6 +79,8 @@ case $CMD in
         step "export $DIR into $SERIES"
         base=$(cd "$DIR" && git rev-list --max-parents=0 HEAD)
         out=$(mktemp -d)
+        # The project's identity for the cover letter too (format-patch
+        # writes the committer's), not this machine's.
         (cd "$DIR" && "${GIT[@]}" format-patch -q --cover-letter -o "$out" "$base") ||
             die "git format-patch failed"
         cover=$out/0000-cover-letter.patch

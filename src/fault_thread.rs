@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::latency;
 use crate::log;
 use crate::placement::Block;
+use crate::prepage::{self, Prepager};
 use crate::stats::{self, Counter};
 use crate::uffd::{UffdMsg, UFFD_EVENT_PAGEFAULT};
 use std::collections::{HashMap, VecDeque};
@@ -120,7 +121,12 @@ struct Shared {
     control: Mutex<Control>,
     cond: Condvar,
     shared_fds: Mutex<Option<Vec<SharedFd>>>,
+    /// New pre-paging settings, picked up on wake-up.
+    prepage: Mutex<Option<PrepageChange>>,
 }
+
+/// Pre-paging settings to apply (None: turn it off).
+struct PrepageChange(Option<prepage::Settings>);
 
 /// A shared (vhost-user) userfaultfd: the thread's own duplicate, polled
 /// and read, and the embedder's number for it, which the embedder's
@@ -165,6 +171,7 @@ impl Shared {
             }),
             cond: Condvar::new(),
             shared_fds: Mutex::new(shared_fds),
+            prepage: Mutex::new(None),
         })
     }
 
@@ -316,6 +323,18 @@ impl FaultThread {
         Ok(())
     }
 
+    /// Turn adaptive pre-paging on with `settings`, or off with None (see
+    /// [`crate::prepage`]).  It applies from the thread's next wake-up,
+    /// which this causes.
+    pub fn set_prepage(&self, settings: Option<prepage::Settings>) {
+        *self
+            .shared
+            .prepage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(PrepageChange(settings));
+        self.shared.kick();
+    }
+
     /// What the thread is doing now.
     pub fn state(&self) -> PostcopyRsFaultThreadState {
         self.shared
@@ -376,6 +395,7 @@ fn thread_main(
             time_faults: true,
             read_at: 0,
             ranges: Vec::new(),
+            prepage: Prepager::default(),
         }
         .run()
     }));
@@ -426,6 +446,7 @@ struct Loop<'a> {
     /// `(host, len)` of the blocks with first faults noted, to drop the
     /// unresolved ones when the thread ends.
     ranges: Vec<(u64, u64)>,
+    prepage: Prepager,
 }
 
 impl Drop for Loop<'_> {
@@ -482,6 +503,7 @@ impl Loop<'_> {
             if pfds[1].revents != 0 {
                 self.shared.drain();
             }
+            self.take_prepage_settings();
             if self.shared.quit.load(Ordering::Acquire) {
                 return Ok(());
             }
@@ -542,6 +564,7 @@ impl Loop<'_> {
         // let later faults ask again.
         self.inflight.clear();
         self.requested.clear();
+        self.prepage.reset();
         Ok(true)
     }
 
@@ -667,12 +690,26 @@ impl Loop<'_> {
             .get(&page)
             .is_some_and(|at| at.elapsed() < self.request_again_after)
         {
+            self.prepage.fault_in_flight(r.handle, page);
             stats::add(Counter::RequestsDeduped, 1);
             return Ok(Next::Go);
         }
-        loop {
-            match self.handler.request_page(r.handle, offset, addr) {
-                Ok(()) => break,
+        let (inflight, again) = (&self.inflight, self.request_again_after);
+        let npages = self.prepage.plan(r.handle, &block, page, |p| {
+            inflight.get(&p).is_some_and(|at| at.elapsed() < again)
+        });
+        let asked = loop {
+            // The faulting page first: alone, or at the head of the range.
+            let sent = if npages > 1 {
+                self.prepage
+                    .request(r.handle, offset, npages, block.page_size, addr)
+            } else {
+                self.handler
+                    .request_page(r.handle, offset, addr)
+                    .map(|()| 1)
+            };
+            match sent {
+                Ok(n) => break n,
                 Err(e) => {
                     log::warning!("postcopy fault thread: page request failed ({e}); pausing until the return path is back");
                     if !self.pause()? {
@@ -680,9 +717,13 @@ impl Loop<'_> {
                     }
                 }
             }
-        }
+        };
         stats::add(Counter::PagesRequested, 1);
-        self.remember(page);
+        self.prepage
+            .requested(r.handle, page, block.page_size, asked);
+        for i in 0..asked {
+            self.remember(page + i * block.page_size);
+        }
         Ok(Next::Go)
     }
 
@@ -702,6 +743,19 @@ impl Loop<'_> {
             return true;
         }
         false
+    }
+
+    /// Apply pre-paging settings set since the last wake-up.
+    fn take_prepage_settings(&mut self) {
+        let new = self
+            .shared
+            .prepage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(PrepageChange(settings)) = new {
+            self.prepage.configure(settings);
+        }
     }
 
     /// Note a request for `page`, first forgetting requests old enough to
@@ -786,6 +840,7 @@ mod tests {
             time_faults: false,
             read_at: 0,
             ranges: Vec::new(),
+            prepage: Prepager::default(),
         }
     }
 

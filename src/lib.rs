@@ -12,6 +12,7 @@
 //! - [`fault_thread`]: destination side, the userfaultfd fault thread.
 //! - [`latency`]: destination side, fault-to-placement latency per host
 //!   page, as a histogram.
+//! - [`prepage`]: destination side, adaptive pre-paging in the fault thread.
 //! - [`pagesize`]: telling the source which page sizes did not match.
 //! - [`ffi`]: the exported C ABI, the one place raw pointers, raw fds and
 //!   callbacks from C become safe types.
@@ -31,6 +32,7 @@ pub mod log;
 pub mod pagesize;
 pub mod panic;
 pub mod placement;
+pub mod prepage;
 pub mod receivedmap;
 pub mod source;
 pub mod stats;

@@ -251,6 +251,11 @@ fn header_names_are_prefixed() {
         "POSTCOPY_RS_LATENCY_BUCKETS",
         "PostcopyRsLatency",
         "postcopy_rs_get_latency",
+        "postcopy_rs_fault_thread_set_prepage",
+        "postcopy_rs_get_prepage_stats",
+        "PostcopyRsPrepageStats",
+        "PostcopyRsRequestRangeFn",
+        "POSTCOPY_RS_PREPAGE_MAX_PAGES",
     ] {
         assert!(
             names.iter().any(|n| n == want),

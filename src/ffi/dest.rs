@@ -300,8 +300,8 @@ static_assertions::assert_eq_align!(crate::fault_thread::PostcopyRsFaultThreadSt
 static_assertions::assert_eq_size!(PostcopyRsLogLevel, c_int);
 static_assertions::assert_eq_align!(PostcopyRsLogLevel, c_int);
 
-/// A running fault thread (opaque).
-pub struct PostcopyRsFaultThread(FaultThread);
+/// A running fault thread (opaque), and the `opaque` of its ops.
+pub struct PostcopyRsFaultThread(pub(super) FaultThread, pub(super) *mut c_void);
 
 struct COps(PostcopyRsFaultOps);
 
@@ -476,7 +476,7 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_start(
         // SAFETY: NULL or a C string (contract).
         let name = unsafe { try_cstr(cfg.name) }.map(|n| n.to_string_lossy().into_owned());
         let t = FaultThread::start(uffd, &shared, name.as_deref(), Box::new(COps(cfg.ops)))?;
-        *out = handles::register(PostcopyRsFaultThread(t));
+        *out = handles::register(PostcopyRsFaultThread(t, cfg.ops.opaque));
         Ok(())
     })
 }

@@ -66,12 +66,14 @@ pub unsafe extern "C" fn postcopy_rs_get_stats(out: *mut PostcopyRsStats) -> c_i
     })
 }
 
-/// Zero the library's counters and the latency histogram
-/// (`postcopy_rs_get_latency()`).  First faults already noted stay
-/// pending: one resolved after the reset is a sample of the new histogram.
+/// Zero the library's counters, the pre-paging ones and the latency
+/// histogram (`postcopy_rs_get_latency()`).  First faults already noted
+/// stay pending: one resolved after the reset is a sample of the new
+/// histogram.
 #[no_mangle]
 pub extern "C" fn postcopy_rs_reset_stats() {
     stats::reset();
+    crate::prepage::reset_stats();
     latency::reset();
 }
 

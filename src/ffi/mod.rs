@@ -13,15 +13,18 @@
 //! - [`source`]: canonicalisation and the discard bitmap (source side);
 //! - [`dest`]: placement and the fault thread (destination side), whose
 //!   handles [`handles`] keeps;
+//! - [`prepage`]: pre-paging for a running fault thread, and its counters;
 //! - [`misc`]: the log sink, the counters, page-size messages.
 
 pub mod dest;
 mod handles;
 pub mod misc;
+pub mod prepage;
 pub mod source;
 
 pub use dest::*;
 pub use misc::*;
+pub use prepage::*;
 pub use source::*;
 
 use crate::error::{Error, Result};

@@ -341,6 +341,47 @@ static int cb_request_page(void *opaque, void *block, uint64_t offset,
     return 0;
 }
 
+/*
+ * The range request (pre-paging): writes each page's offset to the pipe,
+ * as if one MIG_RP_MSG_REQ_PAGES of `len` bytes went out, and counts the
+ * messages; the faulting page must head the range.
+ */
+static atomic_int range_messages;
+
+static int64_t cb_request_range(void *opaque, void *block, uint64_t offset,
+                                uint64_t len, uint64_t addr)
+{
+    struct fctx *c = opaque;
+    uint64_t host = (uint64_t)(uintptr_t)c->view.host;
+
+    if (block != &fake_ramblock || offset % c->view.page_size ||
+        len % c->view.page_size || len < 2 * c->view.page_size ||
+        offset + len > c->view.used_length || addr < host + offset ||
+        addr >= host + offset + c->view.page_size) {
+        fprintf(stderr, "request_range: offset %#llx len %#llx addr %#llx\n",
+                (unsigned long long)offset, (unsigned long long)len,
+                (unsigned long long)addr);
+        atomic_fetch_add(&c->bad_args, 1);
+        return -EINVAL;
+    }
+    for (uint64_t o = offset; o < offset + len; o += c->view.page_size) {
+        if (write(c->req_wr, &o, sizeof(o)) != sizeof(o)) {
+            atomic_fetch_add(&c->bad_args, 1);
+            return -EIO;
+        }
+    }
+    atomic_fetch_add(&range_messages, 1);
+    return 0;
+}
+
+static PostcopyRsPrepageStats prepage_stats(void)
+{
+    PostcopyRsPrepageStats s;
+
+    REQUIRE(postcopy_rs_get_prepage_stats(&s) == 0);
+    return s;
+}
+
 static void cb_paused(void *opaque)
 {
     atomic_fetch_add(&((struct fctx *)opaque)->paused, 1);
@@ -1326,6 +1367,85 @@ static void test_fake_fault_thread(void)
     munmap(mem, 16 * PS);
 }
 
+/*
+ * Pre-paging over synthetic faults: sequential faults grow the window,
+ * each request starts at the faulting page, a fault on a pre-paged page
+ * in flight is not requested again, and the counters say so.
+ */
+static void test_fake_prepage(void)
+{
+    uint8_t *mem = mmap(NULL, 16 * PS, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    unsigned long map[1] = { 0 };
+    struct fctx c;
+    int fake[2], req[2];
+    uint64_t offs[16], base;
+    PostcopyRsFaultThread *t;
+    PostcopyRsPrepageStats before = prepage_stats(), after;
+
+    REQUIRE(mem != MAP_FAILED);
+    base = (uint64_t)(uintptr_t)mem;
+    memset(&c, 0, sizeof(c));
+    make_pipe(fake);
+    make_pipe(req);
+    c.view.host = mem;
+    c.view.used_length = 16 * PS;
+    c.view.page_size = PS;
+    c.view.receivedmap = map;
+    c.view.target_page_bits = 12;
+    c.view.flags = POSTCOPY_RS_BLOCK_ZEROPAGE;
+    c.req_wr = req[1];
+    t = start_thread(fake[0], &c);
+
+    CHECK(postcopy_rs_fault_thread_set_prepage(NULL, 4, cb_request_range) ==
+          -EFAULT);
+    CHECK(postcopy_rs_fault_thread_set_prepage(
+              t, POSTCOPY_RS_PREPAGE_MAX_PAGES + 1, cb_request_range) ==
+          -EINVAL);
+    CHECK(postcopy_rs_get_prepage_stats(NULL) == -EFAULT);
+    CHECK(postcopy_rs_fault_thread_set_prepage(t, 4, cb_request_range) == 0);
+
+    /* Page 0 starts a stream: one page, through request_page. */
+    send_msg(fake[1], UFFD_EVENT_PAGEFAULT, base + 0 * PS + 8);
+    REQUIRE(WAIT_UNTIL(atomic_load(&c.requests) == 1, WAIT_MS));
+    CHECK(drain_requests(req[0], offs, 16) == 1 && offs[0] == 0);
+    /* Page 1 continues it: pages 1 and 2 in one range. */
+    send_msg(fake[1], UFFD_EVENT_PAGEFAULT, base + 1 * PS);
+    REQUIRE(WAIT_UNTIL(atomic_load(&range_messages) == 1, WAIT_MS));
+    CHECK(drain_requests(req[0], offs, 16) == 2 && offs[0] == PS &&
+          offs[1] == 2 * PS);
+    /* Page 2 is pre-paged and in flight: a hit, not requested again.
+     * Page 3 then continues the stream with a window of 4 (pages 3-6). */
+    send_msg(fake[1], UFFD_EVENT_PAGEFAULT, base + 2 * PS);
+    send_msg(fake[1], UFFD_EVENT_PAGEFAULT, base + 3 * PS);
+    REQUIRE(WAIT_UNTIL(atomic_load(&range_messages) == 2, WAIT_MS));
+    CHECK(drain_requests(req[0], offs, 16) == 4 && offs[0] == 3 * PS &&
+          offs[3] == 6 * PS);
+    CHECK(atomic_load(&c.requests) == 1);
+    after = prepage_stats();
+    CHECK(after.requests - before.requests == 2);
+    CHECK(after.pages - before.pages == 4);
+    CHECK(after.hits_in_flight - before.hits_in_flight == 1);
+
+    /* Off again: one page per request. */
+    CHECK(postcopy_rs_fault_thread_set_prepage(t, 0, NULL) == 0);
+    send_msg(fake[1], UFFD_EVENT_PAGEFAULT, base + 7 * PS);
+    REQUIRE(WAIT_UNTIL(atomic_load(&c.requests) == 2, WAIT_MS));
+    CHECK(drain_requests(req[0], offs, 16) == 1 && offs[0] == 7 * PS);
+    CHECK(atomic_load(&range_messages) == 2);
+    CHECK(atomic_load(&c.bad_args) == 0);
+
+    CHECK(postcopy_rs_fault_thread_stop(t) == 0);
+    /* A stopped handle: -ESRCH, nothing touched. */
+    CHECK(postcopy_rs_fault_thread_set_prepage(t, 4, cb_request_range) ==
+          -ESRCH);
+    close(fake[0]);
+    close(fake[1]);
+    close(req[0]);
+    close(req[1]);
+    munmap(mem, 16 * PS);
+}
+
 /* ------------------------------------------------------------------ */
 
 int main(void)
@@ -1340,6 +1460,8 @@ int main(void)
 
     phase("fake fault thread");
     test_fake_fault_thread();
+    phase("pre-paging");
+    test_fake_prepage();
 
     phase("open userfaultfd");
     why = open_real_uffd();

@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Pre-paging exports: turning it on for a running fault thread, and its
+//! counters.  Kept apart from `dest.rs` so that `PostcopyRsFaultConfig`
+//! and `PostcopyRsFaultOps` keep their size: a caller built against an
+//! older header is never read past.
+
+use super::{boundary, handles, try_mut};
+use crate::error::{Error, Result};
+use crate::prepage::{self, PostcopyRsPrepageStats, RangeRequester, Settings};
+use std::os::raw::{c_int, c_void};
+
+/// Largest pre-paging window, in host pages, that
+/// `postcopy_rs_fault_thread_set_prepage()` accepts.
+pub const POSTCOPY_RS_PREPAGE_MAX_PAGES: u32 = 1024;
+static_assertions::const_assert_eq!(POSTCOPY_RS_PREPAGE_MAX_PAGES, prepage::MAX_WINDOW);
+
+/// Ask the source for `len` bytes of `block` from block offset `offset`
+/// in one request (QEMU: one `MIG_RP_MSG_REQ_PAGES` of that length).  The
+/// range is whole host pages, at least two; its first page is the one
+/// that faulted, at `addr`.  Called on the fault thread with the
+/// `opaque` of the thread's `PostcopyRsFaultOps`, for requests of more
+/// than one page only (one page still goes through `request_page`).
+///
+/// Return 0 when the whole range was requested; a positive count of
+/// bytes when only that much from `offset` was (at least the faulting
+/// page: the rest is not counted as in flight); or a negative errno if
+/// the return path is broken: the thread then pauses and retries, as for
+/// `request_page`.
+pub type PostcopyRsRequestRangeFn = Option<
+    unsafe extern "C" fn(
+        opaque: *mut c_void,
+        block: *mut c_void,
+        offset: u64,
+        len: u64,
+        addr: u64,
+    ) -> i64,
+>;
+
+/// The C range callback and the fault ops' `opaque`.
+struct CRange {
+    f: unsafe extern "C" fn(*mut c_void, *mut c_void, u64, u64, u64) -> i64,
+    opaque: *mut c_void,
+}
+
+// SAFETY: the contract of postcopy_rs_fault_thread_set_prepage() is that
+// the callback may be called with `opaque` from the fault thread.
+unsafe impl Send for CRange {}
+
+impl RangeRequester for CRange {
+    fn request_range(&mut self, handle: usize, offset: u64, len: u64, addr: u64) -> Result<u64> {
+        // SAFETY: callback contract (PostcopyRsRequestRangeFn).
+        let r = unsafe { (self.f)(self.opaque, handle as *mut c_void, offset, len, addr) };
+        if r < 0 {
+            return Err(Error::Callback {
+                name: "request_range",
+                ret: c_int::try_from(r).unwrap_or(-libc::EIO),
+            });
+        }
+        // 0 and over-long answers mean the whole range.
+        Ok(u64::try_from(r).unwrap_or(0).min(len))
+    }
+}
+
+/// Turn adaptive pre-paging on (or off) for a running fault thread.  On a
+/// fault that leads to a request, the thread then asks for the faulting
+/// page and up to `max_pages - 1` missing host pages after it in the same
+/// block, in one `request_range` call starting at the faulting page; the
+/// window adapts per stream of sequential faults (it grows while the
+/// pre-paged pages are faulted on or walked past, and a stream that stops
+/// being hit is dropped, so random faults request one page each).  Pre-paged
+/// pages are in flight: a fault on one is not requested again.  See the
+/// `prepage` module of the crate for the policy, and
+/// `postcopy_rs_get_prepage_stats()` for the counters.
+///
+/// `max_pages` 0 or 1, or a NULL `request_range`, turns it off: the
+/// default, which requests exactly what QEMU's own thread does.  It
+/// applies from the thread's next wake-up (this call wakes it).
+///
+/// Returns 0, `-EFAULT` for a NULL `t`, `-ESRCH` for a handle not live,
+/// `-EINVAL` for `max_pages` above `POSTCOPY_RS_PREPAGE_MAX_PAGES`.
+///
+/// # Safety
+/// `request_range`, if not NULL, must be callable from the fault thread
+/// with the `opaque` of the ops the thread was started with until the
+/// thread is stopped (turning pre-paging off does not wait for a call
+/// under way), and must not call back into the fault-thread API.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_fault_thread_set_prepage(
+    t: *mut super::PostcopyRsFaultThread,
+    max_pages: u32,
+    request_range: PostcopyRsRequestRangeFn,
+) -> c_int {
+    boundary("postcopy_rs_fault_thread_set_prepage", || {
+        handles::with_live(t, |t| {
+            if max_pages > POSTCOPY_RS_PREPAGE_MAX_PAGES {
+                return Err(Error::Invalid(
+                    "max_pages above POSTCOPY_RS_PREPAGE_MAX_PAGES",
+                ));
+            }
+            let settings = match request_range {
+                Some(f) if max_pages > 1 => Some(Settings {
+                    max_pages,
+                    requester: Box::new(CRange { f, opaque: t.1 }),
+                }),
+                _ => None,
+            };
+            t.0.set_prepage(settings);
+            Ok(())
+        })
+    })
+}
+
+/// Copy the pre-paging counters (all fault threads of the process, since
+/// start or the last `postcopy_rs_reset_stats()`) into `*out`.  Returns 0,
+/// or `-EFAULT` if `out` is NULL.
+///
+/// # Safety
+/// `out`, if not NULL, must point to a writable `PostcopyRsPrepageStats`.
+#[no_mangle]
+pub unsafe extern "C" fn postcopy_rs_get_prepage_stats(out: *mut PostcopyRsPrepageStats) -> c_int {
+    boundary("postcopy_rs_get_prepage_stats", || {
+        // SAFETY: NULL or writable (contract).
+        *unsafe { try_mut(out, "out") }? = prepage::snapshot();
+        Ok(())
+    })
+}

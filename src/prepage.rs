@@ -1,0 +1,625 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Destination side: adaptive pre-paging in the fault thread.
+//!
+//! QEMU's destination asks the source for exactly the host page that
+//! faulted.  A page request (`MIG_RP_MSG_REQ_PAGES`) carries a length, and
+//! the source queues whatever range of a block it is asked for, so the
+//! destination may ask for the faulting page *and the next ones* in one
+//! message: no protocol change, and it works against an unpatched source.
+//!
+//! # The policy
+//!
+//! Faults are grouped into **streams**: a stream is a run of faults that
+//! walks forward through one block (one per vCPU sweeping its memory,
+//! say).  Each stream has a **window** `W`, in host pages: a request for a
+//! fault in that stream asks for the faulting page and up to `W - 1`
+//! following pages, in one message that *starts at the faulting page*, so
+//! pre-paging never delays the page a thread waits for.  The run stops
+//! early at the block's end, at a page already received (the receivedmap,
+//! when the embedder gave one) or at a page already in flight (the fault
+//! thread's table).  Pre-paged pages go into that table, so a fault on one
+//! is de-duplicated, not requested again.
+//!
+//! - A fault that matches no stream starts a new one with `W = 1`: no
+//!   pre-paging.  So random faults never pre-page.
+//! - **Hits** grow the window (doubled, once per run, up to the maximum
+//!   the embedder set): a fault on a pre-paged page still in flight (the
+//!   guest wanted it; the request was out before the guest's own), or the
+//!   stream's next fault being the first missing page after its run (the
+//!   guest walked past the run: it was too short).
+//! - **Misses** shrink it to one page: a stream whose run is not hit
+//!   before the stream is replaced (the least recently used of
+//!   [`STREAMS`] goes) or the thread pauses is dropped, and a fault there
+//!   later starts a new stream at `W = 1`.
+//!
+//! # What was taken from where
+//!
+//! - CRIU lazy-pages (`criu/uffd.c`): one table of requests in flight that
+//!   both the demand faults and the bulk transfers go through, so that a
+//!   fault in a range being transferred is not asked for again; and a
+//!   transfer size that grows while it goes on being useful and drops back
+//!   to its small default on a sign that it is not (CRIU's background
+//!   `xfer_len` grows by 64 KiB per transfer while no fault comes and is
+//!   reset on each fault).  Here growth is per stream and doubles, as a
+//!   fault thread only learns of usefulness from faults.
+//! - Hines & Gopalan, "Post-copy based live virtual machine migration
+//!   using adaptive pre-paging and dynamic self-ballooning" (VEE'09): pre-page
+//!   around the *latest fault* (their "pivot", which moves to each new
+//!   fault: the spatial locality of the guest's accesses), never send a
+//!   page twice, and let demand faults pre-empt the pre-paging.  Their
+//!   source pushes pages both ways from the pivot ("bubbling"); a
+//!   destination that pulls through the unchanged request message can
+//!   only ask forward of the fault and keep the faulting page first.
+//!
+//! # The counters, and why there is no "wasted" one
+//!
+//! A pre-paged page that arrives before the guest touches it never
+//! faults, so nobody can tell whether the guest used it: "wasted" is not
+//! measurable.  [`PostcopyRsPrepageStats`] therefore counts what is seen:
+//! pages pre-paged, pages confirmed used (faulted on while in flight, or
+//! in a run the guest walked past, which is an estimate: the guest may
+//! have skipped some of its pages), and pages *unconfirmed* (their run
+//! was dropped without a hit).  Unconfirmed plus the pages of runs still
+//! open at the end bound the waste from above.
+
+use crate::error::Result;
+use crate::placement::Block;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Largest window accepted, in host pages.
+pub const MAX_WINDOW: u32 = 1024;
+/// Streams followed at once; past it the least recently used is dropped.
+pub const STREAMS: usize = 32;
+
+/// Sends one page request for a range.
+pub trait RangeRequester: Send {
+    /// Ask the source for `len` bytes (whole host pages, at least two) of
+    /// block `handle` from block offset `offset`, the faulting page (at
+    /// `addr`) first.  Returns the bytes actually requested from `offset`
+    /// (0: all of them; fewer is allowed, the faulting page always
+    /// counts), or an error if the return path is broken.
+    fn request_range(&mut self, handle: usize, offset: u64, len: u64, addr: u64) -> Result<u64>;
+}
+
+/// How to pre-page, set on a running fault thread.
+pub struct Settings {
+    /// The window's maximum, in host pages (2..=[`MAX_WINDOW`]).
+    pub max_pages: u32,
+    /// Sends the requests of more than one page.
+    pub requester: Box<dyn RangeRequester>,
+}
+
+/// Pre-paging counters (`postcopy_rs_get_prepage_stats`).  Pages are
+/// host pages.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PostcopyRsPrepageStats {
+    /// Page requests that carried pre-paged pages (more than one page).
+    pub requests: u64,
+    /// Pages pre-paged: requested beyond the faulting pages.
+    pub pages: u64,
+    /// Pre-paged pages a thread then faulted on while still in flight.
+    pub hits_in_flight: u64,
+    /// Pre-paged pages of runs the guest walked past (the stream's next
+    /// fault was the first missing page after the run), not counted as
+    /// in-flight hits: used most likely, but not observed page by page.
+    pub hits_walked_past: u64,
+    /// Pre-paged pages of runs dropped with no hit (stream replaced, or
+    /// the fault thread paused): perhaps used without a fault, perhaps
+    /// wasted.
+    pub unconfirmed: u64,
+    /// Streams started (faults that continued no stream).
+    pub streams: u64,
+    /// Times a window doubled.
+    pub window_grows: u64,
+    /// The largest window reached, in pages (a maximum, not a sum).
+    pub max_window: u64,
+}
+
+const NCOUNTERS: usize = 8;
+static_assertions::assert_eq_size!(PostcopyRsPrepageStats, [u64; NCOUNTERS]);
+static_assertions::assert_eq_align!(PostcopyRsPrepageStats, u64);
+
+#[derive(Clone, Copy)]
+enum Counter {
+    Requests,
+    Pages,
+    HitsInFlight,
+    HitsWalkedPast,
+    Unconfirmed,
+    Streams,
+    WindowGrows,
+    MaxWindow,
+}
+
+static STATS: [AtomicU64; NCOUNTERS] = [const { AtomicU64::new(0) }; NCOUNTERS];
+
+fn add(c: Counter, n: u64) {
+    STATS[c as usize].fetch_add(n, Relaxed);
+}
+
+/// The pre-paging counters now.
+pub fn snapshot() -> PostcopyRsPrepageStats {
+    let v: [u64; NCOUNTERS] = std::array::from_fn(|i| STATS[i].load(Relaxed));
+    PostcopyRsPrepageStats {
+        requests: v[Counter::Requests as usize],
+        pages: v[Counter::Pages as usize],
+        hits_in_flight: v[Counter::HitsInFlight as usize],
+        hits_walked_past: v[Counter::HitsWalkedPast as usize],
+        unconfirmed: v[Counter::Unconfirmed as usize],
+        streams: v[Counter::Streams as usize],
+        window_grows: v[Counter::WindowGrows as usize],
+        max_window: v[Counter::MaxWindow as usize],
+    }
+}
+
+/// Zero the pre-paging counters.
+pub fn reset_stats() {
+    STATS.iter().for_each(|c| c.store(0, Relaxed));
+}
+
+/// One stream of faults and its latest run.
+#[derive(Debug, Clone)]
+struct Stream {
+    handle: usize,
+    page_size: u64,
+    /// The latest run's pre-paged pages are `[start, next)` (empty with a
+    /// window of one); `next` is where the stream is expected to fault.
+    start: u64,
+    next: u64,
+    window: u32,
+    /// The window grew during the current run already.
+    grown: bool,
+    used: u64,
+}
+
+/// How a run ends.
+#[derive(Clone, Copy)]
+enum Close {
+    WalkedPast,
+    Dropped,
+}
+
+/// The fault thread's pre-paging state.  Off (every request one page)
+/// until [`Prepager::configure`] is given settings.
+#[derive(Default)]
+pub struct Prepager {
+    settings: Option<Settings>,
+    streams: Vec<Stream>,
+    /// Pre-paged pages (host addresses) of open runs not yet hit.
+    pending: HashSet<u64>,
+    /// The stream [`Prepager::plan`] chose for the request being made.
+    planned: Option<usize>,
+    clock: u64,
+}
+
+impl Prepager {
+    /// Turn pre-paging on with `settings`, or off with None.  Open runs
+    /// are dropped either way.
+    pub fn configure(&mut self, settings: Option<Settings>) {
+        self.reset();
+        self.settings = settings.filter(|s| s.max_pages > 1);
+    }
+
+    /// Whether pre-paging is on.
+    pub fn enabled(&self) -> bool {
+        self.settings.is_some()
+    }
+
+    /// The window of each stream, most recently used first (for tests).
+    pub fn windows(&self) -> Vec<u32> {
+        let mut v: Vec<_> = self.streams.iter().map(|s| (s.used, s.window)).collect();
+        v.sort_unstable_by_key(|&(used, _)| std::cmp::Reverse(used));
+        v.into_iter().map(|(_, w)| w).collect()
+    }
+
+    /// Forget every stream and open run (the fault thread paused: requests
+    /// made before may be lost with the old channel).
+    pub fn reset(&mut self) {
+        for i in (0..self.streams.len()).rev() {
+            self.close(i, Close::Dropped);
+        }
+        self.streams.clear();
+        self.pending.clear();
+        self.planned = None;
+    }
+
+    /// A fault on `page` (block `handle`), which is in flight: a hit if it
+    /// was pre-paged and not hit before.
+    pub fn fault_in_flight(&mut self, handle: usize, page: u64) {
+        if !self.pending.remove(&page) {
+            return;
+        }
+        add(Counter::HitsInFlight, 1);
+        self.clock += 1;
+        let (clock, max) = (self.clock, self.max());
+        if let Some(s) = self
+            .streams
+            .iter_mut()
+            .find(|s| s.handle == handle && (s.start..s.next).contains(&page))
+        {
+            s.used = clock;
+            grow(s, max);
+        }
+    }
+
+    /// How many host pages to request for a fault on missing `page` of
+    /// `block` (`handle`): 1 without pre-paging, otherwise the faulting
+    /// page and the missing ones after it, up to the stream's window.
+    /// `in_flight` says whether a page is in flight.
+    pub fn plan(
+        &mut self,
+        handle: usize,
+        block: &Block,
+        page: u64,
+        in_flight: impl Fn(u64) -> bool,
+    ) -> u64 {
+        self.planned = None;
+        if self.settings.is_none() {
+            return 1;
+        }
+        let ps = block.page_size;
+        let end = block.host + block.len;
+        let present = |p: u64| {
+            p < end
+                && (in_flight(p)
+                    || block
+                        .offset_of(p, 1)
+                        .is_ok_and(|off| block.is_received(off)))
+        };
+        self.clock += 1;
+        let max = self.max();
+        let found = self.streams.iter().position(|s| {
+            s.handle == handle
+                && s.page_size == ps
+                && page >= s.next
+                && (page - s.next) / ps < u64::from(max)
+                && (s.next..page).step_by(ps as usize).all(&present)
+        });
+        let i = match found {
+            Some(i) => {
+                self.close(i, Close::WalkedPast);
+                grow(&mut self.streams[i], max);
+                i
+            }
+            None => self.start_stream(handle, ps, page),
+        };
+        let s = &mut self.streams[i];
+        s.used = self.clock;
+        s.grown = false;
+        let mut n = 1;
+        while n < u64::from(s.window) {
+            let p = page + n * ps;
+            if p >= end || present(p) {
+                break;
+            }
+            n += 1;
+        }
+        self.planned = Some(i);
+        n
+    }
+
+    /// Send the request for `npages` (from [`Prepager::plan`], at least 2)
+    /// host pages of `page_size` from `offset`; returns how many were
+    /// requested.
+    pub fn request(
+        &mut self,
+        handle: usize,
+        offset: u64,
+        npages: u64,
+        page_size: u64,
+        addr: u64,
+    ) -> Result<u64> {
+        let Some(s) = self.settings.as_mut() else {
+            return Ok(0);
+        };
+        let bytes = s
+            .requester
+            .request_range(handle, offset, npages * page_size, addr)?;
+        Ok(if bytes == 0 {
+            npages
+        } else {
+            (bytes / page_size).clamp(1, npages)
+        })
+    }
+
+    /// The request for `npages` host pages from `page` went out: open the
+    /// stream's new run.
+    pub fn requested(&mut self, handle: usize, page: u64, page_size: u64, npages: u64) {
+        if self.settings.is_none() {
+            return;
+        }
+        let i = match self.planned.take() {
+            Some(i) if i < self.streams.len() => i,
+            // A pause between plan and request dropped the stream.
+            _ => self.start_stream(handle, page_size, page),
+        };
+        let s = &mut self.streams[i];
+        s.start = page + page_size;
+        s.next = page + npages * page_size;
+        let (start, next) = (s.start, s.next);
+        if npages > 1 {
+            add(Counter::Requests, 1);
+            add(Counter::Pages, npages - 1);
+            self.pending
+                .extend((start..next).step_by(page_size as usize));
+        }
+    }
+
+    fn max(&self) -> u32 {
+        self.settings.as_ref().map_or(1, |s| s.max_pages)
+    }
+
+    /// A new stream at `page`, in place of the least recently used one if
+    /// the table is full.
+    fn start_stream(&mut self, handle: usize, page_size: u64, page: u64) -> usize {
+        add(Counter::Streams, 1);
+        let s = Stream {
+            handle,
+            page_size,
+            start: page + page_size,
+            next: page + page_size,
+            window: 1,
+            grown: false,
+            used: self.clock,
+        };
+        if self.streams.len() < STREAMS {
+            self.streams.push(s);
+            return self.streams.len() - 1;
+        }
+        let lru = (0..self.streams.len())
+            .min_by_key(|&i| self.streams[i].used)
+            .unwrap_or(0);
+        self.close(lru, Close::Dropped);
+        self.streams[lru] = s;
+        lru
+    }
+
+    /// End stream `i`'s current run: its pages not hit are counted as
+    /// `how` says and are no longer pending.
+    fn close(&mut self, i: usize, how: Close) {
+        let s = &mut self.streams[i];
+        let (start, next, ps) = (s.start, s.next, s.page_size);
+        s.start = next;
+        let n = (start..next)
+            .step_by(ps as usize)
+            .filter(|p| self.pending.remove(p))
+            .count() as u64;
+        add(
+            match how {
+                Close::WalkedPast => Counter::HitsWalkedPast,
+                Close::Dropped => Counter::Unconfirmed,
+            },
+            n,
+        );
+    }
+}
+
+/// Double `s`'s window, once per run, up to `max`.
+fn grow(s: &mut Stream, max: u32) {
+    if s.grown || s.window >= max {
+        return;
+    }
+    s.window = s.window.saturating_mul(2).min(max);
+    s.grown = true;
+    add(Counter::WindowGrows, 1);
+    STATS[Counter::MaxWindow as usize].fetch_max(u64::from(s.window), Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    const PS: u64 = 4096;
+    const HOST: u64 = 1 << 40;
+
+    /// Records each range request: (offset, pages).
+    struct Rec(Arc<Mutex<Vec<(u64, u64)>>>);
+
+    impl RangeRequester for Rec {
+        fn request_range(&mut self, _h: usize, offset: u64, len: u64, _a: u64) -> Result<u64> {
+            self.0.lock().unwrap().push((offset, len / PS));
+            Ok(0)
+        }
+    }
+
+    struct Sim {
+        p: Prepager,
+        block: Block,
+        in_flight: HashSet<u64>,
+        ranges: Arc<Mutex<Vec<(u64, u64)>>>,
+        /// Pages asked for per fault.
+        asked: Vec<u64>,
+    }
+
+    impl Sim {
+        fn new(max: u32, npages: u64) -> Sim {
+            let ranges = Arc::new(Mutex::new(Vec::new()));
+            let mut p = Prepager::default();
+            p.configure(Some(Settings {
+                max_pages: max,
+                requester: Box::new(Rec(Arc::clone(&ranges))),
+            }));
+            Sim {
+                p,
+                block: Block::new(HOST, npages * PS, PS, 12, None, true).unwrap(),
+                in_flight: HashSet::new(),
+                ranges,
+                asked: Vec::new(),
+            }
+        }
+
+        /// A fault on page `i`, as the fault thread handles it.
+        fn fault(&mut self, handle: usize, i: u64) {
+            let page = HOST + i * PS;
+            if self.in_flight.contains(&page) {
+                self.p.fault_in_flight(handle, page);
+                return;
+            }
+            let inf = self.in_flight.clone();
+            let n = self.p.plan(handle, &self.block, page, |p| inf.contains(&p));
+            let got = if n > 1 {
+                self.p.request(handle, i * PS, n, PS, page).unwrap()
+            } else {
+                1
+            };
+            self.p.requested(handle, page, PS, got);
+            self.in_flight.extend((0..got).map(|k| page + k * PS));
+            self.asked.push(got);
+        }
+
+        /// Every page in flight arrives.
+        fn arrive(&mut self) {
+            self.in_flight.clear();
+        }
+    }
+
+    #[test]
+    fn sequential_faults_grow_the_window_to_the_max() {
+        let mut s = Sim::new(16, 1 << 12);
+        let mut i = 0;
+        while i < 200 {
+            s.fault(1, i);
+            i += *s.asked.last().unwrap();
+            s.arrive();
+        }
+        assert_eq!(&s.asked[..6], &[1, 2, 4, 8, 16, 16]);
+        assert_eq!(s.p.windows(), vec![16]);
+        // Each range starts at the faulting page.
+        let r = s.ranges.lock().unwrap().clone();
+        assert_eq!(r[0], (PS, 2));
+        assert_eq!(r[1], (3 * PS, 4));
+    }
+
+    #[test]
+    fn random_faults_never_prepage() {
+        let mut s = Sim::new(16, 1 << 16);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Even pages only: no fault can continue another by chance.
+            s.fault(1, (x % (1 << 15)) * 2);
+        }
+        assert!(s.asked.iter().all(|&n| n == 1), "{:?}", s.asked);
+        assert!(s.ranges.lock().unwrap().is_empty());
+        assert!(s.p.windows().iter().all(|&w| w == 1));
+        assert!(s.p.streams.len() <= STREAMS);
+    }
+
+    #[test]
+    fn interleaved_streams_each_grow() {
+        let mut s = Sim::new(8, 1 << 12);
+        let (mut a, mut b) = (0, 2048);
+        for _ in 0..10 {
+            s.fault(1, a);
+            a += *s.asked.last().unwrap();
+            s.fault(1, b);
+            b += *s.asked.last().unwrap();
+            s.arrive();
+        }
+        assert_eq!(s.p.windows(), vec![8, 8]);
+    }
+
+    #[test]
+    fn runs_stop_at_in_flight_pages_and_the_block_end() {
+        let mut s = Sim::new(16, 6);
+        s.fault(1, 0);
+        s.fault(1, 1); // window 2: pages 1, 2
+        s.arrive();
+        s.fault(1, 3); // window 4, cut at the block's end (6 pages)
+        assert_eq!(s.asked, vec![1, 2, 3]);
+        let mut t = Sim::new(16, 100);
+        t.fault(1, 0);
+        t.fault(1, 1);
+        t.arrive();
+        // Page 5 is in flight (another fault): the run from 3 stops there.
+        t.in_flight.insert(HOST + 5 * PS);
+        t.fault(1, 3);
+        assert_eq!(t.asked, vec![1, 2, 2]);
+    }
+
+    #[test]
+    fn a_fault_on_a_prepaged_page_in_flight_is_a_hit() {
+        let before = snapshot().hits_in_flight;
+        let mut s = Sim::new(16, 1 << 10);
+        s.fault(1, 0);
+        s.fault(1, 1); // window 2: pages 1, 2
+        s.fault(1, 2); // in flight, pre-paged: a hit, the window grows
+        s.fault(1, 2); // a second fault on it is not a second hit
+        assert!(snapshot().hits_in_flight > before);
+        assert_eq!(s.p.windows(), vec![4]);
+        s.fault(1, 3); // walked past: the window grows once per run only
+        assert_eq!(s.asked, vec![1, 2, 4]);
+        assert_eq!(s.p.windows(), vec![4]);
+    }
+
+    #[test]
+    fn a_stream_dropped_unhit_restarts_at_one_page() {
+        let mut s = Sim::new(16, 1 << 14);
+        for i in 0..3 {
+            s.fault(1, i);
+        }
+        assert_eq!(s.p.windows()[0], 4);
+        // STREAMS random faults elsewhere replace it.
+        for k in 0..STREAMS as u64 {
+            s.fault(1, 1000 + 10 * k);
+        }
+        s.arrive();
+        s.fault(1, 3);
+        assert_eq!(*s.asked.last().unwrap(), 1);
+    }
+
+    #[test]
+    fn pages_already_present_are_walked_past() {
+        let mut s = Sim::new(16, 1 << 10);
+        s.fault(1, 0); // window 1
+        s.arrive();
+        // Pages 1..4 arrive in the background (in flight for another fault).
+        for i in 1..4 {
+            s.in_flight.insert(HOST + i * PS);
+        }
+        // The fault on 4 continues the stream: the pages between are there.
+        s.fault(1, 4);
+        assert_eq!(*s.asked.last().unwrap(), 2);
+    }
+
+    #[test]
+    fn reset_and_off() {
+        let mut s = Sim::new(16, 1 << 10);
+        for i in 0..3 {
+            s.fault(1, i);
+        }
+        s.p.reset();
+        assert!(s.p.windows().is_empty() && s.p.pending.is_empty());
+        s.p.configure(None);
+        assert!(!s.p.enabled());
+        let n = s.p.plan(1, &s.block, HOST, |_| false);
+        assert_eq!(n, 1);
+        // A window of one is no pre-paging: off too.
+        s.p.configure(Some(Settings {
+            max_pages: 1,
+            requester: Box::new(Rec(Arc::clone(&s.ranges))),
+        }));
+        assert!(!s.p.enabled());
+    }
+
+    #[test]
+    fn a_shorter_answer_is_taken_at_its_word() {
+        struct Short;
+        impl RangeRequester for Short {
+            fn request_range(&mut self, _: usize, _: u64, _: u64, _: u64) -> Result<u64> {
+                Ok(PS)
+            }
+        }
+        let mut p = Prepager::default();
+        p.configure(Some(Settings {
+            max_pages: 8,
+            requester: Box::new(Short),
+        }));
+        assert_eq!(p.request(1, 0, 4, PS, HOST), Ok(1));
+    }
+}
