@@ -15,15 +15,13 @@
 #                                           (incremental; no tests)
 #   2. scripts/guest-build.sh               build/guest/{vmlinuz,initramfs.cpio.gz}
 #   3. scripts/bench-e2e.py "$@"            under the machine lock
-#                                           /tmp/pcrs-vm.lock (VMs only)
+#                                           (lib.sh's with_vm_lock; VMs only)
 #
 # BENCH_SKIP_BUILD=1 skips step 1 (the QEMUs are used as they are).
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$PCRS_ROOT" || exit 1
-
-LOCK=/tmp/pcrs-vm.lock
 
 step "check"
 [ "$(id -u)" -eq 0 ] ||
@@ -44,14 +42,5 @@ fi
 step "the guest: Debian kernel + busybox + workload"
 scripts/guest-build.sh
 
-step "the benchmark (waiting for $LOCK)"
-t0=$SECONDS
-exec 9>"$LOCK"
-flock 9
-echo "holding $LOCK (waited $((SECONDS - t0))s)"
-rc=0
-# The lock stays with this shell: no QEMU the benchmark starts inherits it.
-"$PY" scripts/bench-e2e.py "$@" 9>&- || rc=$?
-flock -u 9
-exec 9>&-
-[ "$rc" -eq 0 ] || die "the benchmark failed (bench-e2e.py exit $rc)"
+step "the benchmark (waiting for the machine lock)"
+with_vm_lock "$PY" scripts/bench-e2e.py "$@"

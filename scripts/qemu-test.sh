@@ -58,7 +58,7 @@ PREFIX=$B/prefix
 read -r -a VERSIONS <<<"${QEMU_VERSIONS:-10.0.13 10.2.2}"
 LEGACY=${QEMU_LEGACY_VERSION:-10.0.13}
 TRACE='postcopy_rs_*'
-LOCK=/tmp/pcrs-vm.lock
+LOCK=${PCRS_VM_LOCK:-/tmp/pcrs-vm.lock}
 PASSED=0
 FAILED=0
 declare -A VPASS=() VFAIL=() TOOK=()
@@ -365,14 +365,7 @@ vm_tests() {
 }
 
 step "VM tests (waiting for $LOCK)"
-t0=$SECONDS
-exec 9>"$LOCK"
-flock 9
-echo "holding $LOCK (waited $((SECONDS - t0))s)"
-# The lock stays with this shell: no QEMU the tests start inherits it.
-vm_tests 9>&-
-flock -u 9
-exec 9>&-
+with_vm_lock vm_tests
 
 step "summary"
 for v in "${VERSIONS[@]}"; do
