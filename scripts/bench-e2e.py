@@ -103,6 +103,17 @@ def qemu_version(binary: str) -> str:
         return "?"
 
 
+def command_line(argv) -> str:
+    """The make command that ran (without --caveat: it is printed anyway)."""
+    args, skip = [], False
+    for x in argv:
+        if skip or x.startswith("--caveat"):
+            skip = x == "--caveat"
+            continue
+        args.append(x)
+    return 'make bench-e2e ARGS="%s"' % " ".join(args) if args else "make bench-e2e"
+
+
 def main() -> int:
     a = parser().parse_args()
     if a.quick:
@@ -146,8 +157,7 @@ def main() -> int:
     meta = dict(benchreport.machine())
     meta.update({
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "make bench-e2e ARGS=\"%s\"" % " ".join(sys.argv[1:]) if sys.argv[1:]
-        else "make bench-e2e",
+        "command": command_line(sys.argv[1:]),
         "load_start": load_start, "load_end": "%.1f" % os.getloadavg()[0],
         "accel_note": first.get("accel_note"),
         "qemu_version": qemu_version(first.get("binary") or binaries["patched"]),

@@ -112,6 +112,9 @@ def render(recs: List[dict], meta: dict) -> str:
         % (meta["runs"], bs.RESAMPLES, bs.SEED, meta["results"]),
         "",
     ]
+    lines += ["Machine load: whatever else runs on the host slows both builds; alternating "
+              "them run by run spreads a slow spell over both, but it widens the intervals. "
+              "Trust an interval that excludes 1.0 on a quiet machine more than here.", ""]
     if meta.get("caveat"):
         lines += ["**%s**" % meta["caveat"], ""]
     lines += ["| cell | pairs | blocktime unpatched (median) | blocktime patched (median) | "
