@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Postcopy end to end, patched against unpatched QEMU (`make bench-e2e`,
-scripts/bench-e2e.sh builds what it needs, then runs this): the demo's
-Linux guest, one workload thread per vCPU, cells = access pattern x page
-size x postcopy-preempt, runs alternated per cell (unpatched, patched,
-...).  By default the four patterns on 4 KiB pages without preempt, 7
-runs of each build (about 30 minutes on a 2-core TCG host); the whole
-matrix is --pages 4k,2m --preempt off,on.  Raw results: build/bench-e2e/<time>/results.jsonl; the report (per
-cell, median patched/unpatched ratio and its 95 % bootstrap interval):
-report.md there and, unless --quick or --no-doc, docs/BENCHMARKS.md
-between its bench-e2e markers.
+"""Postcopy end to end: patched against unpatched QEMU, run by run.
+
+`make bench-e2e` (scripts/bench-e2e.sh builds what it needs, then runs
+this): the demo's Linux guest, one workload thread per vCPU, cells =
+access pattern x page size x postcopy-preempt, runs alternated per cell
+(unpatched, patched, ...).  By default the four patterns on 4 KiB pages
+without preempt, 7 runs of each build (30-45 minutes on a 2-core TCG
+host); the whole matrix is --pages 4k,2m --preempt off,on.  Raw results:
+build/bench-e2e/<time>/results.jsonl; the report (per cell, the median
+patched/unpatched ratio and its 95 % bootstrap interval): report.md
+there and, unless --quick or --no-doc, docs/BENCHMARKS.md between its
+bench-e2e markers.
 
   --quick       smoke test: one cell (seq, 4 KiB, preempt off), one run of
                 each build, a 256 MiB guest; fails unless every figure
@@ -39,7 +41,8 @@ from postcopy_demo.scenarios import bench  # noqa: E402
 
 QEMU_VERSION = "10.2.2"
 # The default fits in 45 minutes on the 2-core machine this was written on
-# (TCG, about 33 s a run at 1 GiB: 4 cells x 7 pairs = 56 runs, ~31 min);
+# (TCG, 33-50 s a run at 1 GiB with the host loaded: 4 cells x 7 pairs =
+# 56 runs, 31-47 min);
 # the whole matrix, --pages 4k,2m --preempt off,on, is 4x that.
 DEFAULT_PATTERNS = list(bench.PATTERNS)
 DEFAULT_PAGES = ["4k"]
@@ -59,7 +62,7 @@ def csv(choices):
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.splitlines()[1:]))
+                                 epilog="\n".join(__doc__.splitlines()[2:]))
     ap.add_argument("--patterns", type=csv(bench.PATTERNS), default=DEFAULT_PATTERNS,
                     help="comma-separated (default: %s)" % ",".join(DEFAULT_PATTERNS))
     ap.add_argument("--pages", type=csv(list(bench.PAGES)), default=DEFAULT_PAGES,
@@ -81,8 +84,9 @@ def parser() -> argparse.ArgumentParser:
             "build", "qemu-" + QEMU_VERSION, kind, "qemu-system-x86_64"),
             help="%s qemu-system-x86_64 (default %%(default)s)" % kind)
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--kvm", dest="accel", action="store_const", const="kvm")
-    g.add_argument("--tcg", dest="accel", action="store_const", const="tcg")
+    g.add_argument("--kvm", dest="accel", action="store_const", const="kvm",
+                   help="KVM (default: KVM where it boots the guest, else TCG)")
+    g.add_argument("--tcg", dest="accel", action="store_const", const="tcg", help="TCG")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per migration")
     ap.add_argument("--out", help="results directory (default build/bench-e2e/<time>)")
     ap.add_argument("--doc", default=os.path.join("docs", "BENCHMARKS.md"),
