@@ -77,6 +77,10 @@ class Hooks:
     def after_switch(self, src, dst):
         """Once migrate-start-postcopy returned."""
 
+    def completed(self, src, dst):
+        """Once the source says completed, before the figures are collected
+        (which takes seconds)."""
+
 
 def poll_until_done(session, src, dst, res: dict, switch_mib: int, t0: float,
                     hooks: Hooks = Hooks()) -> dict:
@@ -220,5 +224,7 @@ def migrate(session, src, dst, switch_after: Optional[int] = None,
         return res
     info = poll_until_done(session, src, dst, res, switch_mib, t0, hooks)
     res["wall_time_s"] = round(time.monotonic() - t0, 2)
+    if res["status"] == "completed":
+        hooks.completed(src, dst)
     collect(session, src, dst, res, info, discard_lines_before)
     return res

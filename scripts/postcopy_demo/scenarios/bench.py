@@ -8,8 +8,8 @@ workload.threads=0 (one pinned worker per vCPU, random writes at 2000
 pages/s while precopy runs); just before migrate-start-postcopy the source
 workers are armed idle on the pattern (`pattern P 0`); once the
 destination is in postcopy-active, `stalls reset` and `rate max` there;
-when the migration completed, `stalls` (the guest's own view, per
-thread), then `verify`.  QEMU's view comes from query-migrate on the
+as soon as the destination completed, `stalls` (the guest's own view,
+per thread), then `verify`.  QEMU's view comes from query-migrate on the
 destination (postcopy-blocktime capability: blocktime total and per vCPU,
 and from 10.1 on the fault latency) and on the source (page requests,
 downtime, total time), the postcopy phase from both sides' MIGRATION
@@ -64,6 +64,7 @@ class WorkloadHooks(Hooks):
 
     def __init__(self, session: Session, pattern: str, rec: dict):
         self.s, self.pattern, self.rec = session, pattern, rec
+        self.mark, self.stalls, self.error = None, None, None
 
     def before_switch(self, src, dst):
         m, _ = self.s.guest.command(src, "pattern %s 0" % self.pattern,
@@ -82,8 +83,25 @@ class WorkloadHooks(Hooks):
                 raise MigrateError("the destination did not reach postcopy-active (%s)" % st)
             time.sleep(0.02)
         self.rec["dst_state_at_start"] = st
-        self.rec["workload_mark"] = dst.console.mark()
+        self.mark = dst.console.mark()
         dst.console.send("stalls reset\nrate max")
+
+    def completed(self, src, dst):
+        """The guest's view as soon as the destination has every page: the
+        same window on both builds (collecting QEMU's figures takes longer
+        on one than on the other)."""
+        deadline = time.monotonic() + ACTIVE_TIMEOUT
+        while dst.query_migrate().get("status") not in ("completed", "failed") and \
+                time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not armed(dst, self.mark):
+            self.error = ("the destination's workload did not answer `stalls reset` and "
+                          "`rate max`\n%s" % dst.console_excerpt(10))
+            return
+        try:
+            self.stalls = self.s.guest.stalls(dst)
+        except MigrateError as e:
+            self.error = str(e)
 
 
 def armed(dst, mark: Optional[int]) -> bool:
@@ -173,7 +191,8 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
             src = s.start_source()
             rec["workload"] = src.workload
             dst = s.start_destination()
-            r = s.migrate(src, dst, hooks=WorkloadHooks(s, pattern, rec))
+            hooks = WorkloadHooks(s, pattern, rec)
+            r = s.migrate(src, dst, hooks=hooks)
             rec["accel"] = s.accel           # a failed KVM boot falls back to TCG
             # the destination's postcopy lasts until its last page is placed
             rec["postcopy_ms"] = postcopy_ms(dst.qmp.events() if dst.qmp else [])
@@ -181,11 +200,10 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
             rec["status"] = r["status"]
             if r["status"] != "completed" or r.get("error"):
                 rec["error"] = r.get("error") or "migration %s" % r["status"]
-            elif not armed(dst, rec.get("workload_mark")):
-                rec["error"] = ("the destination's workload did not answer `stalls reset` "
-                                "and `rate max`\n%s" % dst.console_excerpt(10))
+            elif hooks.error or not hooks.stalls:
+                rec["error"] = hooks.error or "no STALLS from the guest"
             else:
-                figures(rec, r, s.guest.stalls(dst))
+                figures(rec, r, hooks.stalls)
                 v = s.verify(dst)
                 rec["verify"] = v["line"] or v["error"]
                 miss = missing_figures(rec, cfg.smp)
