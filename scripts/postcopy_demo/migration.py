@@ -13,7 +13,7 @@ from typing import Optional
 from .options import MiB, ram_spec_str
 from .qmp import QMPError
 from .report import fmt_bytes, progress_line
-from .vm import trace_events
+from .vm import has_trace_event, trace_events
 
 FINAL = ("completed", "failed", "cancelled")
 
@@ -177,7 +177,7 @@ def collect(session, src, dst, res: dict, info: dict, discard_lines_before: int)
     res["vcpu_blocktime_ms"] = dinfo.get("postcopy-vcpu-blocktime")
     res["library_source"] = src.counters("discard_stats", skip=discard_lines_before)
     lib_dst = None
-    if res["postcopy_started"]:
+    if res["postcopy_started"] and has_trace_event(dst.binary, "postcopy_rs_incoming_stats"):
         deadline = time.monotonic() + 10
         while lib_dst is None and time.monotonic() < deadline:
             lib_dst = dst.counters("incoming_stats")
