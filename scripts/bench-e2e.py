@@ -138,11 +138,13 @@ def main() -> int:
                        switch_after=a.switch_after, accel=a.accel or "auto",
                        timeout=a.timeout, seed=a.seed)
     load_start = "%.1f" % os.getloadavg()[0]
+    load_end = None
     if a.report_from:
         with open(a.report_from) as f:
             recs = [json.loads(ln) for ln in f if ln.strip()]
         outdir = os.path.dirname(os.path.abspath(a.report_from))
         load_start = "%.1f" % recs[0]["loadavg_before"] if recs else "?"
+        load_end = "%.1f" % recs[-1]["loadavg_after"] if recs else "?"
     else:
         for k, b in binaries.items():
             if not os.access(b, os.X_OK):
@@ -160,9 +162,11 @@ def main() -> int:
     first = recs[0] if recs else {}
     meta = dict(benchreport.machine())
     meta.update({
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": command_line(sys.argv[1:]),
-        "load_start": load_start, "load_end": "%.1f" % os.getloadavg()[0],
+        "date": (recs[-1]["started"] if a.report_from and recs else
+                 time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())),
+        "command": command_line(sys.argv[1:]) if not a.report_from else
+        "make bench-e2e (report regenerated from its results.jsonl)",
+        "load_start": load_start, "load_end": load_end or "%.1f" % os.getloadavg()[0],
         "accel_note": first.get("accel_note"),
         "qemu_version": qemu_version(first.get("binary") or binaries["patched"]),
         "patched": os.path.relpath(binaries["patched"], ROOT),
@@ -174,8 +178,17 @@ def main() -> int:
         "results": os.path.relpath(os.path.join(outdir, "results.jsonl"), ROOT),
         "caveat": a.caveat,
     })
+    meta_path = os.path.join(outdir, "meta.json")
+    if a.report_from and os.path.exists(meta_path):
+        # the run's own date, command line, load and caveat
+        with open(meta_path) as f:
+            meta.update({k: v for k, v in json.load(f).items()
+                         if v is not None and not (k == "caveat" and a.caveat)})
     section = benchreport.render(recs, meta)
     os.makedirs(outdir, exist_ok=True)
+    if not a.report_from:
+        with open(meta_path, "w") as f:
+            json.dump(meta, f, indent=1)
     with open(os.path.join(outdir, "report.md"), "w") as f:
         f.write(section)
     print("\n" + section)

@@ -105,6 +105,10 @@ def render(recs: List[dict], meta: dict) -> str:
         "`migrate-start-postcopy` after %d MiB; after the switch every thread runs the "
         "pattern flat out over its own slice (guest/README.md)."
         % (meta["mem"], meta["smp"], meta["precopy_rate"], meta["switch_after"]),
+        "- **Cells**: %d of the 16 (access pattern x page size x postcopy-preempt). "
+        "`make bench-e2e` runs the four patterns on 4 KiB pages without preempt by "
+        "default (56 runs, 30-45 minutes on this machine); `ARGS=\"--pages 4k,2m --preempt "
+        "off,on\"` is the whole matrix." % len(sums),
         "- **Runs**: %d pair(s) per cell, unpatched and patched alternated (ABAB...); a "
         "pair is the k-th run of each build. Ratio = patched / unpatched of the same pair; "
         "the table gives the median ratio and its 95 %% bootstrap interval (%d resamples of "
