@@ -76,10 +76,15 @@ def _num(x, unit="") -> str:
     return s + (" " + unit if unit else "")
 
 
+def _r(x: float) -> str:
+    """2 decimals, 3 where 2 would print an interval's bound as 1.00."""
+    return "%.3f" % x if round(x, 2) == 1.0 and x != 1.0 else "%.2f" % x
+
+
 def _ratio(s: Optional[dict]) -> str:
     if s is None:
         return "-"
-    return "%.2fx [%.2f, %.2f]" % (s["median"], s["lo"], s["hi"])
+    return "%sx [%s, %s]" % (_r(s["median"]), _r(s["lo"]), _r(s["hi"]))
 
 
 def render(recs: List[dict], meta: dict) -> str:
