@@ -6,8 +6,8 @@
 this): the demo's Linux guest, one workload thread per vCPU, cells =
 access pattern x page size x postcopy-preempt, runs alternated per cell
 (unpatched, patched, ...).  By default the four patterns on 4 KiB pages
-without preempt, 7 runs of each build (30-45 minutes on a 2-core TCG
-host); the whole matrix is --pages 4k,2m --preempt off,on.  Raw results:
+without preempt, 7 runs of each build (10 minutes on a 2-core TCG
+host, 30-45 under heavy load); the whole matrix is --pages 4k,2m --preempt off,on.  Raw results:
 build/bench-e2e/<time>/results.jsonl; the report (per cell, the median
 patched/unpatched ratio and its 95 % bootstrap interval): report.md
 there and, unless --quick or --no-doc, docs/BENCHMARKS.md between its
@@ -41,8 +41,8 @@ from postcopy_demo.scenarios import bench  # noqa: E402
 
 QEMU_VERSION = "10.2.2"
 # The default fits in 45 minutes on the 2-core machine this was written on
-# (TCG, 33-50 s a run at 1 GiB with the host loaded: 4 cells x 7 pairs =
-# 56 runs, 31-47 min);
+# (TCG, 1 GiB: 4 cells x 7 pairs = 56 runs, 10 min when little else ran,
+# 9-15 s a run; 33-50 s a run under load average 10, 31-47 min);
 # the whole matrix, --pages 4k,2m --preempt off,on, is 4x that.
 DEFAULT_PATTERNS = list(bench.PATTERNS)
 DEFAULT_PAGES = ["4k"]

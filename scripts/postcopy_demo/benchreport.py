@@ -87,6 +87,12 @@ def _ratio(s: Optional[dict]) -> str:
     return "%sx [%s, %s]" % (_r(s["median"]), _r(s["lo"]), _r(s["hi"]))
 
 
+def _load_range(recs: List[dict]) -> str:
+    loads = [r[k] for r in recs for k in ("loadavg_before", "loadavg_after")
+             if isinstance(r.get(k), (int, float))]
+    return "%.1f-%.1f" % (min(loads), max(loads)) if loads else "?"
+
+
 def render(recs: List[dict], meta: dict) -> str:
     """The Markdown section (without the markers)."""
     sums = cell_summaries(recs)
@@ -97,8 +103,9 @@ def render(recs: List[dict], meta: dict) -> str:
         "Generated %s by `%s`." % (meta["date"], meta["command"]),
         "",
         "- **Machine**: %s, %d CPUs (%s), Linux %s; load average %s at the start, %s at "
-        "the end." % (meta["cpu_model"], meta["cpus"], meta["host"], meta["kernel"],
-                      meta["load_start"], meta["load_end"]),
+        "the end, %s over the runs." % (meta["cpu_model"], meta["cpus"], meta["host"],
+                                        meta["kernel"], meta["load_start"], meta["load_end"],
+                                        _load_range(recs)),
         "- **Accelerator**: %s%s." % (", ".join(a.upper() for a in accels),
                                       " (%s)" % meta["accel_note"] if meta.get("accel_note")
                                       else ""),
@@ -112,7 +119,8 @@ def render(recs: List[dict], meta: dict) -> str:
         % (meta["mem"], meta["smp"], meta["precopy_rate"], meta["switch_after"]),
         "- **Cells**: %d of the 16 (access pattern x page size x postcopy-preempt). "
         "`make bench-e2e` runs the four patterns on 4 KiB pages without preempt by "
-        "default (56 runs, 30-45 minutes on this machine); `ARGS=\"--pages 4k,2m --preempt "
+        "default (56 runs: 10 minutes on this 2-core TCG host when little else runs, 30-45 "
+        "minutes under heavy load); `ARGS=\"--pages 4k,2m --preempt "
         "off,on\"` is the whole matrix." % len(sums),
         "- **Runs**: %d pair(s) per cell, unpatched and patched alternated (ABAB...); a "
         "pair is the k-th run of each build. Ratio = patched / unpatched of the same pair; "
