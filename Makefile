@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Front door.  `make test` is the test command CI runs (.ci/run calls it).
-.PHONY: all build install header test bench clean demo
+.PHONY: all build install header test bench bench-e2e clean demo
 
 # Where `make install` puts the library, header and pkg-config file; QEMU's
 # build finds it with PKG_CONFIG_PATH=$(PREFIX)/lib/pkgconfig.
@@ -46,6 +46,13 @@ bench:
 	cargo bench --bench fault
 	python3 scripts/bench-report.py > docs/BENCHMARKS.generated.md
 	@echo "docs/BENCHMARKS.generated.md written; merge it into docs/BENCHMARKS.md"
+
+# Postcopy end to end, patched against unpatched QEMU 10.2.2 on the demo's
+# Linux guest; the report goes into docs/BENCHMARKS.md (scripts/bench-e2e.sh).
+# Options for scripts/bench-e2e.py in ARGS, e.g. ARGS="--patterns seq --runs 9";
+# ARGS=--quick is the smoke test `make test` runs.
+bench-e2e:
+	scripts/bench-e2e.sh $(ARGS)
 
 clean:
 	cargo clean

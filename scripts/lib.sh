@@ -18,6 +18,10 @@
 #   relink_if_library_changed BUILDDIR ARCHIVE
 #                      make ninja relink BUILDDIR's QEMU only when the
 #                      library archive changed since its last link
+#   with_vm_lock CMD...
+#                      run CMD holding the machine lock $PCRS_VM_LOCK
+#                      (default /tmp/pcrs-vm.lock), as everything that
+#                      boots VMs, runs qtests or reserves hugepages does
 #
 # Variables (all may be overridden from the environment):
 #   PCRS_ROOT   the repository's top directory
@@ -154,4 +158,18 @@ relink_if_library_changed() {
     # next build relinks anyway.
     mkdir -p "$builddir"
     printf '%s\n' "$sum" >"$stamp"
+}
+
+# One run that boots VMs (or qtests, hugepages, namespaces) at a time on a
+# host.  The lock stays with this shell: nothing CMD starts inherits it.
+# (Not `CMD || ...`: that would turn errexit off inside CMD; a failure
+# exits, and the lock goes with the process.)
+with_vm_lock() {
+    local lock=${PCRS_VM_LOCK:-/tmp/pcrs-vm.lock} t0=$SECONDS
+    exec 9>"$lock"
+    flock 9
+    echo "holding $lock (waited $((SECONDS - t0))s)"
+    "$@" 9>&-
+    flock -u 9
+    exec 9>&-
 }

@@ -44,6 +44,8 @@
 # Environment:
 #   QEMU_VERSIONS  the versions to test, default "10.0.13 10.2.2"
 #   QTEST_JOBS     qtests run at once (default 4)
+#   QEMU_BUILD_ONLY=1  stop after the builds and their checks (steps 1-3;
+#                  make bench-e2e uses it)
 #
 # Prints "N passed, N failed" per version and for the whole stage, and
 # exits non-zero on any failure.  POSTCOPY_RS_SKIP_QEMU=1 makes the test
@@ -58,7 +60,7 @@ PREFIX=$B/prefix
 read -r -a VERSIONS <<<"${QEMU_VERSIONS:-10.0.13 10.2.2}"
 LEGACY=${QEMU_LEGACY_VERSION:-10.0.13}
 TRACE='postcopy_rs_*'
-LOCK=/tmp/pcrs-vm.lock
+LOCK=${PCRS_VM_LOCK:-/tmp/pcrs-vm.lock}
 PASSED=0
 FAILED=0
 declare -A VPASS=() VFAIL=() TOOK=()
@@ -254,6 +256,11 @@ for v in "${VERSIONS[@]}"; do
 done
 [ "$(sha256sum "$LIB" | cut -d' ' -f1)" = "$LIB_SHA" ] ||
     die "$LIB changed while the QEMUs were built"
+if [ "${QEMU_BUILD_ONLY:-0}" = 1 ]; then
+    echo "QEMU_BUILD_ONLY=1: built, no VM tests; ${PASSED} passed, ${FAILED} failed"
+    [ "$FAILED" -eq 0 ]
+    exit
+fi
 
 # The largest value of FIELD in TRACE lines of LOG ("... FIELD N ...").
 max_field() {
@@ -366,14 +373,7 @@ vm_tests() {
 }
 
 step "VM tests (waiting for $LOCK)"
-t0=$SECONDS
-exec 9>"$LOCK"
-flock 9
-echo "holding $LOCK (waited $((SECONDS - t0))s)"
-# The lock stays with this shell: no QEMU the tests start inherits it.
-vm_tests 9>&-
-flock -u 9
-exec 9>&-
+with_vm_lock vm_tests
 
 step "summary"
 for v in "${VERSIONS[@]}"; do

@@ -9,7 +9,8 @@
 #      example linked with the README's line), and the tests on real
 #      userfaultfd (4 KiB and 2 MiB hugetlbfs pages); then the library
 #      built for x86_64-unknown-linux-musl, and the demo guest's workload
-#      on this host (guest/test-workload.sh, no VM);
+#      on this host (guest/test-workload.sh, no VM), and the unit tests of
+#      the scripts' Python (scripts/tests: the benchmark's statistics);
 #   3. the QEMU stage (scripts/qemu-test.sh): Debian's QEMU 10.0.13 and
 #      10.2.2, each with its patch series and the one library, every
 #      postcopy qtest (TLS included), interoperability both ways and
@@ -22,8 +23,11 @@
 #      --live --postcopy, then virsh migrate-postcopy; the guest's VERIFY OK;
 #   6. end-to-end scenarios QEMU lacks (scripts/e2e.py): hugepage-backed
 #      RAM (2 MiB, 1 GiB where granted), two blocks of different page
-#      sizes, mismatched page sizes both ways with a retry.
-#      POSTCOPY_RS_SKIP_QEMU=1 skips 3 to 6: the Rust tests stand alone.
+#      sizes, mismatched page sizes both ways with a retry;
+#   7. the end-to-end benchmark's smoke test, `make bench-e2e ARGS=--quick`:
+#      one cell, one run of QEMU 10.2.2 unpatched and patched each; fails
+#      unless every figure is produced (their values are not judged).
+#      POSTCOPY_RS_SKIP_QEMU=1 skips 3 to 7: the Rust tests stand alone.
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -64,6 +68,9 @@ fi
 step "the guest workload, on this host"
 guest/test-workload.sh
 
+step "the scripts' Python unit tests"
+python3 -m unittest discover -s scripts/tests -v
+
 if [ "${POSTCOPY_RS_SKIP_QEMU:-0}" = 1 ]; then
     warn "POSTCOPY_RS_SKIP_QEMU=1: the QEMU stage is skipped"
     exit 0
@@ -83,3 +90,11 @@ DEMO_SKIP_BUILD=1 make --no-print-directory demo ARGS="--cut-after 64"
 
 step "end-to-end: hugepages and mismatched page sizes"
 python3 scripts/e2e.py test
+
+step "the end-to-end benchmark, smoke test: make bench-e2e ARGS=--quick"
+# On the QEMU 10.2.2 builds the QEMU stage made.
+if [[ " ${QEMU_VERSIONS:-10.2.2} " == *" 10.2.2 "* ]]; then
+    BENCH_SKIP_BUILD=1 make --no-print-directory bench-e2e ARGS=--quick
+else
+    warn "SKIPPED: make bench-e2e ARGS=--quick (QEMU_VERSIONS=$QEMU_VERSIONS lacks 10.2.2)"
+fi

@@ -17,8 +17,12 @@ library, qemu.qmp (installed in a venv by scripts/demo-deps.sh).
   session     a run's resources: VMs, hugepages, namespaces, logs
   migration   one postcopy migration over QMP and its figures
   report      progress line and summary
+  benchstats  make bench-e2e's statistics: ABAB pairs, ratios, median,
+              bootstrap interval
+  benchreport make bench-e2e's report and its docs/BENCHMARKS.md section
   scenarios/  what a run does with a session: demo (the main command),
-              pagesizes (the end-to-end tests), blocktime, libvirt
+              pagesizes (the end-to-end tests), blocktime, libvirt,
+              bench (make bench-e2e)
   cli         scripts/migrate.py's command line
 
 Nothing is imported here, so that `python3 -m postcopy_demo.netns` (the

@@ -100,6 +100,11 @@ class Console:
     def send(self, line: str):
         self.sock.sendall(line.encode() + b"\n")
 
+    def since(self, mark: int) -> List[str]:
+        """The complete lines from index mark (a mark() value) on."""
+        with self.cond:
+            return self.lines[mark:]
+
     def tail(self, n=25) -> List[str]:
         with self.cond:
             if self.partial:

@@ -80,7 +80,7 @@ class LinuxGuest:
                   "workload.report=1"]
         if o.workload_mb:
             append.append("workload.mb=%d" % o.workload_mb)
-        return " ".join(append)
+        return " ".join(append + list(o.guest_args))
 
     def qemu_args(self, accel: str) -> List[str]:
         return (["-cpu", "host"] if accel == "kvm" else []) + [
@@ -103,12 +103,29 @@ class LinuxGuest:
         vm.pages = int(m.group(1))
         return (vm.console.last(r"^WORKLOAD mb=") or "").replace("WORKLOAD ", "workload ")
 
+    @staticmethod
+    def command(vm, line: str, answer: str, timeout: float):
+        """Type line on the console: (the answer's match or None, the index
+        of the first console line after the command)."""
+        mark = vm.console.mark()
+        vm.console.send(line)
+        return vm.console.wait_for(answer, timeout, since=mark, alive=vm.alive), mark
+
+    def stalls(self, vm, timeout: float = 30.0) -> dict:
+        """The workload's `stalls`: {"threads": [per-thread dict], "total":
+        dict}, each parse_stalls() of one STALLS line (guest/README.md)."""
+        m, mark = self.command(vm, "stalls", r"^STALLS total\b", timeout)
+        if not m:
+            raise MigrateError("no 'STALLS total' from the guest on %s within %.0f s\n%s"
+                               % (vm.name, timeout, vm.console_excerpt(15)))
+        lines = [ln for ln in vm.console.since(mark) if ln.startswith("STALLS thread=")]
+        return {"threads": [parse_stalls(ln) for ln in lines],
+                "total": parse_stalls(m.string)}
+
     def verify(self, vm, timeout: float) -> dict:
         """Type `verify` on the console; the guest checks every page."""
-        mark = vm.console.mark()
         t0 = time.monotonic()
-        vm.console.send("verify")
-        m = vm.console.wait_for(r"^VERIFY (OK|FAIL)\b.*", timeout, since=mark, alive=vm.alive)
+        m, _ = self.command(vm, "verify", r"^VERIFY (OK|FAIL)\b.*", timeout)
         if not m:
             return {"ok": False, "line": None,
                     "error": "no VERIFY answer from the guest on %s within %.0f s\n%s"
@@ -193,6 +210,25 @@ class BootBlockGuest:
                     "error": "%s: guest RAM inconsistent at %d pages (first byte %#x): %s"
                     % (vm.name, len(bad), first, bad[:5])}
         return {"ok": True, "line": "RAM OK pages=%d" % pages, "error": None}
+
+
+def parse_stalls(line: str) -> dict:
+    """One STALLS line: its key=value fields (numbers as float), "hist" as
+    {bucket: count}."""
+    out = {}
+    for tok in line.split()[1:]:
+        k, eq, v = tok.partition("=")
+        if not eq:
+            continue
+        if k == "hist":
+            out[k] = {int(b): int(c) for b, c in
+                      (kv.split(":") for kv in v.split(",") if kv)}
+            continue
+        try:
+            out[k] = float(v)
+        except ValueError:
+            out[k] = v
+    return out
 
 
 def make_guest(opts, workdir: str):

@@ -13,7 +13,7 @@ from typing import Optional
 from .options import MiB, ram_spec_str
 from .qmp import QMPError
 from .report import fmt_bytes, progress_line
-from .vm import trace_events
+from .vm import has_trace_event, trace_events
 
 FINAL = ("completed", "failed", "cancelled")
 
@@ -36,7 +36,7 @@ def set_capabilities(vm, caps, optional=(PAGE_SIZE_REPORT,)):
 
 def listen(session, dst):
     """Capabilities on a new destination, then migrate-incoming."""
-    set_capabilities(dst, ["postcopy-ram", "postcopy-blocktime"])
+    set_capabilities(dst, ["postcopy-ram", "postcopy-blocktime"] + session.opts.capabilities)
     if session.net:
         dst.port = 4440 + session.ndst
         uri = "tcp:%s:%d" % (session.net.addr["dst"], dst.port)
@@ -49,7 +49,7 @@ def listen(session, dst):
 
 def configure_source(session, src):
     o = session.opts
-    set_capabilities(src, ["postcopy-ram"])
+    set_capabilities(src, ["postcopy-ram"] + o.capabilities)
     params = {}
     if o.max_bandwidth:
         params["max-bandwidth"] = o.max_bandwidth * MiB
@@ -68,7 +68,22 @@ def source_uri(session, dst):
     return "unix:" + dst.mig_path, "unix socket"
 
 
-def poll_until_done(session, src, dst, res: dict, switch_mib: int, t0: float) -> dict:
+class Hooks:
+    """What a scenario does around the switch to postcopy (default: nothing)."""
+
+    def before_switch(self, src, dst):
+        """Just before migrate-start-postcopy."""
+
+    def after_switch(self, src, dst):
+        """Once migrate-start-postcopy returned."""
+
+    def completed(self, src, dst):
+        """Once the source says completed, before the figures are collected
+        (which takes seconds)."""
+
+
+def poll_until_done(session, src, dst, res: dict, switch_mib: int, t0: float,
+                    hooks: Hooks = Hooks()) -> dict:
     """query-migrate until a final state; switch to postcopy once switch_mib
     MiB are sent.  Returns the source's last answer."""
     o, out = session.opts, session.out
@@ -89,11 +104,13 @@ def poll_until_done(session, src, dst, res: dict, switch_mib: int, t0: float) ->
         last_status = st
         if not res["postcopy_started"] and st == "active" and sent >= switch_mib * MiB:
             try:
+                hooks.before_switch(src, dst)
                 src.qmp.cmd("migrate-start-postcopy")
                 res.update(postcopy_started=True, switch_at_bytes=sent,
                            switch_at_s=round(time.monotonic() - t0, 2))
                 out.say("switching to postcopy at %s sent (%.1f s)"
                         % (fmt_bytes(sent), time.monotonic() - t0))
+                hooks.after_switch(src, dst)
             except QMPError as e:
                 out.warn("migrate-start-postcopy: %s" % e.desc)
         out.progress(line, key=st)
@@ -160,7 +177,7 @@ def collect(session, src, dst, res: dict, info: dict, discard_lines_before: int)
     res["vcpu_blocktime_ms"] = dinfo.get("postcopy-vcpu-blocktime")
     res["library_source"] = src.counters("discard_stats", skip=discard_lines_before)
     lib_dst = None
-    if res["postcopy_started"]:
+    if res["postcopy_started"] and has_trace_event(dst.binary, "postcopy_rs_incoming_stats"):
         deadline = time.monotonic() + 10
         while lib_dst is None and time.monotonic() < deadline:
             lib_dst = dst.counters("incoming_stats")
@@ -183,7 +200,8 @@ def collect(session, src, dst, res: dict, info: dict, discard_lines_before: int)
             res["destination_status"], dstate)
 
 
-def migrate(session, src, dst, switch_after: Optional[int] = None) -> dict:
+def migrate(session, src, dst, switch_after: Optional[int] = None,
+            hooks: Hooks = Hooks()) -> dict:
     """Migrate src to dst with postcopy.  Never raises for a failed
     migration: the result carries its status and both sides' errors."""
     switch_mib = session.opts.switch_after if switch_after is None else switch_after
@@ -206,7 +224,9 @@ def migrate(session, src, dst, switch_after: Optional[int] = None) -> dict:
     except QMPError as e:
         res.update(status="failed", error="migrate refused: %s" % e.desc, source_error=e.desc)
         return res
-    info = poll_until_done(session, src, dst, res, switch_mib, t0)
+    info = poll_until_done(session, src, dst, res, switch_mib, t0, hooks)
     res["wall_time_s"] = round(time.monotonic() - t0, 2)
+    if res["status"] == "completed":
+        hooks.completed(src, dst)
     collect(session, src, dst, res, info, discard_lines_before)
     return res

@@ -59,6 +59,9 @@ class Options:
     progress: str = "auto"           # auto | tty | lines | none
     progress_interval: float = 2.0   # seconds between lines when not a tty
     qemu_args: List[str] = dataclasses.field(default_factory=list)
+    guest_args: List[str] = dataclasses.field(default_factory=list)  # kernel command line
+    capabilities: List[str] = dataclasses.field(default_factory=list)  # both sides, e.g.
+    #                                  postcopy-preempt, events
     quiet: bool = False              # no output at all (API use)
 
 

@@ -171,9 +171,11 @@ class Session:
     def stop(self, vm: VM):
         vm.stop()
 
-    def migrate(self, src: VM, dst: VM, switch_after: Optional[int] = None) -> dict:
-        """Migrate src to dst with postcopy (migration.migrate)."""
-        return migration.migrate(self, src, dst, switch_after)
+    def migrate(self, src: VM, dst: VM, switch_after: Optional[int] = None,
+                hooks: migration.Hooks = migration.Hooks()) -> dict:
+        """Migrate src to dst with postcopy (migration.migrate); hooks act
+        around the switch."""
+        return migration.migrate(self, src, dst, switch_after, hooks)
 
     def verify(self, vm: VM, timeout: Optional[float] = None) -> dict:
         """The guest checks its memory: {"ok", "line", "error", ...}."""

@@ -5,6 +5,8 @@ Its QMP monitor and the guest's serial console are unix sockets in the
 session's socket directory; its stderr, with the library's postcopy_rs_*
 trace events (its counters), goes to the session's log directory."""
 
+import functools
+import mmap
 import os
 import subprocess
 from typing import Dict, List, Optional
@@ -73,6 +75,25 @@ def parse_trace(path: str, event: str, skip: int = 0) -> Optional[Dict[str, int]
         if all(last.get(k, 0) >= v for k, v in prev.items()):
             return {k: v - prev.get(k, 0) for k, v in last.items()}
     return last
+
+
+@functools.lru_cache(maxsize=None)
+def _has_trace_event(binary: str, mtime: float, event: str) -> bool:
+    try:
+        with open(binary, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return m.find(event.encode() + b"\0") >= 0
+    except (OSError, ValueError):
+        return True        # cannot tell: assume it may trace it
+
+
+def has_trace_event(binary: str, event: str) -> bool:
+    """Whether the QEMU binary knows the trace event (a stock QEMU knows no
+    postcopy_rs_* event, so waiting for one is waiting for nothing)."""
+    try:
+        mtime = os.stat(binary).st_mtime
+    except OSError:
+        return True
+    return _has_trace_event(binary, mtime, event)
 
 
 class VM:

@@ -1,0 +1,91 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The statistics of `make bench-e2e` (scenarios/bench.py): runs of the
+two builds paired in the order they ran (ABAB...), the patched/unpatched
+ratio of each pair, their median and a percentile bootstrap confidence
+interval of that median (pairs resampled with replacement, fixed seed).
+Pure functions, unit-tested by scripts/test_benchstats.py."""
+
+import math
+import random
+from typing import Dict, List, Optional, Sequence, Tuple
+
+BASE, TEST = "unpatched", "patched"
+RESAMPLES = 2000
+SEED = 20261130
+LEVEL = 0.95
+
+
+def median(xs: Sequence[float]) -> float:
+    """The median (mean of the two middle values for an even count)."""
+    if not xs:
+        raise ValueError("median of nothing")
+    s = sorted(xs)
+    n = len(s)
+    return float(s[n // 2]) if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2.0
+
+
+def percentile(sorted_xs: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of sorted values, linear between ranks (as
+    numpy's default)."""
+    if not sorted_xs:
+        raise ValueError("percentile of nothing")
+    pos = q * (len(sorted_xs) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+def pairs(runs: Sequence[dict]) -> List[Tuple[dict, dict]]:
+    """(unpatched, patched) pairs of runs in the order they ran: the k-th
+    run of each build make the k-th pair.  A run missing its partner (a
+    failed or interrupted run) is left out."""
+    by = {BASE: [], TEST: []}
+    for r in sorted(runs, key=lambda r: r["seq"]):
+        if r.get("kind") in by:
+            by[r["kind"]].append(r)
+    return list(zip(by[BASE], by[TEST]))
+
+
+def ratios(prs: Sequence[Tuple[dict, dict]], metric) -> List[float]:
+    """patched/unpatched of metric(run) per pair; pairs where either value
+    is missing, or the unpatched one is 0, have no ratio."""
+    out = []
+    for base, test in prs:
+        b, t = metric(base), metric(test)
+        if b is None or t is None or b == 0:
+            continue
+        out.append(float(t) / float(b))
+    return out
+
+
+def bootstrap_ci(xs: Sequence[float], resamples: int = RESAMPLES, seed: int = SEED,
+                 level: float = LEVEL) -> Tuple[float, float]:
+    """Percentile bootstrap interval of the median of xs."""
+    if not xs:
+        raise ValueError("bootstrap of nothing")
+    rng = random.Random(seed)
+    n = len(xs)
+    meds = sorted(median([xs[rng.randrange(n)] for _ in range(n)]) for _ in range(resamples))
+    a = (1.0 - level) / 2.0
+    return percentile(meds, a), percentile(meds, 1.0 - a)
+
+
+def summarize(xs: Sequence[float], **kw) -> Optional[Dict[str, float]]:
+    """{"n", "median", "lo", "hi", "min", "max", "noise"} of ratios, or None
+    when there are none.  noise: the interval includes 1.0."""
+    if not xs:
+        return None
+    lo, hi = bootstrap_ci(xs, **kw)
+    return {"n": len(xs), "median": median(xs), "lo": lo, "hi": hi,
+            "min": min(xs), "max": max(xs), "noise": lo <= 1.0 <= hi}
+
+
+def verdict(s: Optional[Dict[str, float]]) -> str:
+    """The plain reading of a summary."""
+    if s is None:
+        return "no ratio (a value is 0 or missing)"
+    if s["n"] < 2:
+        return "one pair: no interval"
+    if s["noise"]:
+        return "inside the noise"
+    return "patched lower" if s["hi"] < 1.0 else "patched higher"

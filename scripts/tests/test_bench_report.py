@@ -1,0 +1,78 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Unit tests of make bench-e2e's report (postcopy_demo/benchreport.py):
+what --quick fails on, the table, and the document section between the
+markers.  Run: python3 -m unittest discover -s scripts/tests."""
+
+import os
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from postcopy_demo import benchreport as br  # noqa: E402
+
+
+def rec(seq, kind, blocktime, **kw):
+    r = {"seq": seq, "pair": seq // 2, "kind": kind, "cell": "seq/4k/preempt-off", "ok": True,
+         "blocktime_ms": blocktime, "vcpu_blocktime_ms": [blocktime, 1],
+         "postcopy_latency_ns": 5000, "postcopy_requests": 10, "postcopy_ms": 100.0,
+         "source_postcopy_ms": 90.0, "downtime_ms": 2, "total_time_ms": 1000,
+         "guest_worst_us": 300.0, "guest_p99_us": 8.0, "accel": "tcg"}
+    r.update(kw)
+    return r
+
+
+META = {"date": "d", "command": "c", "cpu_model": "m", "cpus": 2, "host": "h", "kernel": "k",
+        "load_start": "1", "load_end": "2", "qemu_version": "10.2.2", "patched": "p",
+        "unpatched": "u", "mem": 1024, "smp": 2, "precopy_rate": "2000", "switch_after": 64,
+        "runs": 2, "results": "r"}
+
+
+class Missing(unittest.TestCase):
+    def test_complete(self):
+        recs = [rec(0, "unpatched", 10), rec(1, "patched", 20)]
+        self.assertEqual(br.missing(recs), [])
+
+    def test_zero_is_a_value(self):
+        recs = [rec(0, "unpatched", 0), rec(1, "patched", 0)]
+        self.assertEqual(br.missing(recs), [])
+
+    def test_missing_figure(self):
+        recs = [rec(0, "unpatched", 10), rec(1, "patched", 20, guest_p99_us=None)]
+        self.assertEqual(br.missing(recs), ["seq/4k/preempt-off run 1 (patched): guest_p99"])
+
+    def test_no_pair(self):
+        recs = [rec(0, "unpatched", 10), rec(1, "patched", 20, ok=False)]
+        self.assertEqual(br.missing(recs), ["seq/4k/preempt-off: no complete pair"])
+        self.assertEqual(br.missing([]), ["no run at all"])
+
+
+class Render(unittest.TestCase):
+    def test_table(self):
+        recs = [rec(0, "unpatched", 10), rec(1, "patched", 20),
+                rec(2, "unpatched", 10), rec(3, "patched", 5)]
+        md = br.render(recs, dict(META))
+        self.assertIn("| seq/4k/preempt-off | 2 | 10.0 ms | 12.5 ms | 1.25x [0.50, 2.00] | "
+                      "inside the noise |", md)
+        for _, what, _, _ in br.METRICS:
+            self.assertIn("| %s |" % what, md)
+
+
+class Doc(unittest.TestCase):
+    def test_section_replaced_rest_kept(self):
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "B.md")
+            with open(p, "w") as f:
+                f.write("# Benchmarks\n\nmicro\n")
+            br.write_doc(p, "first\n")
+            br.write_doc(p, "second\n")
+            text = open(p).read()
+        self.assertTrue(text.startswith("# Benchmarks\n\nmicro\n"))
+        self.assertEqual(text.count(br.BEGIN), 1)
+        self.assertEqual(text.count(br.END), 1)
+        self.assertIn("second", text)
+        self.assertNotIn("first", text)
+
+
+if __name__ == "__main__":
+    unittest.main()
