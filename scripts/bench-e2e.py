@@ -79,6 +79,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--switch-after", type=int, default=64, metavar="MiB",
                     help="MiB of precopy before the switch (default %(default)s)")
     ap.add_argument("--seed", type=int, default=1, help="workload seed of the first pair")
+    ap.add_argument("--prepage", type=int, default=0, metavar="N",
+                    help="patched destination pre-pages up to N host pages per fault "
+                    "(x-postcopy-prepage-pages; default 0: off); reported in its own "
+                    "block of the document")
     for kind in bench.KINDS:
         ap.add_argument("--" + kind, metavar="QEMU", default=os.path.join(
             "build", "qemu-" + QEMU_VERSION, kind, "qemu-system-x86_64"),
@@ -136,7 +140,7 @@ def main() -> int:
     cfg = bench.Config(patterns=a.patterns, pages=a.pages, preempt=a.preempt, runs=a.runs,
                        binaries=binaries, outdir=outdir, mem=a.mem or 1024, smp=smp,
                        switch_after=a.switch_after, accel=a.accel or "auto",
-                       timeout=a.timeout, seed=a.seed)
+                       timeout=a.timeout, seed=a.seed, prepage=a.prepage)
     load_start = "%.1f" % os.getloadavg()[0]
     load_end = None
     if a.report_from:
@@ -177,6 +181,8 @@ def main() -> int:
         "runs": max((r["pair"] + 1 for r in recs), default=0),
         "results": os.path.relpath(os.path.join(outdir, "results.jsonl"), ROOT),
         "caveat": a.caveat,
+        "prepage": max((r.get("prepage") or 0 for r in recs), default=0)
+        if a.report_from else a.prepage,
     })
     meta_path = os.path.join(outdir, "meta.json")
     if a.report_from and os.path.exists(meta_path):
@@ -194,7 +200,8 @@ def main() -> int:
     print("\n" + section)
     if not a.no_doc:
         doc = a.doc if os.path.isabs(a.doc) else os.path.join(ROOT, a.doc)
-        benchreport.write_doc(doc, section)
+        benchreport.write_doc(doc, section,
+                              "bench-e2e-prepage" if meta.get("prepage") else "bench-e2e")
         print("bench-e2e: %s updated (between its bench-e2e markers)" % os.path.relpath(doc, ROOT))
     failed = [r for r in recs if not r.get("ok")]
     for r in failed:

@@ -73,6 +73,21 @@ class Doc(unittest.TestCase):
         self.assertIn("second", text)
         self.assertNotIn("first", text)
 
+    def test_named_blocks_do_not_overwrite_each_other(self):
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "B.md")
+            br.write_doc(p, "off\n")
+            br.write_doc(p, "on\n", "bench-e2e-prepage")
+            br.write_doc(p, "on again\n", "bench-e2e-prepage")
+            text = open(p).read()
+        begin, end = br.markers("bench-e2e-prepage")
+        self.assertEqual(text.count(begin), 1)
+        self.assertEqual(text.count(end), 1)
+        self.assertEqual(text.count(br.BEGIN), 1)
+        self.assertIn("off", text)
+        self.assertIn("on again", text)
+        self.assertNotIn("on\n<", text)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -50,6 +50,7 @@ class Config:
     accel: str = "auto"
     timeout: float = 300.0
     seed: int = 1
+    prepage: int = 0      # x-postcopy-prepage-pages of the patched builds (0: off)
 
     def cells(self):
         return [(p, pg, pe) for p in self.patterns for pg in self.pages for pe in self.preempt]
@@ -174,7 +175,8 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
            "preempt": preempt, "cell": cell_name(cell), "binary": cfg.binaries[kind],
            "mem_mib": cfg.mem, "smp": cfg.smp, "switch_after_mib": cfg.switch_after,
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "loadavg_before": os.getloadavg()[0], "ok": False, "error": None}
+           "loadavg_before": os.getloadavg()[0], "ok": False, "error": None,
+           "prepage": cfg.prepage if kind == "patched" else 0}
     caps = ["events"] + (["postcopy-preempt"] if PREEMPT[preempt] else [])
     opts = Options(mem=cfg.mem, smp=cfg.smp, rate=cfg.precopy_rate,
                    switch_after=cfg.switch_after, hugepages=None if page == "4k" else PAGES[page],
@@ -183,7 +185,10 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
                    progress="none", quiet=True, logdir=os.path.join(cfg.outdir, "logs", name),
                    # the same workload seed for both runs of a pair
                    guest_args=["workload.threads=0", "workload.seed=%d" % (cfg.seed + pair)],
-                   capabilities=caps)
+                   capabilities=caps,
+                   # only a patched QEMU knows the property (unused on a source)
+                   qemu_args=["-global", "migration.x-postcopy-prepage-pages=%d" % cfg.prepage]
+                   if cfg.prepage and kind == "patched" else [])
     t0 = time.monotonic()
     try:
         with Session(opts) as s:
