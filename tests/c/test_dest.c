@@ -1204,6 +1204,23 @@ static void send_msg(int fd, uint8_t event, uint64_t addr)
     REQUIRE(write(fd, &m, sizeof(m)) == (ssize_t)sizeof(m));
 }
 
+/*
+ * A context whose one block is mem's 16 small pages, received per map, with
+ * requests written to req_wr.
+ */
+static void fctx_init(struct fctx *c, uint8_t *mem, unsigned long *map,
+                      int req_wr)
+{
+    memset(c, 0, sizeof(*c));
+    c->view.host = mem;
+    c->view.used_length = 16 * PS;
+    c->view.page_size = PS;
+    c->view.receivedmap = map;
+    c->view.target_page_bits = 12;
+    c->view.flags = POSTCOPY_RS_BLOCK_ZEROPAGE;
+    c->req_wr = req_wr;
+}
+
 static void test_fake_fault_thread(void)
 {
     uint8_t *mem = mmap(NULL, 16 * PS, PROT_READ | PROT_WRITE,
@@ -1218,17 +1235,10 @@ static void test_fake_fault_thread(void)
 
     REQUIRE(mem != MAP_FAILED);
     base = (uint64_t)(uintptr_t)mem;
-    memset(&c, 0, sizeof(c));
     make_pipe(fake);
     make_pipe(req);
     make_pipe(shared);
-    c.view.host = mem;
-    c.view.used_length = 16 * PS;
-    c.view.page_size = PS;
-    c.view.receivedmap = map;
-    c.view.target_page_bits = 12;
-    c.view.flags = POSTCOPY_RS_BLOCK_ZEROPAGE;
-    c.req_wr = req[1];
+    fctx_init(&c, mem, map, req[1]);
     c.ntids = 1;
     atomic_store(&c.tids[0], FAKE_TID);
     t = start_thread(fake[0], &c);
@@ -1385,16 +1395,9 @@ static void test_fake_prepage(void)
 
     REQUIRE(mem != MAP_FAILED);
     base = (uint64_t)(uintptr_t)mem;
-    memset(&c, 0, sizeof(c));
     make_pipe(fake);
     make_pipe(req);
-    c.view.host = mem;
-    c.view.used_length = 16 * PS;
-    c.view.page_size = PS;
-    c.view.receivedmap = map;
-    c.view.target_page_bits = 12;
-    c.view.flags = POSTCOPY_RS_BLOCK_ZEROPAGE;
-    c.req_wr = req[1];
+    fctx_init(&c, mem, map, req[1]);
     t = start_thread(fake[0], &c);
 
     CHECK(postcopy_rs_fault_thread_set_prepage(NULL, 4, cb_request_range) ==
