@@ -295,7 +295,7 @@ def run_pagesize(a, d):
 # The source's own setup can fail on the socket the failing destination
 # closes ("ram_save_setup failed", "Broken pipe") before its return path
 # thread reads MIG_RP_MSG_PAGE_SIZES; QEMU keeps the first error, so then
-# the source says only that (about 1 run in 6 here).  A race of QEMU's
+# the source says only that (about 1 run in 7 here).  A race of QEMU's
 # error reporting, not of the message: tried again, up to ATTEMPTS times.
 ATTEMPTS = 3
 

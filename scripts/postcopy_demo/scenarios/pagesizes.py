@@ -75,7 +75,7 @@ def postcopy_on(ctx, name, ram: str, need_bits_set: bool) -> str:
 
 # The source's own setup can fail on the socket the failing destination
 # closes before its return path reads MIG_RP_MSG_PAGE_SIZES, and QEMU keeps
-# the first error (about one run in six in qemu-check.py pagesize): a run
+# the first error (about one run in seven in qemu-check.py pagesize): a run
 # whose source error lacks the page sizes is tried again, this many times
 # in all.
 MISMATCH_ATTEMPTS = 3
