@@ -134,6 +134,14 @@ def start(binary, d, name, extra, mem="memory-backend-ram,id=mem,size=150M",
     return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
 
+def reap(procs):
+    """Kill and wait for whichever of procs still run (after a failure)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def wait_for(what, fn, timeout):
     deadline = time.time() + timeout
     while True:
@@ -221,10 +229,7 @@ def run_blocktime(a, d):
         for p in procs:
             p.wait(timeout=30)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        reap(procs)
     return info
 
 
@@ -284,10 +289,7 @@ def run_pagesize(a, d):
                 pass
             src.wait(timeout=30)
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+            reap(procs)
     err = info.get("error-desc", "") if info.get("status") == "failed" else ""
     return info.get("status"), status, err, (d / "dst.stderr").read_text()
 
