@@ -21,6 +21,13 @@ def markers(name: str = "bench-e2e"):
     return BEGIN.replace("bench-e2e:", name + ":", 1), END.replace("bench-e2e:", name + ":", 1)
 
 
+def block_name(meta: dict) -> str:
+    """The document block a run writes by default: runs with pre-paging or a
+    postcopy bandwidth cap keep their own."""
+    return "bench-e2e" + ("-prepage" if meta.get("prepage") else "") + \
+        ("-capped" if meta.get("postcopy_bandwidth") else "")
+
+
 def _numbers(xs) -> bool:
     return isinstance(xs, list) and bool(xs) and all(isinstance(x, (int, float)) for x in xs)
 
@@ -127,6 +134,14 @@ def render(recs: List[dict], meta: dict) -> str:
         "`migrate-start-postcopy` after %d MiB; after the switch every thread runs the "
         "pattern flat out over its own slice (guest/README.md)."
         % (meta["mem"], meta["smp"], meta["precopy_rate"], meta["switch_after"]),
+        "- **Postcopy bandwidth**: %s." % (
+            "`max-postcopy-bandwidth` %d MiB/s on both builds: the background stream is "
+            "capped as on a shared link. QEMU sends requested pages past the cap, and "
+            "pre-paged pages ride in the same requests, so the patched build with pre-paging "
+            "may use more than the cap while the guest faults" % meta["postcopy_bandwidth"]
+            if meta.get("postcopy_bandwidth") else
+            "not capped: over the local socket the background stream sends the whole guest "
+            "in about a second"),
         "- **Cells**: %d of the 16 (access pattern x page size x postcopy-preempt). "
         "`make bench-e2e` runs the four patterns on 4 KiB pages without preempt by "
         "default (56 runs: 10 minutes on this 2-core TCG host when little else runs, 30-45 "

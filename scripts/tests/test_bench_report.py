@@ -58,7 +58,23 @@ class Render(unittest.TestCase):
             self.assertIn("| %s |" % what, md)
 
 
+    def test_bandwidth_cap_is_stated(self):
+        recs = [rec(0, "unpatched", 10), rec(1, "patched", 20)]
+        self.assertIn("not capped", br.render(recs, dict(META)))
+        md = br.render(recs, dict(META, postcopy_bandwidth=64))
+        self.assertIn("`max-postcopy-bandwidth` 64 MiB/s on both builds", md)
+
+
 class Doc(unittest.TestCase):
+    def test_block_names(self):
+        self.assertEqual(br.block_name({}), "bench-e2e")
+        self.assertEqual(br.block_name({"prepage": 16}), "bench-e2e-prepage")
+        self.assertEqual(br.block_name({"prepage": 16, "postcopy_bandwidth": 64}),
+                         "bench-e2e-prepage-capped")
+        self.assertEqual(br.block_name({"prepage": 0, "postcopy_bandwidth": 64}),
+                         "bench-e2e-capped")
+
+
     def test_section_replaced_rest_kept(self):
         with tempfile.TemporaryDirectory() as d:
             p = os.path.join(d, "B.md")

@@ -51,6 +51,7 @@ class Config:
     timeout: float = 300.0
     seed: int = 1
     prepage: int = 0      # x-postcopy-prepage-pages of the patched builds (0: off)
+    postcopy_bandwidth: int = 0   # MiB/s, max-postcopy-bandwidth of both builds (0: none)
 
     def cells(self):
         return [(p, pg, pe) for p in self.patterns for pg in self.pages for pe in self.preempt]
@@ -176,7 +177,8 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
            "mem_mib": cfg.mem, "smp": cfg.smp, "switch_after_mib": cfg.switch_after,
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "loadavg_before": os.getloadavg()[0], "ok": False, "error": None,
-           "prepage": cfg.prepage if kind == "patched" else 0}
+           "prepage": cfg.prepage if kind == "patched" else 0,
+           "postcopy_bandwidth_mib": cfg.postcopy_bandwidth}
     caps = ["events"] + (["postcopy-preempt"] if PREEMPT[preempt] else [])
     opts = Options(mem=cfg.mem, smp=cfg.smp, rate=cfg.precopy_rate,
                    switch_after=cfg.switch_after, hugepages=None if page == "4k" else PAGES[page],
@@ -185,7 +187,7 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
                    progress="none", quiet=True, logdir=os.path.join(cfg.outdir, "logs", name),
                    # the same workload seed for both runs of a pair
                    guest_args=["workload.threads=0", "workload.seed=%d" % (cfg.seed + pair)],
-                   capabilities=caps,
+                   capabilities=caps, postcopy_bandwidth=cfg.postcopy_bandwidth or None,
                    # only a patched QEMU knows the property (unused on a source)
                    qemu_args=["-global", "migration.x-postcopy-prepage-pages=%d" % cfg.prepage]
                    if cfg.prepage and kind == "patched" else [])
