@@ -98,7 +98,11 @@ def latency_lines(lat: dict) -> list:
               "p50 <= %s, p99 <= %s, max %s, mean %s over %s host pages "
               "(library: first fault read to placement; p50/p99 are bucket ends)"
               % (fmt_us(lat.get("p50_us")), fmt_us(lat.get("p99_us")),
-                 fmt_us(lat.get("max_us")), fmt_us(lat.get("mean_us")), lat.get("pages")))]
+                 fmt_us(lat.get("max_us")), fmt_us(lat.get("mean_us")), lat.get("pages"))
+              + "".join("; %s %d not timed (%s)" % (k, lat[k], why)
+                        for k, why in (("untracked", "no room in the library's table"),
+                                       ("abandoned", "unresolved at the thread's stop"))
+                        if lat.get(k)))]
     dist = lat.get("dist") or []
     cells = ["%s: %d" % (bucket_label(i, i == len(dist) - 1), n)
              for i, n in enumerate(dist) if n]

@@ -38,7 +38,8 @@ def trace_events(path: str, event: str) -> List[Dict[str, int]]:
 def parse_latency(path: str) -> Optional[dict]:
     """The destination library's fault-to-placement latency, from the last
     postcopy_rs_incoming_latency line ("pages N p50_us N p99_us N max_us N
-    mean_us N dist B0,B1,...,B23"), or None (an older patched QEMU has no
+    mean_us N untracked N abandoned N dist B0,B1,...,B23"; an older series
+    has no untracked nor abandoned), or None (an older patched QEMU has no
     such line).  `dist` is the list of bucket counts: bucket i holds
     latencies of [2^i, 2^(i+1)) us, as QEMU's postcopy-latency-dist."""
     event = "postcopy_rs_incoming_latency "
