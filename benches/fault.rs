@@ -12,9 +12,11 @@
 //! - `hop`, for reference: the floor loop, but the copy is done by a source
 //!   thread it sends the address to over the same kind of channel: ours'
 //!   thread structure without the library, so ours/hop is the library's
-//!   own share of the gap to the floor.
+//!   own share of the gap to the floor;
+//! - `untimed`: ours with the fault-latency histogram off, so that
+//!   ours/untimed is what timing every fault costs.
 //!
-//! The three run in rotation, in the same process, on fresh mappings, and
+//! The four run in rotation, in the same process, on fresh mappings, and
 //! each `ours` figure is given as a ratio to the floor of its case.
 //!
 //! A second table times placing 64 KiB runs (16 pages of 4 KiB) over 64 MiB
@@ -29,6 +31,7 @@
 #![allow(missing_docs)]
 
 use postcopy_rs::fault_thread::{FaultHandler, FaultThread, Resolved};
+use postcopy_rs::latency;
 use postcopy_rs::placement::{place_pages, Block};
 use postcopy_rs::receivedmap::ReceivedMap;
 use postcopy_rs::uffd::{
@@ -43,6 +46,8 @@ use std::sync::{mpsc, Barrier};
 use std::time::{Duration, Instant};
 
 const KIB4: u64 = 4096;
+/// floor, hop, ours, ours untimed.
+const VARIANTS: usize = 4;
 const MIB2: u64 = 2 << 20;
 const HUGEPAGES_SYSFS: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
 const FREE_HUGEPAGES_SYSFS: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
@@ -466,35 +471,41 @@ fn bench_case(
     let faults = faults / threads * threads;
     let len = faults as u64 * page_size;
     let src = source(page_size);
-    // 0: floor, 1: floor + hop, 2: ours.
+    // 0: floor, 1: floor + hop, 2: ours, 3: ours without fault timing.
     let once = |variant: usize| -> std::result::Result<Sample, String> {
         let m = fresh(uffd, len, huge)?;
         Ok(match variant {
             0 => run_floor(uffd, &m, page_size, threads, src.addr, false),
             1 => run_floor(uffd, &m, page_size, threads, src.addr, true),
-            _ => run_ours(uffd, &m, page_size, threads, src.bytes()),
+            2 => run_ours(uffd, &m, page_size, threads, src.bytes()),
+            _ => {
+                latency::set_enabled(false);
+                let s = run_ours(uffd, &m, page_size, threads, src.bytes());
+                latency::set_enabled(true);
+                s
+            }
         })
     };
 
     // Warm-up: one untimed round of each.
-    for v in 0..3 {
+    for v in 0..VARIANTS {
         once(v)?;
     }
-    let mut st: [Stats; 3] = Default::default();
+    let mut st: [Stats; VARIANTS] = Default::default();
     for rep in 0..plan.reps {
         // Rotate which goes first, so drift hits all alike.
-        for k in 0..3 {
-            let v = (rep + k) % 3;
+        for k in 0..VARIANTS {
+            let v = (rep + k) % VARIANTS;
             st[v].add(once(v)?);
         }
     }
     st.iter_mut().for_each(Stats::finish);
-    let [floor, hop, ours] = &st;
+    let [floor, hop, ours, untimed] = &st;
     let r50 = ours.pct(50) / floor.pct(50);
     let r99 = ours.pct(99) / floor.pct(99);
     let rrate = ours.rate() / floor.rate();
     Ok(format!(
-        "| {label} | {threads} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.0} | **{r50:.2}x** {} | {r99:.2}x | {rrate:.2}x | {:.1} | {:.0} | {:.2}x |\n",
+        "| {label} | {threads} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.0} | **{r50:.2}x** {} | {r99:.2}x | {rrate:.2}x | {:.1} | {:.0} | {:.2}x | {:.1} | {:.2}x | {:.2}x |\n",
         floor.lat.len(),
         floor.pct(50),
         floor.pct(99),
@@ -506,6 +517,9 @@ fn bench_case(
         hop.pct(50),
         hop.rate(),
         ours.pct(50) / hop.pct(50),
+        untimed.pct(50),
+        ours.pct(50) / untimed.pct(50),
+        ours.rate() / untimed.rate(),
     ))
 }
 
@@ -590,15 +604,20 @@ fn main() {
          faults/s, above 1 is better).  *hop* (for reference, not the target): the floor loop \
          sending the address over the same kind of channel to a source thread that does the \
          raw UFFDIO_COPY, i.e. ours' thread structure without the library; ours/hop is the \
-         library's own share.  {} rotating repetitions per case, fresh mappings each.\n",
+         library's own share.  *untimed*: ours with the fault-latency histogram off \
+         (`latency::set_enabled(false)`, which only this bench calls); timing/untimed is what \
+         timing every fault costs (for faults/s, below 1 is a cost).  {} rotating repetitions \
+         per case, fresh mappings each.\n",
         kernel(),
         plan.reps
     )
     .unwrap();
     out.push_str(
-        "| pages | threads | faults | floor p50 | floor p99 | floor faults/s | ours p50 | ours p99 | ours faults/s | p50 ratio | p99 ratio | faults/s ratio | hop p50 | hop faults/s | ours/hop p50 |\n",
+        "| pages | threads | faults | floor p50 | floor p99 | floor faults/s | ours p50 | ours p99 | ours faults/s | p50 ratio | p99 ratio | faults/s ratio | hop p50 | hop faults/s | ours/hop p50 | untimed p50 | timing/untimed p50 | timing/untimed faults/s |\n",
     );
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|\n");
+    out.push_str(
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
 
     for threads in [1, 2, 8] {
         let row = bench_case(fd, plan, threads, false)
@@ -612,7 +631,7 @@ fn main() {
         eprintln!("\n*** SKIPPED: 2 MiB hugetlbfs pages, {threads} threads: {why} ***\n");
         writeln!(
             table,
-            "| 2 MiB hugetlbfs | {threads} | SKIPPED | | | | | | | | | | | | |"
+            "| 2 MiB hugetlbfs | {threads} | SKIPPED | | | | | | | | | | | | | | | |"
         )
         .unwrap();
         writeln!(

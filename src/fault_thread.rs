@@ -593,7 +593,7 @@ impl Loop<'_> {
                 &format!("read of the userfaultfd returned {n} bytes, not whole messages"),
             ));
         }
-        if self.time_faults {
+        if self.time_faults && latency::enabled() {
             self.read_at = latency::now_ns();
         }
         stats::add(Counter::FaultReads, 1);

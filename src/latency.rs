@@ -29,7 +29,7 @@
 //! fault thread stops, or gives one late sample if the page is placed
 //! again (EEXIST).
 
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 
 /// Buckets in `PostcopyRsLatency.buckets`: QEMU's
 /// `BLOCKTIME_LATENCY_BUCKET_N`.
@@ -166,6 +166,22 @@ static KEYS: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
 static START_NS: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
 /// Entries in the table: lets a placement skip the lookup when none are.
 static PENDING: AtomicU64 = AtomicU64::new(0);
+/// Whether faults are timed.  Only the fault benchmark turns it off, to
+/// measure what timing costs the fault path.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Time faults (the default) or not, from the next fault on; an entry
+/// noted before is left pending (and abandoned when its thread stops).
+/// For benchmarks: the C ABI does not offer it.
+#[doc(hidden)]
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether faults are timed ([`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 fn slots(page: u64) -> impl Iterator<Item = usize> {
     // Fibonacci hashing of the 4 KiB frame number.
@@ -193,6 +209,9 @@ pub fn now_ns() -> u64 {
 /// if noted: the caller then re-checks that the page is still missing
 /// (after this function's fence) and calls [`cancel`] if not.
 pub fn begin(page: u64, t: u64) -> bool {
+    if !enabled() {
+        return false;
+    }
     let mut oldest: Option<(usize, u64, u64)> = None;
     for s in slots(page) {
         let k = KEYS[s].load(Ordering::Acquire);
@@ -273,6 +292,9 @@ pub fn cancel(page: u64) {
 /// placed (or found present and woken), and marked received if the library
 /// does that: one sample per page with a pending first fault.
 pub fn end(first: u64, page_size: u64, npages: u64) {
+    if !enabled() {
+        return;
+    }
     // Pairs with the fence in `begin`.
     fence(Ordering::SeqCst);
     // Background pages nobody faulted on, the most: no clock, no lookup.
