@@ -111,8 +111,10 @@ def render(recs: List[dict], meta: dict) -> str:
     sums = cell_summaries(recs)
     accels = sorted({r.get("accel") or "?" for r in recs})
     lines = [
-        "## Postcopy end to end: patched%s against unpatched QEMU (`make bench-e2e`)"
-        % (" with pre-paging" if meta.get("prepage") else ""),
+        "## Postcopy end to end: patched%s against unpatched QEMU%s (`make bench-e2e`)"
+        % (" with pre-paging" if meta.get("prepage") else "",
+           ", postcopy bandwidth capped at %d MiB/s" % meta["postcopy_bandwidth"]
+           if meta.get("postcopy_bandwidth") else ""),
         "",
         "Generated %s by `%s`." % (meta["date"], meta["command"]),
         "",
