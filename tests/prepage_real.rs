@@ -202,12 +202,12 @@ fn check_requests(log: &Log, want: &HashSet<u64>) -> Vec<(u64, u64)> {
     msgs
 }
 
-/// `threads` threads each read their own `per` pages in order: every page
-/// arrives and every thread finishes, with far fewer requests than pages.
-fn sequential(page_size: u64, threads: u64, per: u64, max: u32) {
+/// `threads` threads each read their own `per` pages in order, pre-paging
+/// up to `max`: every page arrives once and every thread finishes.  Returns
+/// the requests, (first page, pages).
+fn sweep(page_size: u64, threads: u64, per: u64, max: u32) -> Vec<(u64, u64)> {
     let r = Region::new(page_size, threads * per);
     let log = Arc::new(Log::default());
-    let s0 = prepage::snapshot();
     let (ft, rx) = start(&r, &log, max);
     let src = spawn_source(r.fd(), r.block(), rx);
     let (done, wd) = watchdog(&r, 60);
@@ -231,6 +231,13 @@ fn sequential(page_size: u64, threads: u64, per: u64, max: u32) {
     let all: HashSet<u64> = (0..threads * per).collect();
     let msgs = check_requests(&log, &all);
     assert_eq!(placed, threads * per, "pages placed (each requested once)");
+    msgs
+}
+
+/// A sequential sweep makes far fewer requests than pages.
+fn sequential(page_size: u64, threads: u64, per: u64, max: u32) {
+    let s0 = prepage::snapshot();
+    let msgs = sweep(page_size, threads, per, max);
     // A window of `max` reached after log2(max) doublings per stream.
     let bound = threads * (per / u64::from(max) + 2 + u64::from(max.ilog2()));
     assert!(
@@ -419,14 +426,13 @@ fn with_hugepages(what: &str, n: u64, f: impl FnOnce()) {
     }
 }
 
+/// On 2 MiB pages one more page is over `MAX_PREPAGE_BYTES`: with
+/// pre-paging on, a sequential sweep still asks for one page per request.
 #[test]
-fn hugetlb_sequential_2_threads() {
-    with_hugepages("hugetlb_sequential_2_threads", 64, || {
-        sequential(PAGE_2M, 2, 32, 8)
+fn hugetlb_sequential_is_never_prepaged() {
+    with_hugepages("hugetlb_sequential_is_never_prepaged", 64, || {
+        let msgs = sweep(PAGE_2M, 2, 32, 8);
+        assert!(msgs.iter().all(|&(_, n)| n == 1), "{msgs:?}");
+        assert_eq!(msgs.len(), 64);
     });
-}
-
-#[test]
-fn hugetlb_in_flight_hit() {
-    with_hugepages("hugetlb_in_flight_hit", 8, || in_flight_hit(PAGE_2M));
 }

@@ -14,6 +14,11 @@ use std::os::raw::{c_int, c_void};
 pub const POSTCOPY_RS_PREPAGE_MAX_PAGES: u32 = 1024;
 static_assertions::const_assert_eq!(POSTCOPY_RS_PREPAGE_MAX_PAGES, prepage::MAX_WINDOW);
 
+/// Most bytes a pre-paging request asks for after the faulting page,
+/// whatever the window (so 2 MiB hugepages are never pre-paged).
+pub const POSTCOPY_RS_PREPAGE_MAX_BYTES: u64 = 262_144;
+static_assertions::const_assert_eq!(POSTCOPY_RS_PREPAGE_MAX_BYTES, prepage::MAX_PREPAGE_BYTES);
+
 /// Ask the source for `len` bytes of `block` from block offset `offset`
 /// in one request (QEMU: one `MIG_RP_MSG_REQ_PAGES` of that length).  The
 /// range is whole host pages, at least two; its first page is the one
@@ -68,7 +73,9 @@ impl RangeRequester for CRange {
 /// window adapts per stream of sequential faults (it grows while the
 /// pre-paged pages are faulted on or walked past, and a stream that stops
 /// being hit is dropped, so random faults request one page each).  Pre-paged
-/// pages are in flight: a fault on one is not requested again.  See the
+/// pages are in flight: a fault on one is not requested again.  A request
+/// asks for at most `POSTCOPY_RS_PREPAGE_MAX_BYTES` after the faulting
+/// page, so 2 MiB hugepages are never pre-paged.  See the
 /// `prepage` module of the crate for the policy, and
 /// `postcopy_rs_get_prepage_stats()` for the counters.
 ///
