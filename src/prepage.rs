@@ -27,6 +27,10 @@
 //!   guest wanted it; the request was out before the guest's own), or the
 //!   stream's next fault being the first missing page after its run (the
 //!   guest walked past the run: it was too short).
+//! - **Bytes** bound it too: a request carries at most
+//!   [`MAX_PREPAGE_BYTES`] after the faulting page, so 2 MiB hugepages are
+//!   never pre-paged, whatever the window says (the window, and the
+//!   `max_window` counter, still follow the stream).
 //! - **Misses** shrink it to one page: a stream whose run is not hit
 //!   before the stream is replaced (the least recently used of
 //!   [`STREAMS`] goes) or the thread pauses is dropped, and a fault there
