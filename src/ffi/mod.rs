@@ -12,7 +12,7 @@
 //!
 //! - [`source`]: canonicalisation and the discard bitmap (source side);
 //! - [`dest`]: placement and the fault thread (destination side), whose
-//!   handles [`handles`] keeps;
+//!   handles `handles.rs` keeps;
 //! - [`prepage`]: pre-paging for a running fault thread, and its counters;
 //! - [`misc`]: the log sink, the counters, page-size messages.
 
