@@ -419,13 +419,6 @@ fn anon_off_is_one_page_each() {
     off_is_one_page_each(PAGE_4K);
 }
 
-fn with_hugepages(what: &str, n: u64, f: impl FnOnce()) {
-    let _g = serial();
-    if let Some(_h) = HugePages::reserve(2048, n, what) {
-        f();
-    }
-}
-
 /// On 2 MiB pages one more page is over `MAX_PREPAGE_BYTES`: with
 /// pre-paging on, a sequential sweep still asks for one page per request.
 #[test]

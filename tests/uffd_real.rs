@@ -1404,14 +1404,6 @@ fn anon_placement_errors() {
 
 // --- 2 MiB hugetlbfs --------------------------------------------------------
 
-/// Run `f` with `n` 2 MiB hugepages reserved, or skip loudly.
-fn with_hugepages(what: &str, n: u64, f: impl FnOnce()) {
-    let _g = serial();
-    if let Some(_h) = HugePages::reserve(2048, n, what) {
-        f();
-    }
-}
-
 /// A skip shows under a plain `cargo test`, whose harness hides what
 /// passing tests print: run one hugetlbfs test of this binary as cargo
 /// does (no `--nocapture`), made to skip, and look for the line in what

@@ -194,6 +194,14 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Run `f` serialised, with `n` 2 MiB hugepages reserved, or skip loudly.
+pub fn with_hugepages(what: &str, n: u64, f: impl FnOnce()) {
+    let _g = serial();
+    if let Some(_h) = HugePages::reserve(2048, n, what) {
+        f();
+    }
+}
+
 /// Hugepages reserved for one test, given back on drop.
 pub struct HugePages {
     path: String,
