@@ -68,8 +68,8 @@
 
 use crate::error::Result;
 use crate::placement::Block;
+use crate::stats::Counters;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Largest window accepted, in host pages.
 pub const MAX_WINDOW: u32 = 1024;
@@ -144,15 +144,15 @@ enum Counter {
     MaxWindow,
 }
 
-static STATS: [AtomicU64; NCOUNTERS] = [const { AtomicU64::new(0) }; NCOUNTERS];
+static STATS: Counters<NCOUNTERS> = Counters::new();
 
 fn add(c: Counter, n: u64) {
-    STATS[c as usize].fetch_add(n, Relaxed);
+    STATS.add(c as usize, n);
 }
 
 /// The pre-paging counters now.
 pub fn snapshot() -> PostcopyRsPrepageStats {
-    let v: [u64; NCOUNTERS] = std::array::from_fn(|i| STATS[i].load(Relaxed));
+    let v = STATS.load();
     PostcopyRsPrepageStats {
         requests: v[Counter::Requests as usize],
         pages: v[Counter::Pages as usize],
@@ -167,7 +167,7 @@ pub fn snapshot() -> PostcopyRsPrepageStats {
 
 /// Zero the pre-paging counters.
 pub fn reset_stats() {
-    STATS.iter().for_each(|c| c.store(0, Relaxed));
+    STATS.reset();
 }
 
 /// One stream of faults and its latest run.
@@ -416,7 +416,7 @@ fn grow(s: &mut Stream, max: u32) {
     s.window = s.window.saturating_mul(2).min(max);
     s.grown = true;
     add(Counter::WindowGrows, 1);
-    STATS[Counter::MaxWindow as usize].fetch_max(u64::from(s.window), Relaxed);
+    STATS.max(Counter::MaxWindow as usize, u64::from(s.window));
 }
 
 #[cfg(test)]

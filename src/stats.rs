@@ -70,17 +70,55 @@ pub enum Counter {
     EventsIgnored,
 }
 
-static STATS: [AtomicU64; NCOUNTERS] = [const { AtomicU64::new(0) }; NCOUNTERS];
+/// A fixed table of relaxed atomic counters, the storage behind
+/// [`PostcopyRsStats`] and the pre-paging counters: a counter is an index.
+pub struct Counters<const N: usize>([AtomicU64; N]);
+
+impl<const N: usize> Counters<N> {
+    /// All zero.
+    pub const fn new() -> Self {
+        Counters([const { AtomicU64::new(0) }; N])
+    }
+
+    /// Add `n` to counter `i`.
+    #[inline]
+    pub fn add(&self, i: usize, n: u64) {
+        self.0[i].fetch_add(n, Relaxed);
+    }
+
+    /// Raise counter `i` to `v` if it is below (a maximum, not a sum).
+    pub fn max(&self, i: usize, v: u64) {
+        self.0[i].fetch_max(v, Relaxed);
+    }
+
+    /// Every counter now.
+    pub fn load(&self) -> [u64; N] {
+        std::array::from_fn(|i| self.0[i].load(Relaxed))
+    }
+
+    /// Zero every counter.
+    pub fn reset(&self) {
+        self.0.iter().for_each(|c| c.store(0, Relaxed));
+    }
+}
+
+impl<const N: usize> Default for Counters<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+static STATS: Counters<NCOUNTERS> = Counters::new();
 
 /// Add `n` to a counter.
 #[inline]
 pub fn add(c: Counter, n: u64) {
-    STATS[c as usize].fetch_add(n, Relaxed);
+    STATS.add(c as usize, n);
 }
 
 /// The counters now.
 pub fn snapshot() -> PostcopyRsStats {
-    let raw: [u64; NCOUNTERS] = std::array::from_fn(|i| STATS[i].load(Relaxed));
+    let raw = STATS.load();
     // SAFETY: PostcopyRsStats is repr(C) with NCOUNTERS u64 fields and no
     // padding (size and alignment asserted above), so it has the layout of
     // [u64; NCOUNTERS], and every bit pattern is a valid u64.
@@ -89,7 +127,7 @@ pub fn snapshot() -> PostcopyRsStats {
 
 /// Zero every counter.
 pub fn reset() {
-    STATS.iter().for_each(|c| c.store(0, Relaxed));
+    STATS.reset();
 }
 
 #[cfg(test)]
