@@ -6,14 +6,15 @@
 this): the demo's Linux guest, one workload thread per vCPU, cells =
 access pattern x page size x postcopy-preempt, runs alternated per cell
 (unpatched, patched, ...).  By default the four patterns on 4 KiB pages
-without preempt, 7 runs of each build (10 minutes on a 2-core TCG
-host, 30-45 under heavy load); the whole matrix is --pages 4k,2m --preempt off,on.  Raw results:
+with postcopy-preempt and max-postcopy-bandwidth 64 MiB/s on both builds,
+7 runs of each build (13 minutes on a 2-core TCG host); the whole
+matrix is --pages 4k,2m --preempt off,on (about an hour).  Raw results:
 build/bench-e2e/<time>/results.jsonl; the report (per cell, the median
 patched/unpatched ratio and its 95 % bootstrap interval): report.md
 there and, unless --quick or --no-doc, docs/BENCHMARKS.md between its
 bench-e2e markers.
 
-  --quick       smoke test: one cell (seq, 4 KiB, preempt off), one run of
+  --quick       smoke test: one cell (seq, 4 KiB, preempt on), one run of
                 each build, a 256 MiB guest; fails unless every figure
                 was produced (their values are not judged)
   --report-from FILE
@@ -41,12 +42,16 @@ from postcopy_demo.scenarios import bench  # noqa: E402
 
 QEMU_VERSION = "10.2.2"
 # The default fits in 45 minutes on the 2-core machine this was written on
-# (TCG, 1 GiB: 4 cells x 7 pairs = 56 runs, 10 min when little else ran,
-# 9-15 s a run; 33-50 s a run under load average 10, 31-47 min);
-# the whole matrix, --pages 4k,2m --preempt off,on, is 4x that.
+# (TCG, 1 GiB: 4 cells x 7 pairs = 56 runs of 12-14 s, 13 min when little
+# else ran; 33-50 s a run under load average 10).  Preempt on and a cap:
+# without the cap the local socket sends the whole guest in about a
+# second, and without preempt the cap binds the guest's own requests
+# too, so neither build has anything to win or lose (docs/BENCHMARKS.md).
+# The whole matrix, --pages 4k,2m --preempt off,on, takes about an hour:
+# without preempt a run lasts 19 s (10 s of capped postcopy).
 DEFAULT_PATTERNS = list(bench.PATTERNS)
 DEFAULT_PAGES = ["4k"]
-DEFAULT_PREEMPT = ["off"]
+DEFAULT_PREEMPT = ["on"]
 
 
 def csv(choices):
@@ -83,12 +88,13 @@ def parser() -> argparse.ArgumentParser:
                     help="patched destination pre-pages up to N host pages per fault "
                     "(x-postcopy-prepage-pages; default 0: off); reported in its own "
                     "block of the document")
-    ap.add_argument("--postcopy-bandwidth", type=int, default=0, metavar="MiB/s",
-                    help="max-postcopy-bandwidth of both builds (default 0: none). On a "
-                    "local socket the background stream otherwise sends the whole guest in "
-                    "about a second and the guest barely faults; a cap stands for a link "
-                    "shared with other traffic. QEMU sends requested pages past the cap (pre-paged "
-                    "ones too: they ride in the same request)")
+    ap.add_argument("--postcopy-bandwidth", type=int,
+                    default=benchreport.DEFAULT_POSTCOPY_BANDWIDTH, metavar="MiB/s",
+                    help="max-postcopy-bandwidth of both builds (default %(default)s; 0: "
+                    "none). On a local socket the background stream otherwise sends the "
+                    "whole guest in about a second and the guest barely faults; a cap "
+                    "stands for a link shared with other traffic. QEMU sends requested "
+                    "pages past the cap (pre-paged ones too: they ride in the same request)")
     ap.add_argument("--block", metavar="NAME", help="the document's block to rewrite "
                     "(default bench-e2e, with -prepage and -capped as the run has them)")
     for kind in bench.KINDS:
@@ -133,7 +139,7 @@ def command_line(argv) -> str:
 def main() -> int:
     a = parser().parse_args()
     if a.quick:
-        a.patterns, a.pages, a.preempt, a.runs = ["seq"], ["4k"], ["off"], 1
+        a.patterns, a.pages, a.runs = ["seq"], ["4k"], 1
         a.mem = a.mem or 256
         a.no_doc = True
     if a.runs < 1:

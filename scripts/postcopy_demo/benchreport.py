@@ -21,11 +21,17 @@ def markers(name: str = "bench-e2e"):
     return BEGIN.replace("bench-e2e:", name + ":", 1), END.replace("bench-e2e:", name + ":", 1)
 
 
+# make bench-e2e's max-postcopy-bandwidth, MiB/s (scripts/bench-e2e.py says why)
+DEFAULT_POSTCOPY_BANDWIDTH = 64
+
+
 def block_name(meta: dict) -> str:
-    """The document block a run writes by default: runs with pre-paging or a
-    postcopy bandwidth cap keep their own."""
+    """The document block a run writes by default: runs with pre-paging or
+    another postcopy bandwidth cap keep their own."""
+    cap = meta.get("postcopy_bandwidth") or 0
     return "bench-e2e" + ("-prepage" if meta.get("prepage") else "") + \
-        ("-capped" if meta.get("postcopy_bandwidth") else "")
+        ("" if cap == DEFAULT_POSTCOPY_BANDWIDTH else
+         "-uncapped" if not cap else "-capped-%d" % cap)
 
 
 def _numbers(xs) -> bool:
@@ -145,10 +151,10 @@ def render(recs: List[dict], meta: dict) -> str:
             "not capped: over the local socket the background stream sends the whole guest "
             "in about a second"),
         "- **Cells**: %d of the 16 (access pattern x page size x postcopy-preempt). "
-        "`make bench-e2e` runs the four patterns on 4 KiB pages without preempt by "
-        "default (56 runs: 10 minutes on this 2-core TCG host when little else runs, 30-45 "
-        "minutes under heavy load); `ARGS=\"--pages 4k,2m --preempt "
-        "off,on\"` is the whole matrix." % len(sums),
+        "`make bench-e2e` runs the four patterns on 4 KiB pages with preempt and a %d MiB/s "
+        "cap by default (56 runs: 13 minutes on this 2-core TCG host when little else "
+        "runs); `ARGS=\"--pages 4k,2m --preempt off,on\"` is the whole matrix (224 runs, "
+        "about an hour)." % (len(sums), DEFAULT_POSTCOPY_BANDWIDTH),
         "- **Runs**: %d pair(s) per cell, unpatched and patched alternated (ABAB...); a "
         "pair is the k-th run of each build. Ratio = patched / unpatched of the same pair; "
         "the table gives the median ratio and its 95 %% bootstrap interval (%d resamples of "

@@ -67,12 +67,14 @@ class Render(unittest.TestCase):
 
 class Doc(unittest.TestCase):
     def test_block_names(self):
-        self.assertEqual(br.block_name({}), "bench-e2e")
-        self.assertEqual(br.block_name({"prepage": 16}), "bench-e2e-prepage")
+        self.assertEqual(br.block_name({"postcopy_bandwidth": 64}), "bench-e2e")
         self.assertEqual(br.block_name({"prepage": 16, "postcopy_bandwidth": 64}),
-                         "bench-e2e-prepage-capped")
-        self.assertEqual(br.block_name({"prepage": 0, "postcopy_bandwidth": 64}),
-                         "bench-e2e-capped")
+                         "bench-e2e-prepage")
+        self.assertEqual(br.block_name({}), "bench-e2e-uncapped")
+        self.assertEqual(br.block_name({"prepage": 16, "postcopy_bandwidth": 0}),
+                         "bench-e2e-prepage-uncapped")
+        self.assertEqual(br.block_name({"prepage": 0, "postcopy_bandwidth": 32}),
+                         "bench-e2e-capped-32")
 
 
     def test_section_replaced_rest_kept(self):
