@@ -96,7 +96,8 @@ def parser() -> argparse.ArgumentParser:
                     "stands for a link shared with other traffic. QEMU sends requested "
                     "pages past the cap (pre-paged ones too: they ride in the same request)")
     ap.add_argument("--block", metavar="NAME", help="the document's block to rewrite "
-                    "(default bench-e2e, with -prepage and -capped as the run has them)")
+                    "(default bench-e2e, with -prepage, and -uncapped or -capped-N off the default "
+                    "cap, as the run has them)")
     for kind in bench.KINDS:
         ap.add_argument("--" + kind, metavar="QEMU", default=os.path.join(
             "build", "qemu-" + QEMU_VERSION, kind, "qemu-system-x86_64"),
