@@ -285,7 +285,7 @@ typedef struct {
    */
   uint64_t bytes_placed;
   /**
-   * Placements that found the page already present (EEXIST) and woke instead.
+   * Placements refused because the page was already present (EEXIST).
    */
   uint64_t eexist;
   /**
@@ -519,13 +519,15 @@ typedef struct {
  * `host` with `UFFDIO_COPY`, which wakes any thread faulting on it, then
  * mark it in `block->receivedmap`.  QEMU: `postcopy_place_page()`.
  *
- * A page that is already present (EEXIST) is not an error: the range is
- * woken and 0 returned.  EAGAIN and partial copies are retried.
+ * A page that is already present fails with `-EEXIST`, as in QEMU's own
+ * `qemu_ufd_copy_ioctl()`, and nobody is woken: its contents are not the
+ * source's.  EAGAIN and partial copies are retried.
  *
  * Returns 0 or:
  * - `-EFAULT` if `block`, `block->host`, `host` or `from` is NULL;
  * - `-EINVAL` if `host` is not aligned to the page size or the view's
  *   geometry is impossible; `-ERANGE` if the page is outside the block;
+ * - `-EEXIST` if the page is already present;
  * - the ioctl's `-errno` otherwise (logged with the address and length).
  *
  * # Safety
@@ -543,6 +545,8 @@ int postcopy_rs_place_page(int uffd,
  * kernel allows it.  Same rules and return values as
  * `postcopy_rs_place_page()`; `from` must be readable for
  * `npages * block->page_size` bytes, and `npages` must be at least 1.
+ * On an error part way, the pages before the failing one are placed and
+ * marked received.
  *
  * # Safety
  * As `postcopy_rs_place_page()`.

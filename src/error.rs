@@ -71,6 +71,16 @@ pub enum Error {
         /// The positive errno it failed with.
         errno: i32,
     },
+    /// A placement found its page already present: filled by something
+    /// other than the migration.  -EEXIST.
+    Present {
+        /// Which ioctl.
+        op: &'static str,
+        /// The page's address.
+        addr: u64,
+        /// Its size.
+        len: u64,
+    },
     /// A callback provided by the embedder returned an error.  Its own value.
     Callback {
         /// Which callback.
@@ -106,6 +116,7 @@ impl Error {
             Error::State(_) => libc::EBUSY,
             Error::NoHandle(_) => libc::ESRCH,
             Error::Os { errno, .. } | Error::Ioctl { errno, .. } => *errno,
+            Error::Present { .. } => libc::EEXIST,
             Error::Callback { ret, .. } => {
                 ret.checked_neg().filter(|e| *e > 0).unwrap_or(libc::EIO)
             }
@@ -177,6 +188,12 @@ impl fmt::Display for Error {
                 f,
                 "{op} of {len:#x} bytes at {addr:#x} failed: {} (errno {errno})",
                 std::io::Error::from_raw_os_error(*errno)
+            ),
+            Error::Present { op, addr, len } => write!(
+                f,
+                "{op} of {len:#x} bytes at {addr:#x}: the page is already present, \
+                 filled by something other than this migration (errno {})",
+                libc::EEXIST
             ),
             Error::Callback { name, ret } => write!(f, "callback '{name}' failed with {ret}"),
             Error::Panic => write!(f, "internal error (Rust panic caught at the C boundary)"),

@@ -48,9 +48,9 @@ pub const DEFAULT_THREAD_NAME: &str = "fault-default";
 const INFLIGHT_MAX: usize = 1 << 16;
 /// A fault on a page requested longer ago than this asks again.  QEMU's
 /// own thread asks on every fault; asking once per page bounds what a
-/// lost request (or a page discarded after placement) can cost, and a
-/// second copy of a page is harmless (EEXIST).  Generous: a 1 GiB page can
-/// take a second to arrive.
+/// lost request (or a page discarded after placement) can cost; QEMU's
+/// source drops a request for a page it already sent (no longer dirty).
+/// Generous: a 1 GiB page can take a second to arrive.
 const REQUEST_AGAIN_AFTER: Duration = Duration::from_secs(2);
 
 /// The block a fault address belongs to.

@@ -3,9 +3,8 @@
 //!
 //! Per host page, from the first fault on it that the fault thread reads
 //! to the placement that resolves it: the return of the library's
-//! `UFFDIO_COPY`/`UFFDIO_ZEROPAGE` (which wakes the faulting threads), or
-//! of its `UFFDIO_WAKE` when the page was already there (EEXIST).  That end
-//! is inside the library for every embedder, and on QEMU 10.0 and 10.2
+//! `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`, which wakes the faulting threads.  That
+//! end is inside the library for every embedder, and on QEMU 10.0 and 10.2
 //! alike, whatever each does afterwards under its own mutex.
 //!
 //! The histogram has QEMU 10.1's `postcopy-latency-dist` buckets
@@ -26,8 +25,7 @@
 //! of them sees the other.  An embedder that marks pages received itself,
 //! after the placement returns (QEMU 10.2), leaves a window of a few µs in
 //! which such a fault is noted and not taken back; it is dropped when the
-//! fault thread stops, or gives one late sample if the page is placed
-//! again (EEXIST).
+//! fault thread stops.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 
@@ -456,7 +454,7 @@ mod tests {
         let after = snapshot();
         assert_eq!(after.buckets[14], before.buckets[14] + 1);
         assert!(after.max_us >= 21_000);
-        // Taken: a second placement (EEXIST) gives no sample.
+        // Taken: a second end mark for the page gives no sample.
         end_at(p, 4096, 1, 30_000_000);
         assert_eq!(snapshot().buckets, after.buckets);
         // Cancelled: no sample either.

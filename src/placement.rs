@@ -4,22 +4,22 @@
 //! Replaces `postcopy_place_page`, `postcopy_place_page_zero` and the
 //! placement half of `qemu_ufd_copy_ioctl` (migration/postcopy-ram.c).
 //!
-//! **EEXIST is success.**  `UFFDIO_COPY` never overwrites a present page: it
-//! fails with EEXIST and leaves memory as it is.  A page can legitimately
-//! arrive twice in postcopy (the background stream and an urgent request
-//! in preempt mode, or a resend after recovery); the content on the
-//! destination is then already the right one, and may already have been
-//! written by the guest since, which a copy must not undo.  So an EEXIST
-//! means "already placed": we wake the range, because a thread may have
-//! faulted on it in the window before it was placed, and report success.
-//! QEMU 10.0 treats EEXIST as fatal and fails the migration.
+//! **EEXIST is an error**, as in QEMU's own `qemu_ufd_copy_ioctl()`.
+//! `UFFDIO_COPY` never overwrites a present page: it fails with EEXIST and
+//! leaves memory as it is.  QEMU's source sends each page once after the
+//! switch (sending clears its dirty bit; a request for a clean page is
+//! dropped), so a page already there was filled by something else, and
+//! the guest may already have read what that left.  Taking it as "placed"
+//! once hid a zero-filled 2 MiB page (docs/BENCHMARKS.md, "A lost page").
+//! So the placement fails, naming the address; nobody is woken, so no
+//! thread blocked on the page goes on with contents the migration did not
+//! send, and QEMU fails or pauses the migration instead of going on.
 //!
 //! **EAGAIN** (the mm is changing, or a multi-page copy stopped part way)
 //! is retried from where the kernel stopped.
 
 use crate::error::{Error, Result};
 use crate::latency;
-use crate::log;
 use crate::receivedmap::ReceivedMap;
 use crate::stats::{self, Counter};
 use crate::uffd::{self, UffdioCopy, UffdioRange, UffdioZeropage, UFFDIO_COPY, UFFDIO_ZEROPAGE};
@@ -196,22 +196,28 @@ fn issue(
 }
 
 /// Fill `dst..dst + len` atomically, page by page as the kernel allows,
-/// handling EEXIST and EAGAIN.  Returns how many bytes were already there.
-fn fill_range(uffd: BorrowedFd<'_>, fill: Fill, dst: u64, len: u64, page_size: u64) -> Result<u64> {
+/// retrying EAGAIN.  On failure, also says how many bytes were placed
+/// before it (those pages are there, and their waiters woken).
+fn fill_range(
+    uffd: BorrowedFd<'_>,
+    fill: Fill,
+    dst: u64,
+    len: u64,
+    page_size: u64,
+) -> std::result::Result<(), (u64, Error)> {
     let op = match fill {
         Fill::Copy(_) => "UFFDIO_COPY",
         Fill::Zero => "UFFDIO_ZEROPAGE",
     };
     let mut done = 0;
-    let mut present = 0;
     let mut stalled = 0;
     while done < len {
         let src = match fill {
             Fill::Copy(s) => Fill::Copy(s + done),
             Fill::Zero => Fill::Zero,
         };
-        match issue(uffd, src, dst + done, len - done) {
-            Ok(()) => return Ok(present),
+        let errno = match issue(uffd, src, dst + done, len - done) {
+            Ok(()) => return Ok(()),
             Err((libc::EAGAIN, progress)) => {
                 stats::add(Counter::EagainRetries, 1);
                 // The kernel only ever stops on a page boundary.
@@ -219,42 +225,52 @@ fn fill_range(uffd: BorrowedFd<'_>, fill: Fill, dst: u64, len: u64, page_size: u
                 if progress > 0 {
                     done += progress;
                     stalled = 0;
-                } else {
-                    stalled += 1;
-                    if stalled > MAX_STALLED_RETRIES {
-                        return Err(Error::Ioctl {
-                            op,
-                            addr: dst + done,
-                            len: len - done,
-                            errno: libc::EAGAIN,
-                        });
-                    }
-                    std::thread::yield_now();
+                    continue;
                 }
+                stalled += 1;
+                if stalled <= MAX_STALLED_RETRIES {
+                    std::thread::yield_now();
+                    continue;
+                }
+                libc::EAGAIN
             }
             Err((libc::EEXIST, _)) => {
-                // The first remaining page is already there (see the module
-                // comment): wake anyone who faulted on it, and go on.
+                // The module comment says why this is not success; the
+                // error is logged where it leaves the library.
                 stats::add(Counter::Eexist, 1);
-                uffd::wake(uffd, dst + done, page_size)?;
-                log::debug!(
-                    "{op}: page at {:#x} already present; woke waiters",
-                    dst + done
-                );
-                done += page_size;
-                present += page_size;
+                let addr = dst + done;
+                return Err((
+                    done,
+                    Error::Present {
+                        op,
+                        addr,
+                        len: page_size,
+                    },
+                ));
             }
-            Err((errno, _)) => {
-                return Err(Error::Ioctl {
-                    op,
-                    addr: dst + done,
-                    len: len - done,
-                    errno,
-                })
-            }
-        }
+            Err((errno, _)) => errno,
+        };
+        return Err((
+            done,
+            Error::Ioctl {
+                op,
+                addr: dst + done,
+                len: len - done,
+                errno,
+            },
+        ));
     }
-    Ok(present)
+    Ok(())
+}
+
+/// Account for `len` bytes placed at `host` (block offset `off`): received
+/// bits first, then the latency end mark (see `crate::latency` on the order).
+fn placed(block: &Block, host: u64, off: u64, len: u64) {
+    if len == 0 {
+        return;
+    }
+    block.mark_received(off, len);
+    latency::end(host, block.page_size, len / block.page_size);
 }
 
 /// Place `npages` contiguous host pages at `host` from the start of `from`
@@ -277,14 +293,12 @@ pub fn place_pages(
         });
     }
     let src = from.as_ptr() as u64;
-    let present = fill_range(uffd, Fill::Copy(src), host, len, block.page_size)?;
-    block.mark_received(off, len);
-    // After marking them: see crate::latency on the ordering.
-    latency::end(host, block.page_size, npages);
-    // Pages found already there (EEXIST) were not placed by this call.
-    stats::add(Counter::PagesPlaced, (len - present) / block.page_size);
-    stats::add(Counter::BytesPlaced, len - present);
-    Ok(())
+    let res = fill_range(uffd, Fill::Copy(src), host, len, block.page_size);
+    let done = res.as_ref().map_or_else(|(done, _)| *done, |()| len);
+    placed(block, host, off, done);
+    stats::add(Counter::PagesPlaced, done / block.page_size);
+    stats::add(Counter::BytesPlaced, done);
+    res.map_err(|(_, e)| e)
 }
 
 /// Place one zero host page at `host` and mark it received: `UFFDIO_ZEROPAGE`,
@@ -298,13 +312,10 @@ pub fn place_zero(uffd: BorrowedFd<'_>, block: &Block, host: u64) -> Result<()> 
     } else {
         Fill::Copy(zero_source(ps)?)
     };
-    let present = fill_range(uffd, fill, host, ps, ps)?;
-    block.mark_received(off, ps);
-    latency::end(host, ps, 1);
-    if present == 0 {
-        stats::add(Counter::ZeroPagesPlaced, 1);
-        stats::add(Counter::BytesPlaced, ps);
-    }
+    fill_range(uffd, fill, host, ps, ps).map_err(|(_, e)| e)?;
+    placed(block, host, off, ps);
+    stats::add(Counter::ZeroPagesPlaced, 1);
+    stats::add(Counter::BytesPlaced, ps);
     Ok(())
 }
 

@@ -23,7 +23,7 @@ pub struct PostcopyRsStats {
     pub zero_pages_placed: u64,
     /// Bytes placed by either.
     pub bytes_placed: u64,
-    /// Placements that found the page already present (EEXIST) and woke instead.
+    /// Placements refused because the page was already present (EEXIST).
     pub eexist: u64,
     /// Placement retries after EAGAIN or a partial copy.
     pub eagain_retries: u64,

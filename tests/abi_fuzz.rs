@@ -593,6 +593,7 @@ const PLACE_ERRNOS: &[c_int] = &[
     -libc::ENOTTY, // not a userfaultfd
     -libc::ENOENT, // range not registered with this userfaultfd
     -libc::ESRCH,  // its process is gone
+    -libc::EEXIST, // a page already present (account() checks it is)
 ];
 
 /// Errnos a stopped thread may report: how it ended.
@@ -727,7 +728,21 @@ impl Case {
         let map: Vec<u64> = self.cmap.iter().map(|w| w.load(SeqCst)).collect();
         let placed = (after.pages_placed - before.0.pages_placed)
             + (after.zero_pages_placed - before.0.zero_pages_placed);
-        if ret != 0 {
+        // EEXIST: the pages up to the first present one are placed (none
+        // for a zero page), that one and the rest are left alone.
+        let upto = if ret == -libc::EEXIST {
+            let Host::Page(i) = host else {
+                return Err(TestCaseError::fail(format!("{call}: EEXIST on a bad host")));
+            };
+            let range = i as usize..(i + npages).min(NPAGES) as usize;
+            let first = self.present[range].iter().position(|p| *p);
+            prop_assert!(first.is_some(), "{}: EEXIST, but no page was present", call);
+            prop_assert_eq!(after.eexist - before.0.eexist, 1, "{}", call);
+            first.map(|k| k as u64)
+        } else {
+            None
+        };
+        if ret != 0 && !matches!(upto, Some(k) if k > 0) {
             prop_assert_eq!(placed, 0, "{}: failed and placed pages", call);
             prop_assert_eq!(after.bytes_placed, before.0.bytes_placed, "{}", call);
             prop_assert_eq!(
@@ -758,6 +773,7 @@ impl Case {
             call
         );
         prop_assert!(i + npages <= NPAGES, "{}: succeeded out of range", call);
+        let npages = upto.unwrap_or(npages);
         let range = i as usize..(i + npages) as usize;
         let newly = self.present[range.clone()].iter().filter(|p| !**p).count() as u64;
         let (copied, zeroed) = (
@@ -1219,10 +1235,8 @@ impl Case {
     }
 
     fn cleanup(&mut self, check_all: bool) -> Result<(), TestCaseError> {
-        let b = self.r.block();
-        for i in 0..NPAGES {
-            let _ = postcopy_rs::placement::place_zero(self.r.uffd.as_fd(), &b, self.r.page(i));
-        }
+        // A page placed through another userfaultfd woke nobody here.
+        release_all(self.r.uffd.as_fd(), &self.r.block());
         for t in self.touchers.drain(..) {
             bounded(|| "joining a toucher".into(), || t.join().unwrap());
         }

@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use postcopy_rs::error::Error;
 use postcopy_rs::fault_thread::{FaultHandler, FaultThread, Resolved};
-use postcopy_rs::placement::{self, Block};
+use postcopy_rs::placement::Block;
 use postcopy_rs::prepage::{self, RangeRequester, Settings};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
@@ -158,9 +158,7 @@ fn watchdog(r: &Region, secs: u64) -> (mpsc::Sender<()>, std::thread::JoinHandle
     let (fd, b) = (r.fd(), r.block());
     let t = std::thread::spawn(move || {
         if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(secs)) {
-            for i in 0..b.len / b.page_size {
-                let _ = placement::place_zero(fd.as_fd(), &b, b.host + i * b.page_size);
-            }
+            release_all(fd.as_fd(), &b);
             return true;
         }
         false

@@ -155,10 +155,7 @@ impl Watchdog {
             if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(secs))
             {
                 f.store(true, SeqCst);
-                for i in 0..block.len / block.page_size {
-                    let _ =
-                        placement::place_zero(fd.as_fd(), &block, block.host + i * block.page_size);
-                }
+                release_all(fd.as_fd(), &block);
             }
         });
         Watchdog { done, fired }
@@ -259,11 +256,15 @@ fn storm_place(fd: &Fd, b: &Block, cache: &Option<Arc<Vec<Vec<u64>>>>, off: u64,
             &owned
         }
     };
-    if let Err(e) = place(fd, b, b.host + off, buf, 1) {
-        ev.errors
+    match place(fd, b, b.host + off, buf, 1) {
+        // The chaos source's deliberate second copy: one of the two is
+        // refused, the other placed (and woke the waiters).
+        Ok(()) | Err(Error::Present { .. }) => {}
+        Err(e) => ev
+            .errors
             .lock()
             .unwrap()
-            .push(format!("placing page {page}: {e}"));
+            .push(format!("placing page {page}: {e}")),
     }
     ev.outstanding.fetch_sub(1, SeqCst);
 }
@@ -498,16 +499,20 @@ fn storm_round(s: &Storm, round: u32) -> RoundReport {
                     }
                     if last[t].1.elapsed() > STALL {
                         let off = at - r.base;
+                        let page = off / s.page_size;
+                        let received = b.is_received(off & !(s.page_size - 1));
+                        // Missing (a lost request) or present (filled
+                        // outside the placements, or a lost wake-up)?  A
+                        // present page can be read without blocking.
+                        let zero = placement::place_zero(r.fd().as_fd(), &b, r.page(page));
+                        let first = zero.is_err().then(|| r.peek(r.page(page)));
                         stalls.lock().unwrap().push(format!(
-                            "thread {t} waited over {STALL:?} on page {} (received: {}, requests: {:?}, fault thread {:?})",
-                            off / s.page_size,
-                            b.is_received(off & !(s.page_size - 1)),
+                            "thread {t} waited over {STALL:?} on page {page} (received: {received}, zero placement: {zero:?}, first word if present: {first:x?}, the pattern's: {:#x}, requests: {:?}, fault thread {:?})",
+                            pattern_word(page, 0, SALT),
                             ev.requests.lock().unwrap().get(&(off & !(s.page_size - 1))),
                             ft.state(),
                         ));
-                        for i in 0..npages {
-                            let _ = placement::place_zero(r.fd().as_fd(), &b, r.page(i));
-                        }
+                        release_all(r.fd().as_fd(), &b);
                         last[t] = (n, Instant::now());
                     }
                 }
@@ -574,7 +579,11 @@ fn storm_round(s: &Storm, round: u32) -> RoundReport {
     let placed = src.join().unwrap();
     let s1 = stats::snapshot();
     let stalls = stalls.into_inner().unwrap();
-    assert!(stalls.is_empty(), "round {round}: {stalls:#?}");
+    assert!(
+        stalls.is_empty(),
+        "round {round}: {stalls:#?}, placement errors {:?}",
+        ev.errors.lock().unwrap()
+    );
     assert_eq!(state, PostcopyRsFaultThreadState::Running, "round {round}");
     let errs = check_errors.into_inner().unwrap();
     assert!(
@@ -662,8 +671,9 @@ fn storm_round(s: &Storm, round: u32) -> RoundReport {
     }
 }
 
-/// Two placements of one page, one while a thread is blocked on it: both
-/// succeed, one content wins whole, the blocked thread resumes.
+/// Two placements of one page, one while a thread is blocked on it: one is
+/// placed whole and resumes the thread, the other is refused (EEXIST) and
+/// changes nothing.
 fn double_placement(page_size: u64) {
     let r = Region::new(page_size, 2);
     let b = r.block();
@@ -692,22 +702,31 @@ fn double_placement(page_size: u64) {
                 })
             })
             .collect();
-        for p in placers {
-            assert_eq!(p.join().unwrap(), Ok(()), "a racing placement failed");
-        }
-        let first = reader.join().unwrap();
-        let salt = if first == pattern_word(0, 0, 1) { 1 } else { 2 };
-        check_page(&r, 0, salt).expect("page content is one placement's, whole");
+        let res: Vec<_> = placers.into_iter().map(|p| p.join().unwrap()).collect();
+        let won: Vec<u64> = [1, 2]
+            .into_iter()
+            .zip(&res)
+            .filter(|(_, res)| res.is_ok())
+            .map(|(salt, _)| salt)
+            .collect();
+        assert_eq!(won.len(), 1, "exactly one placement wins: {res:?}");
+        let present = Error::Present {
+            op: "UFFDIO_COPY",
+            addr: r.page(0),
+            len: page_size,
+        };
+        assert!(res.contains(&Err(present)), "{res:?}");
+        assert_eq!(reader.join().unwrap(), pattern_word(0, 0, won[0]));
+        check_page(&r, 0, won[0]).expect("page content is the winner's, whole");
     });
     wd.finish();
-    assert!(
-        stats::snapshot().eexist > before,
-        "the losing placement did not go through EEXIST"
-    );
-    // Placing again, without waiters, is still success and changes nothing.
+    assert_eq!(stats::snapshot().eexist - before, 1);
+    // Placing again is refused the same way and changes nothing.
     let w0 = r.peek(r.page(0));
     let buf = pattern_page(0, page_size, 99);
-    assert_eq!(place(r.fd(), &b, r.page(0), &buf, 1), Ok(()));
+    let e = place(r.fd(), &b, r.page(0), &buf, 1).unwrap_err();
+    assert_eq!(e.to_neg_errno(), -libc::EEXIST, "{e}");
+    assert!(e.to_string().contains("already present"), "{e}");
     assert_eq!(r.peek(r.page(0)), w0);
 }
 
@@ -717,9 +736,18 @@ fn zero_pages(page_size: u64) {
     let b = r.block();
     let s0 = stats::snapshot();
     assert_eq!(placement::place_zero(r.fd().as_fd(), &b, r.page(1)), Ok(()));
+    let op = if page_size == PAGE_4K {
+        "UFFDIO_ZEROPAGE"
+    } else {
+        "UFFDIO_COPY"
+    };
     assert_eq!(
         placement::place_zero(r.fd().as_fd(), &b, r.page(1)),
-        Ok(()),
+        Err(Error::Present {
+            op,
+            addr: r.page(1),
+            len: page_size
+        }),
         "second zero placement"
     );
     let s1 = stats::snapshot();
@@ -738,8 +766,8 @@ fn zero_pages(page_size: u64) {
 
 /// The fault-to-placement latency histogram on real faults: one sample per
 /// host page a thread faulted on, none for a second fault on a pending
-/// page, a page placed before anyone touched it, or a second placement
-/// (EEXIST); pages the source holds back 25 ms land in the 2^14 us bucket
+/// page, a page placed before anyone touched it, or a refused second
+/// placement (EEXIST); pages the source holds back 25 ms land in the 2^14 us bucket
 /// or above; no sample is longer than the stall its thread saw.  Then a
 /// fault left pending when the thread stops is abandoned, not sampled.
 fn latency_histogram(page_size: u64) {
@@ -790,9 +818,10 @@ fn latency_histogram(page_size: u64) {
     wait_until("a sample per touched page", 10, || {
         latency::snapshot().count - l0.count == TOUCHED
     });
-    // A second placement of a resolved page gives no sample.
+    // A second placement of a resolved page is refused, and gives no sample.
     let again = pattern_page(0, page_size, SALT);
-    place(r.fd(), &b, r.page(0), &again, 1).unwrap();
+    let e = place(r.fd(), &b, r.page(0), &again, 1).unwrap_err();
+    assert_eq!(e.errno(), libc::EEXIST, "{e}");
     let l1 = latency::snapshot();
     assert_eq!(l1.count - l0.count, TOUCHED, "{l1:?}");
     assert_eq!(l1.pending, l0.pending, "{l1:?}");
@@ -1200,7 +1229,9 @@ fn pollerr_on_the_userfaultfd_ends_the_thread(page_size: u64) {
 }
 
 /// A multi-page copy over a page that is already there: the kernel stops at
-/// it (partial copy, EAGAIN), the retry hits EEXIST, the rest is placed.
+/// it (partial copy, EAGAIN), the retry hits EEXIST and fails; the pages
+/// before it are placed and received, the present one and those after it
+/// are left alone.
 fn place_pages_over_present_page(page_size: u64) {
     let r = Region::new(page_size, 4);
     let b = r.block();
@@ -1210,8 +1241,15 @@ fn place_pages_over_present_page(page_size: u64) {
     let all: Vec<u64> = (0..4)
         .flat_map(|i| pattern_page(i, page_size, SALT))
         .collect();
-    place(r.fd(), &b, r.page(0), &all, 4).unwrap();
-    for i in [0, 1, 3] {
+    assert_eq!(
+        place(r.fd(), &b, r.page(0), &all, 4),
+        Err(Error::Present {
+            op: "UFFDIO_COPY",
+            addr: r.page(2),
+            len: page_size
+        })
+    );
+    for i in [0, 1] {
         check_page(&r, i, SALT).unwrap();
     }
     check_page(&r, 2, 7).expect("the present page is never overwritten");
@@ -1220,14 +1258,23 @@ fn place_pages_over_present_page(page_size: u64) {
         s1.eexist > s0.eexist && s1.eagain_retries > s0.eagain_retries,
         "{s0:?} -> {s1:?}"
     );
-    // Five placements asked for, four pages really placed: the present one
-    // is not counted again.
-    assert_eq!(s1.pages_placed - s0.pages_placed, 4, "{s0:?} -> {s1:?}");
+    // The single page, then the two before the present one.
+    assert_eq!(s1.pages_placed - s0.pages_placed, 3, "{s0:?} -> {s1:?}");
     assert_eq!(s1.eexist - s0.eexist, 1, "{s0:?} -> {s1:?}");
-    assert_eq!(s1.bytes_placed - s0.bytes_placed, 4 * page_size);
-    for i in 0..4 {
-        assert!(b.is_received(i * page_size));
+    assert_eq!(s1.bytes_placed - s0.bytes_placed, 3 * page_size);
+    for (i, want) in [(0, true), (1, true), (2, true), (3, false)] {
+        assert_eq!(b.is_received(i * page_size), want, "page {i}");
     }
+    // Page 3 is still missing: a placement of it alone goes through.
+    place(
+        r.fd(),
+        &b,
+        r.page(3),
+        &all[3 * (page_size as usize / 8)..],
+        1,
+    )
+    .unwrap();
+    check_page(&r, 3, SALT).unwrap();
 }
 
 /// Bad input to placement: clear errors, nothing placed.

@@ -91,13 +91,15 @@ pub(crate) unsafe fn block_from_view(v: &PostcopyRsBlockView) -> Result<Block> {
 /// `host` with `UFFDIO_COPY`, which wakes any thread faulting on it, then
 /// mark it in `block->receivedmap`.  QEMU: `postcopy_place_page()`.
 ///
-/// A page that is already present (EEXIST) is not an error: the range is
-/// woken and 0 returned.  EAGAIN and partial copies are retried.
+/// A page that is already present fails with `-EEXIST`, as in QEMU's own
+/// `qemu_ufd_copy_ioctl()`, and nobody is woken: its contents are not the
+/// source's.  EAGAIN and partial copies are retried.
 ///
 /// Returns 0 or:
 /// - `-EFAULT` if `block`, `block->host`, `host` or `from` is NULL;
 /// - `-EINVAL` if `host` is not aligned to the page size or the view's
 ///   geometry is impossible; `-ERANGE` if the page is outside the block;
+/// - `-EEXIST` if the page is already present;
 /// - the ioctl's `-errno` otherwise (logged with the address and length).
 ///
 /// # Safety
@@ -119,6 +121,8 @@ pub unsafe extern "C" fn postcopy_rs_place_page(
 /// kernel allows it.  Same rules and return values as
 /// `postcopy_rs_place_page()`; `from` must be readable for
 /// `npages * block->page_size` bytes, and `npages` must be at least 1.
+/// On an error part way, the pages before the failing one are placed and
+/// marked received.
 ///
 /// # Safety
 /// As `postcopy_rs_place_page()`.

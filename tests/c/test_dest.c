@@ -827,22 +827,24 @@ static void test_zero_and_eexist(void)
     after = stats();
     CHECK(after.zero_pages_placed - before.zero_pages_placed == 1);
 
-    /* Placing onto a present page: EEXIST is success, memory unchanged. */
+    /* Placing onto a present page fails with -EEXIST, as in QEMU's own
+     * placement, and leaves memory unchanged. */
     before = stats();
     fill_pattern(src, 40);
-    CHECK(postcopy_rs_place_page(uffd, &view, p40, src) == 0);
+    CHECK(postcopy_rs_place_page(uffd, &view, p40, src) == -EEXIST);
     CHECK(main_is_zero(40));
-    CHECK(postcopy_rs_place_page_zero(uffd, &view, p40) == 0);
+    CHECK(postcopy_rs_place_page_zero(uffd, &view, p40) == -EEXIST);
     CHECK(main_is_zero(40));
-    /* ...and a guest write since is not undone by a resend. */
+    /* ...and a guest write since is not undone. */
     fill_pattern(src, 32);
-    CHECK(postcopy_rs_place_page(uffd, &view, p32, src) == 0);
+    CHECK(postcopy_rs_place_page(uffd, &view, p32, src) == -EEXIST);
     CHECK(main_byte_is(32, WRITE_OFF, WRITE_VAL));
     memset(src, 0xEE, PS);
-    CHECK(postcopy_rs_place_page(uffd, &view, page_addr(0), src) == 0);
+    CHECK(postcopy_rs_place_page(uffd, &view, page_addr(0), src) == -EEXIST);
     CHECK(main_is_pattern(0));
     after = stats();
     CHECK(after.eexist - before.eexist == 4);
+    CHECK(after.pages_placed == before.pages_placed);
 }
 
 static void test_place_pages(void)
@@ -864,19 +866,25 @@ static void test_place_pages(void)
     CHECK(after.place_ioctls - before.place_ioctls == 1);
 
     /* Four pages whose third is already there: the kernel stops at it
-     * (partial copy), it is skipped as EEXIST, the fourth is placed. */
+     * (partial copy), which fails with -EEXIST; the two before it are
+     * placed and received, the fourth is left missing. */
     CHECK(postcopy_rs_place_page_zero(uffd, &view, page_addr(50)) == 0);
     for (int i = 0; i < 4; i++) {
         fill_pattern(src + i * PS, 48 + i);
     }
-    CHECK(postcopy_rs_place_pages(uffd, &view, page_addr(48), src, 4) == 0);
+    CHECK(postcopy_rs_place_pages(uffd, &view, page_addr(48), src, 4) ==
+          -EEXIST);
     CHECK(main_is_pattern(48));
     CHECK(main_is_pattern(49));
     CHECK(main_is_zero(50));
-    CHECK(main_is_pattern(51));
-    for (int i = 48; i < 52; i++) {
+    for (int i = 48; i < 51; i++) {
         CHECK(test_bit_atomic(rmap, i));
     }
+    CHECK(!test_bit_atomic(rmap, 51));
+    CHECK(postcopy_rs_place_page(uffd, &view, page_addr(51), src + 3 * PS) ==
+          0);
+    CHECK(main_is_pattern(51));
+    CHECK(test_bit_atomic(rmap, 51));
 
     /* A run that crosses the block's end is refused whole. */
     CHECK(postcopy_rs_place_pages(uffd, &view, page_addr(62), src, 4) ==

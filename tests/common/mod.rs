@@ -138,6 +138,17 @@ impl Region {
     }
 }
 
+/// Free every thread blocked in `b`, so that a hung test fails instead of
+/// hanging: a zero page wherever one is missing, then a wake-up of the
+/// whole block (a page already present is refused without one).
+#[allow(dead_code)]
+pub fn release_all(fd: impl AsFd, b: &Block) {
+    for i in 0..b.len / b.page_size {
+        let _ = postcopy_rs::placement::place_zero(fd.as_fd(), b, b.host + i * b.page_size);
+    }
+    let _ = postcopy_rs::uffd::wake(fd.as_fd(), b.host, b.len);
+}
+
 /// `place_pages` from a buffer whose length is checked.
 pub fn place(
     fd: impl AsFd,
