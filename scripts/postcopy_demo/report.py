@@ -200,7 +200,7 @@ def print_summary(r: dict, out=sys.stdout, title="postcopy migration summary"):
           % (ls.get("blocks"), ls.get("runs"), ls.get("pages"), ls.get("hostpage_bits_set"))
           if ls else "no postcopy_rs_discard_stats trace line (not a patched QEMU?)")
     if ld or r.get("postcopy_started"):
-        p("library (destination)", "placed %s pages (+%s zero), EEXIST handled %s"
+        p("library (destination)", "placed %s pages (+%s zero), EEXIST refused %s"
           % (ld.get("placed"), ld.get("zero"), ld.get("eexist"))
           if ld else "no postcopy_rs_incoming_stats trace line (not a patched QEMU?)")
     if r.get("library_latency"):
