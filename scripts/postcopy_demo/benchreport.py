@@ -112,6 +112,17 @@ def _load_range(recs: List[dict]) -> str:
     return "%.1f-%.1f" % (min(loads), max(loads)) if loads else "?"
 
 
+def run_order(recs: List[dict]) -> str:
+    """How the runs were ordered, read from the records (older results ran
+    each cell's pairs back to back)."""
+    cells = [r["cell"] for r in sorted(recs, key=lambda r: r["seq"])]
+    if len(set(cells)) < 2:
+        return "alternated (ABAB...)"
+    if len(cells) > 2 and cells[2] != cells[0]:
+        return "the cells interleaved pair by pair (every cell once per pair)"
+    return "each cell's pairs back to back (ABAB...)"
+
+
 def render(recs: List[dict], meta: dict) -> str:
     """The Markdown section (without the markers)."""
     sums = cell_summaries(recs)
@@ -155,11 +166,11 @@ def render(recs: List[dict], meta: dict) -> str:
         "cap by default (56 runs: 13 minutes on this 2-core TCG host when little else "
         "runs); `ARGS=\"--pages 4k,2m --preempt off,on\"` is the whole matrix (224 runs, "
         "about an hour)." % (len(sums), DEFAULT_POSTCOPY_BANDWIDTH),
-        "- **Runs**: %d pair(s) per cell, unpatched and patched alternated (ABAB...); a "
-        "pair is the k-th run of each build. Ratio = patched / unpatched of the same pair; "
+        "- **Runs**: %d pair(s) per cell, unpatched then patched, %s; a pair is the two "
+        "runs with the same workload seed. Ratio = patched / unpatched of the same pair; "
         "the table gives the median ratio and its 95 %% bootstrap interval (%d resamples of "
         "the pairs, seed %d). Raw results: `%s`."
-        % (meta["runs"], bs.RESAMPLES, bs.SEED, meta["results"]),
+        % (meta["runs"], run_order(recs), bs.RESAMPLES, bs.SEED, meta["results"]),
         "",
     ]
     lines += ["Machine load: whatever else runs on the host slows both builds; alternating "

@@ -3,7 +3,7 @@
 two builds paired in the order they ran (ABAB...), the patched/unpatched
 ratio of each pair, their median and a percentile bootstrap confidence
 interval of that median (pairs resampled with replacement, fixed seed).
-Pure functions, unit-tested by scripts/test_benchstats.py."""
+Pure functions, unit-tested by scripts/tests/test_bench_stats.py."""
 
 import math
 import random
@@ -35,10 +35,29 @@ def percentile(sorted_xs: Sequence[float], q: float) -> float:
     return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
 
 
+def schedule(cells: Sequence, runs: int) -> List[Tuple[object, int, str]]:
+    """The order of the runs, as (cell, pair, kind): pair by pair, every
+    cell once per pair, unpatched then patched.  Interleaving the cells
+    spreads a slow spell of the machine over all of them; running a cell's
+    pairs back to back let one cell catch it whole (the same 2 MiB cell
+    measured 1.003x and 1.47x an hour apart)."""
+    return [(cell, pair, kind) for pair in range(runs) for cell in cells
+            for kind in (BASE, TEST)]
+
+
 def pairs(runs: Sequence[dict]) -> List[Tuple[dict, dict]]:
-    """(unpatched, patched) pairs of runs in the order they ran: the k-th
-    run of each build make the k-th pair.  A run missing its partner (a
-    failed or interrupted run) is left out."""
+    """(unpatched, patched) pairs: the two runs with the same "pair" number
+    (they share the workload's seed), in pair order.  Without pair numbers,
+    the k-th run of each build in the order they ran.  A run whose partner
+    failed or is missing is left out, and the pairs after it stay
+    aligned."""
+    if runs and all("pair" in r for r in runs):
+        by_pair: Dict[int, Dict[str, dict]] = {}
+        for r in runs:
+            if r.get("kind") in (BASE, TEST):
+                by_pair.setdefault(r["pair"], {})[r["kind"]] = r
+        return [(d[BASE], d[TEST]) for _, d in sorted(by_pair.items())
+                if BASE in d and TEST in d]
     by = {BASE: [], TEST: []}
     for r in sorted(runs, key=lambda r: r["seq"]):
         if r.get("kind") in by:

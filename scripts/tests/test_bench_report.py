@@ -65,6 +65,19 @@ class Render(unittest.TestCase):
         self.assertIn("`max-postcopy-bandwidth` 64 MiB/s on both builds", md)
 
 
+    def test_run_order_is_read_from_the_records(self):
+        def two_cells(order):
+            return [rec(i, k, 10, cell=c) for i, (c, k) in enumerate(order)]
+        back_to_back = two_cells([("a", "unpatched"), ("a", "patched"),
+                                  ("a", "unpatched"), ("a", "patched"),
+                                  ("b", "unpatched"), ("b", "patched")])
+        interleaved = two_cells([("a", "unpatched"), ("a", "patched"),
+                                 ("b", "unpatched"), ("b", "patched")])
+        self.assertIn("back to back", br.run_order(back_to_back))
+        self.assertIn("interleaved", br.run_order(interleaved))
+        self.assertIn("interleaved", br.render(interleaved, dict(META, runs=1)))
+
+
 class Doc(unittest.TestCase):
     def test_block_names(self):
         self.assertEqual(br.block_name({"postcopy_bandwidth": 64}), "bench-e2e")

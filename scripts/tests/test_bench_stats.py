@@ -53,6 +53,23 @@ class Pairing(unittest.TestCase):
         self.assertEqual(len(prs), 1)
         self.assertEqual(bs.ratios(prs, lambda r: r["v"]), [0.5])
 
+    def test_pair_numbers_keep_pairs_aligned_past_a_failure(self):
+        # Pair 1's unpatched run failed (and was dropped): pair 2 must not
+        # borrow pair 1's patched run.
+        runs = [dict(run(0, "unpatched", 10), pair=0), dict(run(1, "patched", 20), pair=0),
+                dict(run(3, "patched", 99), pair=1),
+                dict(run(4, "unpatched", 30), pair=2), dict(run(5, "patched", 90), pair=2)]
+        prs = bs.pairs(runs)
+        self.assertEqual([(a["seq"], b["seq"]) for a, b in prs], [(0, 1), (4, 5)])
+        self.assertEqual(bs.ratios(prs, lambda r: r["v"]), [2.0, 3.0])
+
+    def test_schedule_interleaves_cells_pair_by_pair(self):
+        order = bs.schedule(["a", "b"], 2)
+        self.assertEqual(order, [("a", 0, "unpatched"), ("a", 0, "patched"),
+                                 ("b", 0, "unpatched"), ("b", 0, "patched"),
+                                 ("a", 1, "unpatched"), ("a", 1, "patched"),
+                                 ("b", 1, "unpatched"), ("b", 1, "patched")])
+
     def test_missing_or_zero_base_has_no_ratio(self):
         prs = [({"v": 0}, {"v": 3}), ({"v": None}, {"v": 3}), ({"v": 2}, {"v": None}),
                ({"v": 4}, {"v": 0}), ({"v": 4}, {"v": 2})]

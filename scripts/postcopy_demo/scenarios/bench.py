@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """`make bench-e2e`: postcopy on the demo's Linux guest, patched against
-unpatched QEMU built from one tree, runs alternated (ABAB...) per cell,
-cell = access pattern x page size x postcopy-preempt.
+unpatched QEMU built from one tree, runs paired (ABAB...) and the cells
+interleaved pair by pair, cell = access pattern x page size x
+postcopy-preempt.
 
 One run (guest/README.md, "For a benchmark driver"): boot with
 workload.threads=0 (one pinned worker per vCPU, random writes at 2000
@@ -23,6 +24,7 @@ import re
 import time
 from typing import Dict, List, Optional
 
+from .. import benchstats
 from ..migration import Hooks
 from ..options import MigrateError, Options
 from ..qmp import QMPError
@@ -31,7 +33,7 @@ from ..session import Session
 PATTERNS = ("random-write", "random-read", "seq", "mix")
 PAGES = {"4k": "4K", "2m": "2M"}
 PREEMPT = {"off": False, "on": True}
-KINDS = ("unpatched", "patched")        # A, B: the order of every pair
+KINDS = (benchstats.BASE, benchstats.TEST)   # A, B: the order of every pair
 ACTIVE_TIMEOUT = 60.0                   # s for the destination's postcopy-active
 
 
@@ -228,26 +230,25 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
 
 
 def run_bench(cfg: Config, out=print) -> List[dict]:
-    """Every cell, cfg.runs pairs each (unpatched then patched, ABAB...),
-    each run appended to cfg.outdir/results.jsonl as it ends."""
+    """Every cell, cfg.runs pairs each (unpatched then patched), the cells
+    interleaved pair by pair (benchstats.schedule), each run appended to
+    cfg.outdir/results.jsonl as it ends."""
     os.makedirs(cfg.outdir, exist_ok=True)
     path = os.path.join(cfg.outdir, "results.jsonl")
     recs, seq = [], 0
-    total = len(cfg.cells()) * cfg.runs * len(KINDS)
+    plan = benchstats.schedule(cfg.cells(), cfg.runs)
     with open(path, "a") as f:
-        for cell in cfg.cells():
-            for pair in range(cfg.runs):
-                for kind in KINDS:
-                    rec = run_one(cfg, cell, kind, seq, pair)
-                    seq += 1
-                    recs.append(rec)
-                    f.write(json.dumps(rec, default=str) + "\n")
-                    f.flush()
-                    out("[%d/%d] %s %s: %s" % (
-                        seq, total, cell_name(cell), kind,
-                        "blocktime %s ms, requests %s, postcopy %s ms, guest worst %s us, "
-                        "p99 %s us (%.0f s)" % (
-                            rec["blocktime_ms"], rec["postcopy_requests"], rec["postcopy_ms"],
-                            rec["guest_worst_us"], rec["guest_p99_us"], rec["run_s"])
-                        if rec["ok"] else "FAILED: %s" % (rec["error"] or "?").splitlines()[0]))
+        for cell, pair, kind in plan:
+            rec = run_one(cfg, cell, kind, seq, pair)
+            seq += 1
+            recs.append(rec)
+            f.write(json.dumps(rec, default=str) + "\n")
+            f.flush()
+            out("[%d/%d] %s %s: %s" % (
+                seq, len(plan), cell_name(cell), kind,
+                "blocktime %s ms, requests %s, postcopy %s ms, guest worst %s us, "
+                "p99 %s us (%.0f s)" % (
+                    rec["blocktime_ms"], rec["postcopy_requests"], rec["postcopy_ms"],
+                    rec["guest_worst_us"], rec["guest_p99_us"], rec["run_s"])
+                if rec["ok"] else "FAILED: %s" % (rec["error"] or "?").splitlines()[0]))
     return recs
