@@ -10,7 +10,8 @@
 //! switch (sending clears its dirty bit; a request for a clean page is
 //! dropped), so a page already there was filled by something else, and
 //! the guest may already have read what that left.  Taking it as "placed"
-//! once hid a zero-filled 2 MiB page (docs/BENCHMARKS.md, "A lost page").
+//! once hid a zero-filled 2 MiB page (docs/BENCHMARKS.md, "A lost page,
+//! and EEXIST").
 //! So the placement fails, naming the address; nobody is woken, so no
 //! thread blocked on the page goes on with contents the migration did not
 //! send, and QEMU fails or pauses the migration instead of going on.
