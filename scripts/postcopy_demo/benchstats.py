@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """The statistics of `make bench-e2e` (scenarios/bench.py): runs of the
-two builds paired in the order they ran (ABAB...), the patched/unpatched
+two builds paired by pair number (ABAB...: one run of each build per
+pair, the same workload seed), the patched/unpatched
 ratio of each pair, their median and a percentile bootstrap confidence
 interval of that median (pairs resampled with replacement, fixed seed).
 Pure functions, unit-tested by scripts/tests/test_bench_stats.py."""
