@@ -10,7 +10,7 @@ import time
 from typing import List, Optional
 
 from .options import MigrateError
-from .qmp import wait_for_socket
+from .qmp import connect_when_listening, wait_for_socket
 
 # A guest that never ends its line (QEMU's boot block prints 'B' per pass)
 # gets its output cut into lines of this many bytes.
@@ -26,11 +26,18 @@ class Console:
         self.closed = False
         self.partial = ""             # the current line, not yet ended
         wait_for_socket(path, proc, name, "console socket", timeout)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+        def connect():
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+            except OSError:
+                s.close()
+                raise
+            return s
         try:
-            self.sock.connect(path)
+            self.sock = connect_when_listening(connect, proc, timeout)
         except OSError as e:
-            self.sock.close()
             raise MigrateError("%s QEMU: cannot connect to its console: %s" % (name, e))
         self.log = open(log_path, "ab", buffering=0)
         self.thread = threading.Thread(target=self._reader, name="console-" + name,

@@ -40,13 +40,34 @@ def wait_for_socket(path: str, proc: subprocess.Popen, name: str, what: str,
         time.sleep(0.05)
 
 
+def connect_when_listening(connect, proc: subprocess.Popen, timeout: float):
+    """connect() until it is not refused: QEMU creates its socket file at
+    bind(), a moment before listen(), and a connect in between is refused
+    (seen under load).  Gives up when QEMU exits or `timeout` passes, with
+    the last error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return connect()
+        except (ConnectError, ConnectionRefusedError) as e:
+            cause = e if isinstance(e, ConnectionRefusedError) else getattr(e, "exc", None)
+            if (not isinstance(cause, ConnectionRefusedError) or proc.poll() is not None
+                    or time.monotonic() > deadline):
+                raise
+        time.sleep(0.05)
+
+
 class QMPSession:
     def __init__(self, path: str, proc: subprocess.Popen, name: str, timeout=30.0):
         self.name = name
         wait_for_socket(path, proc, name, "QMP socket", timeout)
-        self._mon = QEMUMonitorProtocol(path, nickname=name)
+
+        def connect():
+            mon = QEMUMonitorProtocol(path, nickname=name)
+            mon.connect()                # greeting and qmp_capabilities
+            return mon
         try:
-            self._mon.connect()          # greeting and qmp_capabilities
+            self._mon = connect_when_listening(connect, proc, timeout)
         except (ConnectError, OSError) as e:
             raise MigrateError("%s QEMU: QMP connection failed: %s" % (name, e))
         self._open = True
