@@ -10,7 +10,7 @@ import time
 from typing import List, Optional
 
 from .options import MigrateError
-from .qmp import connect_when_listening, wait_for_socket
+from .qmp import connect_when_listening
 
 # A guest that never ends its line (QEMU's boot block prints 'B' per pass)
 # gets its output cut into lines of this many bytes.
@@ -25,7 +25,6 @@ class Console:
         self.cond = threading.Condition()
         self.closed = False
         self.partial = ""             # the current line, not yet ended
-        wait_for_socket(path, proc, name, "console socket", timeout)
 
         def connect():
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -36,7 +35,8 @@ class Console:
                 raise
             return s
         try:
-            self.sock = connect_when_listening(connect, proc, timeout)
+            self.sock = connect_when_listening(connect, path, proc, name, "console socket",
+                                               timeout)
         except OSError as e:
             raise MigrateError("%s QEMU: cannot connect to its console: %s" % (name, e))
         self.log = open(log_path, "ab", buffering=0)

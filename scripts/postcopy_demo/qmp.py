@@ -2,7 +2,7 @@
 """The QMP session with one QEMU, through QEMU's own client library
 (qemu.qmp, its synchronous QEMUMonitorProtocol wrapper).
 
-What is ours: waiting for QEMU to create its socket (or die first), one
+What is ours: waiting for QEMU to listen on its socket (or die first), one
 exception type for a refused command, and a timeout per command."""
 
 import asyncio
@@ -26,48 +26,40 @@ class QMPError(Exception):
         self.desc = desc
 
 
-def wait_for_socket(path: str, proc: subprocess.Popen, name: str, what: str,
-                    timeout: float):
-    """Return once QEMU has created the unix socket `path`; fail if QEMU
-    exits or `timeout` passes first."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if proc.poll() is not None:
-            raise MigrateError("%s QEMU exited (status %s) before its %s was up"
-                               % (name, proc.returncode, what))
-        if time.monotonic() > deadline:
-            raise MigrateError("%s QEMU: no %s at %s after %.0fs" % (name, what, path, timeout))
-        time.sleep(0.05)
-
-
-def connect_when_listening(connect, proc: subprocess.Popen, timeout: float):
-    """connect() until it is not refused: QEMU creates its socket file at
-    bind(), a moment before listen(), and a connect in between is refused
-    (seen under load).  Gives up when QEMU exits or `timeout` passes, with
-    the last error."""
+def connect_when_listening(connect, path: str, proc, name: str, what: str,
+                           timeout: float):
+    """connect() to QEMU's unix socket `path` once QEMU listens on it.
+    QEMU creates the file at bind(), a moment before listen(): until then
+    a connect fails with ENOENT, then ECONNREFUSED (seen under load).  Both
+    are retried while QEMU runs, for `timeout` seconds; any other error is
+    raised as it is."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             return connect()
-        except (ConnectError, ConnectionRefusedError) as e:
-            cause = e if isinstance(e, ConnectionRefusedError) else getattr(e, "exc", None)
-            if (not isinstance(cause, ConnectionRefusedError) or proc.poll() is not None
-                    or time.monotonic() > deadline):
+        except (ConnectError, OSError) as e:
+            cause = e.exc if isinstance(e, ConnectError) else e
+            if not isinstance(cause, (FileNotFoundError, ConnectionRefusedError)):
                 raise
+            if proc.poll() is not None:
+                raise MigrateError("%s QEMU exited (status %s) before its %s was up"
+                                   % (name, proc.returncode, what))
+            if time.monotonic() > deadline:
+                raise MigrateError("%s QEMU: no %s listening at %s after %.0fs (%s)"
+                                   % (name, what, path, timeout, cause))
         time.sleep(0.05)
 
 
 class QMPSession:
     def __init__(self, path: str, proc: subprocess.Popen, name: str, timeout=30.0):
         self.name = name
-        wait_for_socket(path, proc, name, "QMP socket", timeout)
-
         def connect():
             mon = QEMUMonitorProtocol(path, nickname=name)
             mon.connect()                # greeting and qmp_capabilities
             return mon
         try:
-            self._mon = connect_when_listening(connect, proc, timeout)
+            self._mon = connect_when_listening(connect, path, proc, name, "QMP socket",
+                                               timeout)
         except (ConnectError, OSError) as e:
             raise MigrateError("%s QEMU: QMP connection failed: %s" % (name, e))
         self._open = True

@@ -137,7 +137,7 @@ class Domain:
 
 
 class _Alive:
-    """The poll() that wait_for_socket asks of a process, for a domain."""
+    """The poll() that connect_when_listening asks of a process, for a domain."""
 
     def __init__(self, dom):
         self.dom, self.returncode = dom, None
