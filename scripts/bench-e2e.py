@@ -4,9 +4,10 @@
 
 `make bench-e2e` (scripts/bench-e2e.sh builds what it needs, then runs
 this): the demo's Linux guest, one workload thread per vCPU, cells =
-access pattern x page size x postcopy-preempt, runs paired (unpatched,
-then patched, same workload seed) and the cells interleaved pair by pair.  By default the four patterns on 4 KiB pages
-with postcopy-preempt and max-postcopy-bandwidth 64 MiB/s on both builds,
+access pattern x page size x postcopy-preempt, runs paired (one run of
+each build, the same workload seed, the builds taking turns going
+first) and the cells interleaved pair by pair.  By default the four
+patterns on 4 KiB pages with postcopy-preempt and max-postcopy-bandwidth 64 MiB/s on both builds,
 7 runs of each build (13 minutes on a 2-core TCG host); the whole
 matrix is --pages 4k,2m --preempt off,on (about an hour).  Raw results:
 build/bench-e2e/<time>/results.jsonl; the report (per cell, the median

@@ -114,13 +114,16 @@ def _load_range(recs: List[dict]) -> str:
 
 def run_order(recs: List[dict]) -> str:
     """How the runs were ordered, read from the records (older results ran
-    each cell's pairs back to back)."""
+    each cell's pairs back to back, unpatched first)."""
+    first = {"alternating": "the builds taking turns going first (ABBA...)",
+             "unpatched first": "unpatched then patched",
+             "patched first": "patched then unpatched"}[bs.order_of(recs)]
     cells = [r["cell"] for r in sorted(recs, key=lambda r: r["seq"])]
     if len(set(cells)) < 2:
-        return "alternated (ABAB...)"
+        return first
     if len(cells) > 2 and cells[2] != cells[0]:
-        return "the cells interleaved pair by pair (every cell once per pair)"
-    return "each cell's pairs back to back (ABAB...)"
+        return "%s, the cells interleaved pair by pair (every cell once per pair)" % first
+    return "%s, each cell's pairs back to back" % first
 
 
 def render(recs: List[dict], meta: dict) -> str:
@@ -166,7 +169,7 @@ def render(recs: List[dict], meta: dict) -> str:
         "cap by default (56 runs: 13 minutes on this 2-core TCG host when little else "
         "runs); `ARGS=\"--pages 4k,2m --preempt off,on\"` is the whole matrix (224 runs, "
         "about an hour)." % (len(sums), DEFAULT_POSTCOPY_BANDWIDTH),
-        "- **Runs**: %d pair(s) per cell, unpatched then patched, %s; a pair is the two "
+        "- **Runs**: %d pair(s) per cell, %s; a pair is the two "
         "runs with the same workload seed. Ratio = patched / unpatched of the same pair; "
         "the table gives the median ratio and its 95 %% bootstrap interval (%d resamples of "
         "the pairs, seed %d). Raw results: `%s`."

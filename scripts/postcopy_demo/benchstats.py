@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """The statistics of `make bench-e2e` (scenarios/bench.py): runs of the
-two builds paired by pair number (ABAB...: one run of each build per
-pair, the same workload seed), the patched/unpatched
+two builds paired by pair number (one run of each build per pair, the
+same workload seed, the builds taking turns going first), the
+patched/unpatched
 ratio of each pair, their median and a percentile bootstrap confidence
 interval of that median (pairs resampled with replacement, fixed seed).
 Pure functions, unit-tested by scripts/tests/test_bench_stats.py."""
@@ -38,12 +39,28 @@ def percentile(sorted_xs: Sequence[float], q: float) -> float:
 
 def schedule(cells: Sequence, runs: int) -> List[Tuple[object, int, str]]:
     """The order of the runs, as (cell, pair, kind): pair by pair, every
-    cell once per pair, unpatched then patched.  Interleaving the cells
-    spreads a slow spell of the machine over all of them; running a cell's
-    pairs back to back let one cell catch it whole (the same 2 MiB cell
-    measured 1.003x and 1.47x an hour apart)."""
+    cell once per pair.  Interleaving the cells spreads a slow spell of
+    the machine over all of them; running a cell's pairs back to back let
+    one cell catch it whole (the same 2 MiB cell measured 1.003x and 1.47x
+    an hour apart).  Within a pair the builds take turns going first
+    (unpatched first in even pairs, patched first in odd ones): a build
+    that always ran second would carry whatever the first run leaves
+    behind (an unpatched-against-unpatched run measured the second of each
+    pair at 0.97x and 1.03x of the first)."""
     return [(cell, pair, kind) for pair in range(runs) for cell in cells
-            for kind in (BASE, TEST)]
+            for kind in ((BASE, TEST) if pair % 2 == 0 else (TEST, BASE))]
+
+
+def order_of(runs: Sequence[dict]) -> str:
+    """Which build went first in the pairs of these records: "unpatched
+    first", "patched first" or "alternating"."""
+    first: Dict[Tuple[object, object], str] = {}
+    for r in sorted(runs, key=lambda r: r["seq"]):
+        first.setdefault((r.get("cell"), r.get("pair")), r.get("kind"))
+    kinds = set(first.values())
+    if kinds == {TEST}:
+        return "patched first"
+    return "alternating" if TEST in kinds else "unpatched first"
 
 
 def pairs(runs: Sequence[dict]) -> List[Tuple[dict, dict]]:

@@ -10,6 +10,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from postcopy_demo import benchreport as br  # noqa: E402
+from postcopy_demo import benchstats as bs  # noqa: E402
 
 
 def rec(seq, kind, blocktime, **kw):
@@ -76,6 +77,10 @@ class Render(unittest.TestCase):
         self.assertIn("back to back", br.run_order(back_to_back))
         self.assertIn("interleaved", br.run_order(interleaved))
         self.assertIn("interleaved", br.render(interleaved, dict(META, runs=1)))
+        self.assertIn("unpatched then patched", br.run_order(interleaved))
+        turns = [dict(rec(i, k, 10, cell=c), pair=p)
+                 for i, (c, p, k) in enumerate(bs.schedule(["a", "b"], 2))]
+        self.assertIn("taking turns going first", br.run_order(turns))
 
 
 class Doc(unittest.TestCase):

@@ -63,12 +63,23 @@ class Pairing(unittest.TestCase):
         self.assertEqual([(a["seq"], b["seq"]) for a, b in prs], [(0, 1), (4, 5)])
         self.assertEqual(bs.ratios(prs, lambda r: r["v"]), [2.0, 3.0])
 
-    def test_schedule_interleaves_cells_pair_by_pair(self):
+    def test_schedule_interleaves_cells_and_alternates_who_goes_first(self):
         order = bs.schedule(["a", "b"], 2)
         self.assertEqual(order, [("a", 0, "unpatched"), ("a", 0, "patched"),
                                  ("b", 0, "unpatched"), ("b", 0, "patched"),
-                                 ("a", 1, "unpatched"), ("a", 1, "patched"),
-                                 ("b", 1, "unpatched"), ("b", 1, "patched")])
+                                 ("a", 1, "patched"), ("a", 1, "unpatched"),
+                                 ("b", 1, "patched"), ("b", 1, "unpatched")])
+
+    def test_order_of_reads_who_went_first(self):
+        recs = [dict(seq=i, cell=c, pair=p, kind=k)
+                for i, (c, p, k) in enumerate(bs.schedule(["a", "b"], 3))]
+        self.assertEqual(bs.order_of(recs), "alternating")
+        # Older results: unpatched always first.
+        old = [dict(seq=i, cell="a", pair=i // 2, kind=("unpatched", "patched")[i % 2])
+               for i in range(6)]
+        self.assertEqual(bs.order_of(old), "unpatched first")
+        # Only the first run of a pair counts, whatever order seq lists them in.
+        self.assertEqual(bs.order_of(list(reversed(old))), "unpatched first")
 
     def test_missing_or_zero_base_has_no_ratio(self):
         prs = [({"v": 0}, {"v": 3}), ({"v": None}, {"v": 3}), ({"v": 2}, {"v": None}),

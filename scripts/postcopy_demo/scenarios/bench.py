@@ -33,7 +33,7 @@ from ..session import Session
 PATTERNS = ("random-write", "random-read", "seq", "mix")
 PAGES = {"4k": "4K", "2m": "2M"}
 PREEMPT = {"off": False, "on": True}
-KINDS = (benchstats.BASE, benchstats.TEST)   # A, B: the order of every pair
+KINDS = (benchstats.BASE, benchstats.TEST)   # the two builds
 ACTIVE_TIMEOUT = 60.0                   # s for the destination's postcopy-active
 
 
@@ -230,8 +230,9 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
 
 
 def run_bench(cfg: Config, out=print) -> List[dict]:
-    """Every cell, cfg.runs pairs each (unpatched then patched), the cells
-    interleaved pair by pair (benchstats.schedule), each run appended to
+    """Every cell, cfg.runs pairs each, the cells interleaved pair by pair
+    and the builds taking turns going first (benchstats.schedule), each run
+    appended to
     cfg.outdir/results.jsonl as it ends."""
     os.makedirs(cfg.outdir, exist_ok=True)
     path = os.path.join(cfg.outdir, "results.jsonl")
