@@ -13,7 +13,7 @@ from typing import Optional
 from .options import MiB, ram_spec_str
 from .qmp import QMPError
 from .report import fmt_bytes, progress_line
-from .vm import has_trace_event, trace_events
+from .vm import has_trace_event, trace_events, why_paused
 
 FINAL = ("completed", "failed", "cancelled")
 
@@ -118,8 +118,11 @@ def poll_until_done(session, src, dst, res: dict, switch_mib: int, t0: float,
             res["status"] = st
             break
         if st == "postcopy-paused":
-            res.update(status="failed", error="postcopy paused (the channel broke during "
-                       "postcopy)")
+            # A broken channel, or a destination that could not go on.
+            whys = ["%s: %s" % (vm.name, why) for vm in (dst, src)
+                    for why in [why_paused(vm.stderr_path)] if why]
+            res.update(status="failed", error="postcopy paused: %s" % (
+                "; ".join(whys) or "neither QEMU said why on stderr"))
             break
         if not dst.alive():
             dst_dead_since = dst_dead_since or time.monotonic()

@@ -6,7 +6,6 @@ What is ours: waiting for QEMU to listen on its socket (or die first), one
 exception type for a refused command, and a timeout per command."""
 
 import asyncio
-import os
 import subprocess
 import time
 from typing import Optional

@@ -8,6 +8,7 @@ trace events (its counters), goes to the session's log directory."""
 import functools
 import mmap
 import os
+import re
 import subprocess
 from typing import Dict, List, Optional
 
@@ -17,6 +18,32 @@ from .procs import kill_proc, spawn
 from .qmp import QMPError, QMPSession
 
 TRACE_PATTERN = "postcopy_rs_*"
+# A trace event's line from QEMU's log backend: the event first, after
+# "pid@seconds:" with -msg timestamp=on.  The library's error messages
+# ("qemu-system-x86_64: postcopy-rs: postcopy_rs_place_page: ...") are not.
+TRACE_LINE = re.compile(r"(\d+@\d+\.\d+:)?postcopy_rs_\w+ ")
+
+
+def stderr_lines(path: str) -> List[str]:
+    """A QEMU's stderr without the library's trace events ([] if none)."""
+    try:
+        with open(path, "r", errors="replace") as f:
+            return [ln.rstrip("\n") for ln in f if not TRACE_LINE.match(ln)]
+    except OSError:
+        return []
+
+
+def why_paused(path: str) -> Optional[str]:
+    """What a QEMU's stderr says of a failure: the library's first error,
+    else the last line that says "error" or "fail"; None if neither."""
+    lines = stderr_lines(path)
+    for ln in lines:
+        if "postcopy-rs:" in ln:
+            return ln
+    for ln in reversed(lines):
+        if re.search(r"error|fail", ln, re.IGNORECASE):
+            return ln
+    return None
 
 
 def trace_events(path: str, event: str) -> List[Dict[str, int]]:
@@ -178,11 +205,7 @@ class VM:
             else otherwise
 
     def stderr_excerpt(self, n=15) -> str:
-        try:
-            with open(self.stderr_path, "r", errors="replace") as f:
-                lines = [ln.rstrip("\n") for ln in f if TRACE_PATTERN[:-1] not in ln]
-        except OSError:
-            return ""
+        lines = stderr_lines(self.stderr_path)
         if not lines:
             return "  (%s QEMU printed nothing on stderr)" % self.name
         return "\n".join("  %s stderr| %s" % (self.name, ln) for ln in lines[-n:])

@@ -34,7 +34,7 @@ from ..procs import kill_proc, spawn
 from ..qmp import QMPError
 from ..report import fmt_bytes
 from ..session import Session
-from ..vm import TRACE_PATTERN, parse_latency, parse_trace
+from ..vm import TRACE_PATTERN, parse_latency, parse_trace, stderr_lines
 
 DOMAIN = "pcrs-demo"
 # Inside each daemon's own /var/lib/libvirt: one path, two files.
@@ -122,11 +122,7 @@ class Domain:
         return otherwise if self.alive() else "QEMU is not running"
 
     def stderr_excerpt(self, n=15) -> str:
-        try:
-            with open(self.stderr_path, errors="replace") as f:
-                lines = [ln.rstrip("\n") for ln in f if TRACE_PATTERN[:-1] not in ln]
-        except OSError:
-            return ""
+        lines = stderr_lines(self.stderr_path)
         return "\n".join("  %s qemu log| %s" % (self.name, ln) for ln in lines[-n:])
 
     def console_excerpt(self, n=25) -> str:
