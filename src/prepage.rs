@@ -32,9 +32,17 @@
 //!   never pre-paged, whatever the window says (the window, and the
 //!   `max_window` counter, still follow the stream).
 //! - **Misses** shrink it to one page: a stream whose run is not hit
-//!   before the stream is replaced (the least recently used of
-//!   [`STREAMS`] goes) or the thread pauses is dropped, and a fault there
-//!   later starts a new stream at `W = 1`.
+//!   before the stream is replaced or the thread pauses is dropped, and a
+//!   fault there later starts a new stream at `W = 1`.
+//! - **Replacement** protects streams that grew: a new stream replaces the
+//!   least recently used stream *still at `W = 1`* while at least half of
+//!   the [`STREAMS`] are at `W = 1`, and the least recently used grown one
+//!   otherwise.  Every random fault starts a stream, so under plain LRU a
+//!   thread's random reads (the `mix` pattern: 64 random reads, then 64
+//!   pages of a sweep) replaced the sweeping thread's stream within
+//!   [`STREAMS`] faults, and each run of its sweep began again at one page.
+//!   Half of the table stays for new streams, so grown streams that have
+//!   died cannot keep a new one from growing.
 //!
 //! # What was taken from where
 //!
@@ -363,8 +371,9 @@ impl Prepager {
         self.settings.as_ref().map_or(1, |s| s.max_pages)
     }
 
-    /// A new stream at `page`, in place of the least recently used one if
-    /// the table is full.
+    /// A new stream at `page`; if the table is full, in place of the least
+    /// recently used stream at one page, or of the least recently used
+    /// grown one while those fill more than half of it.
     fn start_stream(&mut self, handle: usize, page_size: u64, page: u64) -> usize {
         add(Counter::Streams, 1);
         let s = Stream {
@@ -380,7 +389,10 @@ impl Prepager {
             self.streams.push(s);
             return self.streams.len() - 1;
         }
+        let grown = self.streams.iter().filter(|t| t.window > 1).count();
+        let from_grown = grown > STREAMS / 2;
         let lru = (0..self.streams.len())
+            .filter(|&i| (self.streams[i].window > 1) == from_grown)
             .min_by_key(|&i| self.streams[i].used)
             .unwrap_or(0);
         self.close(lru, Close::Dropped);
@@ -602,20 +614,80 @@ mod tests {
         assert_eq!(s.p.windows(), vec![4]);
     }
 
+    /// A stream's random neighbours (here: every fault of another thread
+    /// reading at random) do not replace it while it grows.
     #[test]
-    fn a_stream_dropped_unhit_restarts_at_one_page() {
+    fn random_faults_do_not_replace_a_grown_stream() {
         let mut s = Sim::new(16, 1 << 14);
         for i in 0..3 {
             s.fault(1, i);
         }
         assert_eq!(s.p.windows()[0], 4);
-        // STREAMS random faults elsewhere replace it.
-        for k in 0..STREAMS as u64 {
+        for k in 0..4 * STREAMS as u64 {
             s.fault(1, 1000 + 10 * k);
         }
         s.arrive();
         s.fault(1, 3);
+        assert_eq!(*s.asked.last().unwrap(), 4);
+        assert!(s.p.streams.len() <= STREAMS);
+    }
+
+    /// Past half of the table, grown streams are replaced as any other:
+    /// the least recently used one goes, and a fault there starts again
+    /// at one page.
+    #[test]
+    fn a_grown_stream_dropped_unhit_restarts_at_one_page() {
+        let n = STREAMS as u64 / 2 + 1;
+        let mut s = Sim::new(16, 1 << 16);
+        // n streams, 1000 pages apart, each grown to 4 (its next fault:
+        // page 3).
+        for i in 0..3 {
+            for k in 0..n {
+                s.fault(1, 1000 * k + i);
+            }
+        }
+        assert_eq!(s.p.windows(), vec![4; n as usize]);
+        s.arrive();
+        // Random faults fill the table; the next one replaces stream 0,
+        // the least recently used grown one.
+        for k in 0..(STREAMS as u64 - n) + 1 {
+            s.fault(1, 50_000 + 10 * k);
+        }
+        s.fault(1, 3);
         assert_eq!(*s.asked.last().unwrap(), 1);
+        s.fault(1, 1000 + 3);
+        assert_eq!(*s.asked.last().unwrap(), 4);
+    }
+
+    /// The guest's `mix` pattern: a thread alternates 64 pages of a
+    /// sweep with 64 random reads.  After the first run, each run of the
+    /// sweep costs at most 64 / 16 + 1 faults.
+    #[test]
+    fn a_sweep_between_random_reads_keeps_its_window() {
+        let mut s = Sim::new(16, 1 << 20);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = 0;
+        let mut sweep_faults = Vec::new();
+        for _ in 0..20 {
+            let before = s.asked.len();
+            let end = next + 64;
+            while next < end {
+                s.fault(1, next);
+                next += *s.asked.last().unwrap();
+                s.arrive();
+            }
+            sweep_faults.push(s.asked.len() - before);
+            for _ in 0..64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                s.fault(1, (1 << 19) + (x % (1 << 18)) * 2);
+            }
+        }
+        assert!(
+            sweep_faults[1..].iter().all(|&f| f <= 64 / 16 + 1),
+            "faults per run of the sweep: {sweep_faults:?}"
+        );
     }
 
     #[test]
