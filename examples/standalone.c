@@ -165,7 +165,7 @@ int main(void)
         CHECK(received[i / 64] & (1UL << (i % 64)));
     }
 
-    CHECK(postcopy_rs_get_stats(&stats) == 0);
+    CHECK(postcopy_rs_get_stats(&stats, sizeof(stats)) == (int)sizeof(stats));
     CHECK(stats.zero_pages_placed == 1);
     CHECK(stats.pages_placed == NPAGES - 1);
     CHECK(stats.pages_requested == NPAGES - 1);

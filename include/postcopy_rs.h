@@ -656,13 +656,19 @@ int postcopy_rs_fault_thread_set_shared_fds(PostcopyRsFaultThread *t,
 void postcopy_rs_set_log_fn(PostcopyRsLogFn log_fn, int max_level);
 
 /**
- * Copy the library's counters into `*out`.  Returns 0, or `-EFAULT` if
- * `out` is NULL.
+ * Copy the library's counters into `*out`.
+ *
+ * `size` is the caller's `sizeof(PostcopyRsStats)`: the library writes
+ * the first `size` bytes of its own struct at most, so that a caller built
+ * against this header keeps working when later versions append fields
+ * (as for `postcopy_rs_get_latency()` and
+ * `postcopy_rs_get_prepage_stats()`).  Returns the number of bytes
+ * written, or `-EFAULT` if `out` is NULL.
  *
  * # Safety
- * `out`, if not NULL, must point to a writable `PostcopyRsStats`.
+ * `out`, if not NULL, must be writable for `size` bytes.
  */
-int postcopy_rs_get_stats(PostcopyRsStats *out);
+int postcopy_rs_get_stats(PostcopyRsStats *out, size_t size);
 
 /**
  * Zero the library's counters, the pre-paging ones and the latency
@@ -735,13 +741,15 @@ int postcopy_rs_fault_thread_set_prepage(PostcopyRsFaultThread *t,
 
 /**
  * Copy the pre-paging counters (all fault threads of the process, since
- * start or the last `postcopy_rs_reset_stats()`) into `*out`.  Returns 0,
- * or `-EFAULT` if `out` is NULL.
+ * start or the last `postcopy_rs_reset_stats()`) into `*out`, its first
+ * `size` bytes at most (`sizeof(PostcopyRsPrepageStats)`, as for
+ * `postcopy_rs_get_stats()`).  Returns the number of bytes written, or
+ * `-EFAULT` if `out` is NULL.
  *
  * # Safety
- * `out`, if not NULL, must point to a writable `PostcopyRsPrepageStats`.
+ * `out`, if not NULL, must be writable for `size` bytes.
  */
-int postcopy_rs_get_prepage_stats(PostcopyRsPrepageStats *out);
+int postcopy_rs_get_prepage_stats(PostcopyRsPrepageStats *out, size_t size);
 
 /**
  * Canonicalise a RAMBlock's dirty bitmap to host pages: every host page

@@ -54,7 +54,14 @@ const EINVAL: i32 = -libc::EINVAL;
 const ERANGE: i32 = -libc::ERANGE;
 const EBADF: i32 = -libc::EBADF;
 const ESRCH: i32 = -libc::ESRCH;
+const STATS_SIZE: usize = std::mem::size_of::<PostcopyRsStats>();
+const PREPAGE_STATS_SIZE: usize = std::mem::size_of::<PostcopyRsPrepageStats>();
 const LATENCY_SIZE: usize = std::mem::size_of::<PostcopyRsLatency>();
+/// The largest struct a getter writes.
+const GETTER_MAX: usize = 256;
+const _: () = assert!(
+    STATS_SIZE <= GETTER_MAX && PREPAGE_STATS_SIZE <= GETTER_MAX && LATENCY_SIZE <= GETTER_MAX
+);
 
 // --- The watchdog ----------------------------------------------------------
 
@@ -96,14 +103,17 @@ fn bounded<T>(what: impl FnOnce() -> String, f: impl FnOnce() -> T) -> T {
 fn stats() -> PostcopyRsStats {
     let mut s = PostcopyRsStats::default();
     // SAFETY: a live, writable PostcopyRsStats.
-    assert_eq!(unsafe { ffi::postcopy_rs_get_stats(&mut s) }, 0);
+    assert_eq!(unsafe { ffi::postcopy_rs_get_stats(&mut s, STATS_SIZE) }, STATS_SIZE as i32);
     s
 }
 
 fn ffi_prepage_stats() -> PostcopyRsPrepageStats {
     let mut s = PostcopyRsPrepageStats::default();
     // SAFETY: a live, writable PostcopyRsPrepageStats.
-    assert_eq!(unsafe { ffi::postcopy_rs_get_prepage_stats(&mut s) }, 0);
+    assert_eq!(
+        unsafe { ffi::postcopy_rs_get_prepage_stats(&mut s, PREPAGE_STATS_SIZE) },
+        PREPAGE_STATS_SIZE as i32
+    );
     s
 }
 
@@ -231,9 +241,10 @@ enum Op {
         null: bool,
         len: usize,
     },
-    GetStatsNull,
-    /// `postcopy_rs_get_latency()` into a NULL or a buffer of `size` bytes.
-    GetLatency {
+    /// A getter (0: `postcopy_rs_get_stats()`, 1: `_get_prepage_stats()`,
+    /// 2: `_get_latency()`) into a NULL or a buffer of `size` bytes.
+    GetCounters {
+        which: u8,
         null: bool,
         size: usize,
     },
@@ -344,9 +355,12 @@ fn op() -> impl Strategy<Value = Op> {
         ])
             .prop_map(|(null, nr_pages, ratio)| Op::Chunk { null, nr_pages, ratio }),
         1 => (any::<bool>(), 0..200usize).prop_map(|(null, len)| Op::Message { null, len }),
-        1 => Just(Op::GetStatsNull),
-        1 => (prop::bool::weighted(0.3), prop_oneof![0..=LATENCY_SIZE + 16, any::<usize>()])
-            .prop_map(|(null, size)| Op::GetLatency { null, size }),
+        2 => (
+            0..3u8,
+            prop::bool::weighted(0.3),
+            prop_oneof![0..=GETTER_MAX + 16, any::<usize>()]
+        )
+            .prop_map(|(which, null, size)| Op::GetCounters { which, null, size }),
     ]
 }
 
@@ -1195,31 +1209,31 @@ impl Case {
                 }
                 Ok(())
             }
-            Op::GetStatsNull => {
-                // SAFETY: NULL.
-                let ret = unsafe { ffi::postcopy_rs_get_stats(std::ptr::null_mut()) };
-                prop_assert_eq!(ret, EFAULT);
-                // SAFETY: NULL.
-                let pret = unsafe { ffi::postcopy_rs_get_prepage_stats(std::ptr::null_mut()) };
-                prop_assert_eq!(pret, EFAULT);
-                Ok(())
-            }
-            Op::GetLatency { null, size } => {
+            Op::GetCounters { which, null, size } => {
                 // A struct and guard bytes after it: whatever `size` says,
                 // the library writes its own struct's size at most.
-                let mut buf = [0x55u8; LATENCY_SIZE + 64];
+                let mut buf = [0x55u8; GETTER_MAX + 64];
                 let p = if null {
                     std::ptr::null_mut()
                 } else {
-                    buf.as_mut_ptr().cast::<PostcopyRsLatency>()
+                    buf.as_mut_ptr()
                 };
                 // SAFETY: NULL, or buf, writable for min(size, its length)
                 // bytes, which is all the library may write.
-                let ret = bounded(what, || unsafe { ffi::postcopy_rs_get_latency(p, size) });
+                let (ret, own) = bounded(what, || unsafe {
+                    match which {
+                        0 => (ffi::postcopy_rs_get_stats(p.cast(), size), STATS_SIZE),
+                        1 => (
+                            ffi::postcopy_rs_get_prepage_stats(p.cast(), size),
+                            PREPAGE_STATS_SIZE,
+                        ),
+                        _ => (ffi::postcopy_rs_get_latency(p.cast(), size), LATENCY_SIZE),
+                    }
+                });
                 if null {
                     prop_assert_eq!(ret, EFAULT, "{}", &call);
                 } else {
-                    let n = size.min(LATENCY_SIZE);
+                    let n = size.min(own);
                     prop_assert_eq!(ret as usize, n, "{}", &call);
                     prop_assert!(buf[n..].iter().all(|&b| b == 0x55), "{}: overran", &call);
                 }

@@ -2,8 +2,7 @@
 //! Exports for both sides: the log sink, the counters, the latency
 //! histogram, and the messages about mismatched page sizes.
 
-use super::{boundary, try_mut, try_slice_mut};
-use crate::error::Error;
+use super::{boundary, copy_out, try_slice_mut};
 use crate::latency::{self, PostcopyRsLatency};
 use crate::log::{self, PostcopyRsLogLevel};
 use crate::pagesize;
@@ -52,17 +51,22 @@ pub unsafe extern "C" fn postcopy_rs_set_log_fn(log_fn: PostcopyRsLogFn, max_lev
     log::set_sink(log_fn.map(CLogSink), level);
 }
 
-/// Copy the library's counters into `*out`.  Returns 0, or `-EFAULT` if
-/// `out` is NULL.
+/// Copy the library's counters into `*out`.
+///
+/// `size` is the caller's `sizeof(PostcopyRsStats)`: the library writes
+/// the first `size` bytes of its own struct at most, so that a caller built
+/// against this header keeps working when later versions append fields
+/// (as for `postcopy_rs_get_latency()` and
+/// `postcopy_rs_get_prepage_stats()`).  Returns the number of bytes
+/// written, or `-EFAULT` if `out` is NULL.
 ///
 /// # Safety
-/// `out`, if not NULL, must point to a writable `PostcopyRsStats`.
+/// `out`, if not NULL, must be writable for `size` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn postcopy_rs_get_stats(out: *mut PostcopyRsStats) -> c_int {
+pub unsafe extern "C" fn postcopy_rs_get_stats(out: *mut PostcopyRsStats, size: usize) -> c_int {
     boundary("postcopy_rs_get_stats", || {
-        // SAFETY: NULL or writable (contract).
-        *unsafe { try_mut(out, "out") }? = stats::snapshot();
-        Ok(())
+        // SAFETY: NULL or writable for `size` bytes (contract).
+        unsafe { copy_out(out, size, &stats::snapshot()) }
     })
 }
 
@@ -95,22 +99,8 @@ pub unsafe extern "C" fn postcopy_rs_get_latency(
     size: usize,
 ) -> c_int {
     boundary("postcopy_rs_get_latency", || {
-        if out.is_null() {
-            return Err(Error::Null("out"));
-        }
-        let snap = latency::snapshot();
-        let n = size.min(std::mem::size_of::<PostcopyRsLatency>());
-        // SAFETY: `snap` is a live PostcopyRsLatency, readable for its size;
-        // `out` is writable for `size` bytes (contract) and does not
-        // overlap a local; n is at most both.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                std::ptr::from_ref(&snap).cast::<u8>(),
-                out.cast::<u8>(),
-                n,
-            );
-        }
-        Ok(c_int::try_from(n).unwrap_or(c_int::MAX))
+        // SAFETY: NULL or writable for `size` bytes (contract).
+        unsafe { copy_out(out, size, &latency::snapshot()) }
     })
 }
 

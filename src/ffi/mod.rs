@@ -158,6 +158,27 @@ fn check_len<T>(n: usize) -> Result<()> {
     }
 }
 
+/// Copy `value` into C's `*out`, its first `size` bytes at most, for the
+/// getters whose struct may grow: a caller built against an older header
+/// passes its smaller `sizeof` and gets the fields it knows.  Returns the
+/// bytes written, or `Error::Null("out")`.
+///
+/// # Safety
+/// `out`, if not NULL, must be writable for `size` bytes.
+pub unsafe fn copy_out<T: Copy>(out: *mut T, size: usize, value: &T) -> Result<c_int> {
+    if out.is_null() {
+        return Err(Error::Null("out"));
+    }
+    let n = size.min(std::mem::size_of::<T>());
+    // SAFETY: `value` is readable for size_of::<T>() bytes; `out` is
+    // writable for `size` bytes (contract) and cannot overlap a reference
+    // we hold; n is at most both.
+    unsafe {
+        std::ptr::copy_nonoverlapping(std::ptr::from_ref(value).cast::<u8>(), out.cast::<u8>(), n);
+    }
+    Ok(c_int::try_from(n).unwrap_or(c_int::MAX))
+}
+
 /// A C string, or None for NULL.
 ///
 /// # Safety

@@ -4,7 +4,7 @@
 //! and `PostcopyRsFaultOps` keep their size: a caller built against an
 //! older header is never read past.
 
-use super::{boundary, handles, try_mut};
+use super::{boundary, copy_out, handles};
 use crate::error::{Error, Result};
 use crate::prepage::{self, PostcopyRsPrepageStats, RangeRequester, Settings};
 use std::os::raw::{c_int, c_void};
@@ -118,16 +118,20 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_set_prepage(
 }
 
 /// Copy the pre-paging counters (all fault threads of the process, since
-/// start or the last `postcopy_rs_reset_stats()`) into `*out`.  Returns 0,
-/// or `-EFAULT` if `out` is NULL.
+/// start or the last `postcopy_rs_reset_stats()`) into `*out`, its first
+/// `size` bytes at most (`sizeof(PostcopyRsPrepageStats)`, as for
+/// `postcopy_rs_get_stats()`).  Returns the number of bytes written, or
+/// `-EFAULT` if `out` is NULL.
 ///
 /// # Safety
-/// `out`, if not NULL, must point to a writable `PostcopyRsPrepageStats`.
+/// `out`, if not NULL, must be writable for `size` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn postcopy_rs_get_prepage_stats(out: *mut PostcopyRsPrepageStats) -> c_int {
+pub unsafe extern "C" fn postcopy_rs_get_prepage_stats(
+    out: *mut PostcopyRsPrepageStats,
+    size: usize,
+) -> c_int {
     boundary("postcopy_rs_get_prepage_stats", || {
-        // SAFETY: NULL or writable (contract).
-        *unsafe { try_mut(out, "out") }? = prepage::snapshot();
-        Ok(())
+        // SAFETY: NULL or writable for `size` bytes (contract).
+        unsafe { copy_out(out, size, &prepage::snapshot()) }
     })
 }

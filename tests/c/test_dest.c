@@ -188,7 +188,7 @@ static PostcopyRsStats stats(void)
     PostcopyRsStats st;
 
     memset(&st, 0, sizeof(st));
-    CHECK(postcopy_rs_get_stats(&st) == 0);
+    CHECK(postcopy_rs_get_stats(&st, sizeof(st)) == (int)sizeof(st));
     return st;
 }
 
@@ -378,7 +378,7 @@ static PostcopyRsPrepageStats prepage_stats(void)
 {
     PostcopyRsPrepageStats s;
 
-    REQUIRE(postcopy_rs_get_prepage_stats(&s) == 0);
+    REQUIRE(postcopy_rs_get_prepage_stats(&s, sizeof(s)) == (int)sizeof(s));
     return s;
 }
 
@@ -1413,7 +1413,7 @@ static void test_fake_prepage(void)
     CHECK(postcopy_rs_fault_thread_set_prepage(
               t, POSTCOPY_RS_PREPAGE_MAX_PAGES + 1, cb_request_range) ==
           -EINVAL);
-    CHECK(postcopy_rs_get_prepage_stats(NULL) == -EFAULT);
+    CHECK(postcopy_rs_get_prepage_stats(NULL, sizeof(PostcopyRsPrepageStats)) == -EFAULT);
     CHECK(postcopy_rs_fault_thread_set_prepage(t, 4, cb_request_range) == 0);
 
     /* Page 0 starts a stream: one page, through request_page. */

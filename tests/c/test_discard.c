@@ -111,7 +111,7 @@ static void test_known_bitmaps(void)
     for (unsigned long i = 1000; i < 1024; i++) {
         CHECK(test_bit(pc->bmap, i));
     }
-    CHECK(postcopy_rs_get_stats(&st) == 0);
+    CHECK(postcopy_rs_get_stats(&st, sizeof(st)) == (int)sizeof(st));
     CHECK(st.discard_blocks == 3);
     CHECK(st.discard_runs == 5);
     CHECK(st.discard_pages == 3 + 3 + 1 + 1024 + 512);
@@ -263,8 +263,8 @@ int main(void)
 
     test_chunk_hostpages_export();
     test_pagesize_mismatch();
-    CHECK(postcopy_rs_get_stats(NULL) == -EFAULT);
-    CHECK(postcopy_rs_get_stats(&st) == 0);
+    CHECK(postcopy_rs_get_stats(NULL, sizeof(PostcopyRsStats)) == -EFAULT);
+    CHECK(postcopy_rs_get_stats(&st, sizeof(st)) == (int)sizeof(st));
 
     /* Out-of-range log levels are clamped, not undefined behaviour. */
     postcopy_rs_set_log_fn(NULL, 1000);
