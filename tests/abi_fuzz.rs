@@ -103,17 +103,16 @@ fn bounded<T>(what: impl FnOnce() -> String, f: impl FnOnce() -> T) -> T {
 fn stats() -> PostcopyRsStats {
     let mut s = PostcopyRsStats::default();
     // SAFETY: a live, writable PostcopyRsStats.
-    assert_eq!(unsafe { ffi::postcopy_rs_get_stats(&mut s, STATS_SIZE) }, STATS_SIZE as i32);
+    let n = unsafe { ffi::postcopy_rs_get_stats(&mut s, STATS_SIZE) };
+    assert_eq!(n, STATS_SIZE as i32);
     s
 }
 
 fn ffi_prepage_stats() -> PostcopyRsPrepageStats {
     let mut s = PostcopyRsPrepageStats::default();
     // SAFETY: a live, writable PostcopyRsPrepageStats.
-    assert_eq!(
-        unsafe { ffi::postcopy_rs_get_prepage_stats(&mut s, PREPAGE_STATS_SIZE) },
-        PREPAGE_STATS_SIZE as i32
-    );
+    let n = unsafe { ffi::postcopy_rs_get_prepage_stats(&mut s, PREPAGE_STATS_SIZE) };
+    assert_eq!(n, PREPAGE_STATS_SIZE as i32);
     s
 }
 
