@@ -8,7 +8,9 @@
 //! - reads up to [`BATCH`] `uffd_msg` per `read()` (QEMU reads one);
 //! - maps each fault to its block and host page, tells the embedder about
 //!   every fault (blocktime accounting), and requests each page from the
-//!   source at most once while it is in flight, never once received;
+//!   source at most once while it is in flight, never once received (but
+//!   a page that was only pre-paged is asked for again, alone, when a
+//!   thread faults on it: a source may not send all of a range);
 //! - notes the time of the first fault on each missing host page, for the
 //!   fault-to-placement latency ([`crate::latency`]);
 //! - pauses when a request fails (broken return path) until
@@ -425,8 +427,8 @@ struct Loop<'a> {
     shared: &'a Shared,
     uffd: BorrowedFd<'a>,
     handler: &'a mut dyn FaultHandler,
-    /// Host pages requested and not yet seen received, and when.
-    inflight: HashMap<u64, Instant>,
+    /// Host pages requested and not yet seen received.
+    inflight: HashMap<u64, Request>,
     /// The same requests in the order made (with stale duplicates), to
     /// forget them by age without scanning: a receivedmap may be NULL, so
     /// nothing else bounds the table.
@@ -460,6 +462,14 @@ impl Drop for Loop<'_> {
 enum Next {
     Go,
     Quit,
+}
+
+/// A request in flight for one host page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Request {
+    at: Instant,
+    /// Asked for because a thread faulted on it, not pre-paged only.
+    faulted: bool,
 }
 
 impl Loop<'_> {
@@ -685,19 +695,31 @@ impl Loop<'_> {
             stats::add(Counter::RequestsDeduped, 1);
             return Ok(Next::Go);
         }
-        if self
-            .inflight
-            .get(&page)
-            .is_some_and(|at| at.elapsed() < self.request_again_after)
-        {
-            self.prepage.fault_in_flight(r.handle, page);
-            stats::add(Counter::RequestsDeduped, 1);
-            return Ok(Next::Go);
-        }
+        // A page that was only pre-paged, and that a thread now waits for,
+        // is asked for again, alone: a source may leave pages of a range
+        // unsent (QEMU 10.2's ram_save_queue_pages() with postcopy-preempt
+        // counts a page that its background stream is sending as one of
+        // the range's and does not move past it), and the waiting thread
+        // never faults again to retry.
+        let demand = match self.inflight.get(&page) {
+            Some(req) if req.at.elapsed() < self.request_again_after => {
+                self.prepage.fault_in_flight(r.handle, page);
+                if req.faulted {
+                    stats::add(Counter::RequestsDeduped, 1);
+                    return Ok(Next::Go);
+                }
+                true
+            }
+            _ => false,
+        };
         let (inflight, again) = (&self.inflight, self.request_again_after);
-        let npages = self.prepage.plan(r.handle, &block, page, |p| {
-            inflight.get(&p).is_some_and(|at| at.elapsed() < again)
-        });
+        let npages = if demand {
+            1
+        } else {
+            self.prepage.plan(r.handle, &block, page, |p| {
+                inflight.get(&p).is_some_and(|req| req.at.elapsed() < again)
+            })
+        };
         let asked = loop {
             // The faulting page first: alone, or at the head of the range.
             let sent = if npages > 1 {
@@ -719,10 +741,12 @@ impl Loop<'_> {
             }
         };
         stats::add(Counter::PagesRequested, 1);
-        self.prepage
-            .requested(r.handle, page, block.page_size, asked);
+        if !demand {
+            self.prepage
+                .requested(r.handle, page, block.page_size, asked);
+        }
         for i in 0..asked {
-            self.remember(page + i * block.page_size);
+            self.remember(page + i * block.page_size, i == 0);
         }
         Ok(Next::Go)
     }
@@ -761,7 +785,7 @@ impl Loop<'_> {
     /// Note a request for `page`, first forgetting requests old enough to
     /// be made again anyway, and the oldest past [`INFLIGHT_MAX`]: O(1)
     /// amortised, as each entry is queued once and dropped once.
-    fn remember(&mut self, page: u64) {
+    fn remember(&mut self, page: u64, faulted: bool) {
         let now = Instant::now();
         while let Some(&(old, at)) = self.requested.front() {
             if self.requested.len() < INFLIGHT_MAX
@@ -772,11 +796,11 @@ impl Loop<'_> {
             self.probes += 1;
             self.requested.pop_front();
             // Only if not asked again since (a newer entry is queued).
-            if self.inflight.get(&old) == Some(&at) {
+            if self.inflight.get(&old).is_some_and(|req| req.at == at) {
                 self.inflight.remove(&old);
             }
         }
-        self.inflight.insert(page, now);
+        self.inflight.insert(page, Request { at: now, faulted });
         self.requested.push_back((page, now));
     }
 }
@@ -872,6 +896,42 @@ mod tests {
             probes <= 2 * n,
             "{probes} table entries examined for {n} faults"
         );
+    }
+
+    /// A fault on a pre-paged page still in flight asks for it again,
+    /// alone, once; a second fault on it is de-duplicated.
+    #[test]
+    fn a_prepaged_page_faulted_on_is_asked_for_again() {
+        struct Ranges(std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>);
+        impl prepage::RangeRequester for Ranges {
+            fn request_range(&mut self, _: usize, offset: u64, len: u64, _: u64) -> Result<u64> {
+                self.0.lock().unwrap().push((offset, len));
+                Ok(0)
+            }
+        }
+        let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sh = shared();
+        let mut h = no_map();
+        let mut l = new_loop(&sh, &mut h);
+        l.prepage.configure(Some(prepage::Settings {
+            max_pages: 16,
+            requester: Box::new(Ranges(std::sync::Arc::clone(&ranges))),
+        }));
+        // Page 0 alone, then pages 1 and 2 in one range (the window grew).
+        for i in [0, 1] {
+            assert!(matches!(l.handle(&fault(HOST + i * 4096)), Ok(Next::Go)));
+        }
+        assert_eq!(*ranges.lock().unwrap(), vec![(4096, 2 * 4096)]);
+        // A thread waits on page 2: asked for alone; then de-duplicated.
+        for _ in 0..2 {
+            assert!(matches!(l.handle(&fault(HOST + 2 * 4096)), Ok(Next::Go)));
+        }
+        // A fault on page 1, the range's head (requested as a fault), is
+        // de-duplicated.
+        assert!(matches!(l.handle(&fault(HOST + 4096)), Ok(Next::Go)));
+        drop(l);
+        assert_eq!(h.requests, 2, "page 0, then page 2 on its own");
+        assert_eq!(ranges.lock().unwrap().len(), 1);
     }
 
     /// Requests older than the re-request timeout are forgotten as new

@@ -17,8 +17,16 @@
 //! pre-paging never delays the page a thread waits for.  The run stops
 //! early at the block's end, at a page already received (the receivedmap,
 //! when the embedder gave one) or at a page already in flight (the fault
-//! thread's table).  Pre-paged pages go into that table, so a fault on one
-//! is de-duplicated, not requested again.
+//! thread's table).  Pre-paged pages go into that table, so the range is
+//! not requested again page by page.  But the first fault on a page that
+//! was only pre-paged asks for that page again, alone (later ones are
+//! de-duplicated): QEMU 10.2's source, with postcopy-preempt, may leave
+//! the end of a range unsent (`ram_save_queue_pages()` counts a page that
+//! its background stream is sending as one of the range's and does not
+//! move past it), and the thread waiting on such a page never faults
+//! again: it waited up to 4.3 s for the background stream.  A page the
+//! source sent already is clean there, and the second request is
+//! dropped.
 //!
 //! - A fault that matches no stream starts a new one with `W = 1`: no
 //!   pre-paging.  So random faults never pre-page.
