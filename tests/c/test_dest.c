@@ -1387,8 +1387,9 @@ static void test_fake_fault_thread(void)
 
 /*
  * Pre-paging over synthetic faults: sequential faults grow the window,
- * each request starts at the faulting page, a fault on a pre-paged page
- * in flight is not requested again, and the counters say so.
+ * each request starts at the faulting page, a pre-paged page in flight
+ * is asked for again once (alone) when a thread faults on it, and the
+ * counters say so.
  */
 static void test_fake_prepage(void)
 {
