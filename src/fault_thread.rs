@@ -472,6 +472,13 @@ struct Request {
     faulted: bool,
 }
 
+impl Request {
+    /// Still in flight: younger than `again` (see [`REQUEST_AGAIN_AFTER`]).
+    fn live(&self, again: Duration) -> bool {
+        self.at.elapsed() < again
+    }
+}
+
 impl Loop<'_> {
     fn run(&mut self) -> Result<()> {
         let mut buf = [UffdMsg::default(); BATCH];
@@ -702,7 +709,7 @@ impl Loop<'_> {
         // the range's and does not move past it), and the waiting thread
         // never faults again to retry.
         let demand = match self.inflight.get(&page) {
-            Some(req) if req.at.elapsed() < self.request_again_after => {
+            Some(req) if req.live(self.request_again_after) => {
                 self.prepage.fault_in_flight(r.handle, page);
                 if req.faulted {
                     stats::add(Counter::RequestsDeduped, 1);
@@ -717,7 +724,7 @@ impl Loop<'_> {
             1
         } else {
             self.prepage.plan(r.handle, &block, page, |p| {
-                inflight.get(&p).is_some_and(|req| req.at.elapsed() < again)
+                inflight.get(&p).is_some_and(|req| req.live(again))
             })
         };
         let asked = loop {
