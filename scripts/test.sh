@@ -10,7 +10,9 @@
 #      userfaultfd (4 KiB and 2 MiB hugetlbfs pages); then the library
 #      built for x86_64-unknown-linux-musl, and the demo guest's workload
 #      on this host (guest/test-workload.sh, no VM), and the unit tests of
-#      the scripts' Python (scripts/tests: the benchmark's statistics);
+#      the scripts' Python (scripts/tests: the benchmark's statistics,
+#      the harness's reading of QEMU's stderr and its wait for QMP; with
+#      the qemu.qmp venv of scripts/demo-deps.sh);
 #   3. the QEMU stage (scripts/qemu-test.sh): Debian's QEMU 10.0.13 and
 #      10.2.2, each with its patch series and the one library, every
 #      postcopy qtest (TLS included), interoperability both ways and
@@ -69,8 +71,9 @@ fi
 step "the guest workload, on this host"
 guest/test-workload.sh
 
-step "the scripts' Python unit tests"
-python3 -m unittest discover -s scripts/tests -v
+step "the scripts' Python unit tests (in the qemu.qmp venv)"
+scripts/demo-deps.sh
+"${PCRS_QMP_VENV:-$PCRS_CACHE/qmp-venv}/bin/python3" -m unittest discover -s scripts/tests -v
 
 if [ "${POSTCOPY_RS_SKIP_QEMU:-0}" = 1 ]; then
     warn "POSTCOPY_RS_SKIP_QEMU=1: the QEMU stage is skipped"
