@@ -54,10 +54,18 @@ class Render(unittest.TestCase):
                 rec(2, "unpatched", 10), rec(3, "patched", 5)]
         md = br.render(recs, dict(META))
         self.assertIn("| seq/4k/preempt-off | 2 | 10.0 ms | 12.5 ms | 1.25x [0.50, 2.00] | "
-                      "inside the noise |", md)
+                      "inside the noise | 1.00x [1.00, 1.00] | 0.30 / 0.30 ms |", md)
         for _, what, _, _ in br.METRICS:
             self.assertIn("| %s |" % what, md)
 
+
+    def test_one_long_stall_shows_though_no_median_moves(self):
+        recs = [rec(i, k, 10, guest_worst_us=300.0) for i, k in
+                enumerate(["unpatched", "patched"] * 3)]
+        recs[3]["guest_worst_us"] = 2.6e6
+        recs[3]["total_time_ms"] = 1100
+        md = br.render(recs, dict(META, runs=3))
+        self.assertIn("| 1.00x [1.00, 1.10] | 0.30 / 2600 ms |", md)
 
     def test_bandwidth_cap_is_stated(self):
         recs = [rec(0, "unpatched", 10), rec(1, "patched", 20)]
@@ -102,7 +110,8 @@ class Doc(unittest.TestCase):
                 f.write("# Benchmarks\n\nmicro\n")
             br.write_doc(p, "first\n")
             br.write_doc(p, "second\n")
-            text = open(p).read()
+            with open(p) as f:
+                text = f.read()
         self.assertTrue(text.startswith("# Benchmarks\n\nmicro\n"))
         self.assertEqual(text.count(br.BEGIN), 1)
         self.assertEqual(text.count(br.END), 1)
@@ -115,7 +124,8 @@ class Doc(unittest.TestCase):
             br.write_doc(p, "off\n")
             br.write_doc(p, "on\n", "bench-e2e-prepage")
             br.write_doc(p, "on again\n", "bench-e2e-prepage")
-            text = open(p).read()
+            with open(p) as f:
+                text = f.read()
         begin, end = br.markers("bench-e2e-prepage")
         self.assertEqual(text.count(begin), 1)
         self.assertEqual(text.count(end), 1)
