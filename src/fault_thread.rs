@@ -483,15 +483,23 @@ impl Loop<'_> {
     fn run(&mut self) -> Result<()> {
         let mut buf = [UffdMsg::default(); BATCH];
         let mut pfds: Vec<libc::pollfd> = Vec::new();
+        // Settings change only with a write to the eventfd after them, so
+        // their mutexes are taken only when it woke us (and at start, for
+        // the first set of shared fds), not on every fault.  The shared
+        // fds change only here, before pfds is built from them: the fds
+        // polled are then the ones read below.
+        let mut kicked = true;
         loop {
-            let new_fds = self
-                .shared
-                .shared_fds
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            if let Some(fds) = new_fds {
-                self.shared_fds = fds;
+            if kicked {
+                let new_fds = self
+                    .shared
+                    .shared_fds
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                if let Some(fds) = new_fds {
+                    self.shared_fds = fds;
+                }
             }
             pfds.clear();
             for fd in [self.uffd.as_raw_fd(), self.shared.event.as_raw_fd()]
@@ -517,10 +525,11 @@ impl Loop<'_> {
             // Drain before looking at `quit`: stop() sets `quit` and then
             // writes the eventfd, so a write drained here is either seen
             // with its `quit` below or is still pending for the next poll.
-            if pfds[1].revents != 0 {
+            kicked = pfds[1].revents != 0;
+            if kicked {
                 self.shared.drain();
+                self.take_prepage_settings();
             }
-            self.take_prepage_settings();
             if self.shared.quit.load(Ordering::Acquire) {
                 return Ok(());
             }
@@ -965,5 +974,60 @@ mod tests {
         assert_eq!(l.probes, 1000);
         drop(l);
         assert_eq!(h.requests, 1001);
+    }
+
+    /// A pipe's (read, write) ends, both non-blocking.
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for the two descriptors pipe2() returns.
+        let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        assert_eq!(r, 0, "pipe2");
+        // SAFETY: fresh descriptors that nothing else owns.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    /// Shared fds given after start are polled from the wake-up that
+    /// gives them (the thread looks for new settings only when woken).
+    /// A pipe stands for the shared userfaultfd: the thread reads whole
+    /// messages from it, as from a userfaultfd.
+    #[test]
+    fn shared_fds_set_after_start_are_polled() {
+        struct Seen(std::sync::Arc<Mutex<Vec<(RawFd, u64)>>>);
+        impl FaultHandler for Seen {
+            fn resolve(&mut self, addr: u64) -> Result<Resolved> {
+                Err(Error::OutOfRange { addr, len: 1 })
+            }
+            fn request_page(&mut self, _: usize, _: u64, _: u64) -> Result<()> {
+                Ok(())
+            }
+            fn shared_fault(&mut self, fd: RawFd, msg: &UffdMsg) -> Result<()> {
+                self.0.lock().unwrap().push((fd, msg.pf_address));
+                Ok(())
+            }
+        }
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (uffd, _uffd_w) = pipe();
+        let (r, w) = pipe();
+        let t =
+            FaultThread::start(uffd.as_fd(), &[], None, Box::new(Seen(Arc::clone(&seen)))).unwrap();
+        // Woken by nothing but the change itself.
+        t.set_shared_fds(&[r.as_fd()]).unwrap();
+        let msg = fault(0x5000);
+        // SAFETY: writing one live uffd_msg to our own pipe.
+        let n = unsafe {
+            libc::write(
+                w.as_raw_fd(),
+                std::ptr::from_ref(&msg).cast(),
+                std::mem::size_of::<UffdMsg>(),
+            )
+        };
+        assert_eq!(n, std::mem::size_of::<UffdMsg>() as isize);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.lock().unwrap().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![(r.as_raw_fd(), 0x5000)]);
+        assert_eq!(t.state(), PostcopyRsFaultThreadState::Running);
+        t.stop().unwrap();
     }
 }
