@@ -139,6 +139,11 @@ struct SharedFd {
     fd: OwnedFd,
 }
 
+/// A setting stored for the thread and not yet taken by it.
+fn take_pending<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+}
+
 /// The thread's own duplicates of the embedder's shared fds, so that none
 /// can be closed under it.
 fn dup_shared(fds: &[BorrowedFd<'_>]) -> Result<Vec<SharedFd>> {
@@ -491,13 +496,7 @@ impl Loop<'_> {
         let mut kicked = true;
         loop {
             if kicked {
-                let new_fds = self
-                    .shared
-                    .shared_fds
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                if let Some(fds) = new_fds {
+                if let Some(fds) = take_pending(&self.shared.shared_fds) {
                     self.shared_fds = fds;
                 }
             }
@@ -787,13 +786,7 @@ impl Loop<'_> {
 
     /// Apply pre-paging settings set since the last wake-up.
     fn take_prepage_settings(&mut self) {
-        let new = self
-            .shared
-            .prepage
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(PrepageChange(settings)) = new {
+        if let Some(PrepageChange(settings)) = take_pending(&self.shared.prepage) {
             self.prepage.configure(settings);
         }
     }
