@@ -5,7 +5,8 @@ machinery (scripts/postcopy_demo/) with QEMU's own boot block guest:
 hugepage-backed guest RAM (2 MiB, 1 GiB where the kernel grants it), two
 RAM blocks of 4 KiB and 2 MiB, mismatched page sizes both ways (the
 source's error names both, its RAM stays intact, a retry works), a page
-filled behind the destination's back (postcopy pauses on EEXIST); plus a
+filled behind the destination's back (postcopy pauses on EEXIST), a page
+request served at once by a source whose rate limit is exceeded; plus a
 blocktime benchmark, patched against unpatched QEMU.
 
   e2e.py test [--only NAME ...]     the scenarios; "N passed, N failed"

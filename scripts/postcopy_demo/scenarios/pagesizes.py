@@ -5,14 +5,15 @@ precopy and the switch (leaving partly dirty host pages on hugepage-backed
 RAM): hugepage-backed guest RAM (host page != target page), two RAM blocks
 of different page sizes, and mismatched page sizes between source and
 destination (and, from straypage.py, a page filled behind the
-destination's back).  Each returns a detail line or raises Failure/Skip."""
+destination's back; from urgent.py, the source serving a page request
+when the rate limit is exceeded).  Each returns a detail line or raises Failure/Skip."""
 
 import os
 import time
 
 from ..options import HugepagesUnavailable, MigrateError, Options, ROOT
 from ..session import Session
-from . import Failure, Skip, straypage
+from . import Failure, Skip, straypage, urgent
 
 GUEST_MB = 256
 HUMAN = {"4K": "4 KiB", "2M": "2 MiB", "1G": "1 GiB"}
@@ -128,6 +129,8 @@ TESTS = {
     "mismatch-4K-to-2M": lambda c: mismatch(c, "mismatch-4K-to-2M", "4K", "2M"),
     "mismatch-2M-to-4K": lambda c: mismatch(c, "mismatch-2M-to-4K", "2M", "4K"),
     "stray-page-2M": lambda c: straypage.stray_page(c, "stray-page-2M", session, _start),
+    "urgent-requests-4K": lambda c: urgent.urgent_requests(c, "urgent-requests-4K", session,
+                                                           _start),
 }
 # Skipping these is allowed (said loudly); the others must run.
 MAY_SKIP = {"hugepages-1G"}
