@@ -10,3 +10,18 @@ class Failure(Exception):
 
 class Skip(Exception):
     """A test scenario cannot run here: the message says why."""
+
+
+def migrate_verified(s, start):
+    """Start both sides of Session `s` (through `start`, which turns set-up
+    errors into Skip/Failure), migrate, and check the destination's RAM:
+    (source VM, migration result, verification), or Failure."""
+    src = start(s, s.start_source)
+    dst = start(s, s.start_destination)
+    r = s.migrate(src, dst)
+    if r["status"] != "completed" or r["error"]:
+        raise Failure("migration %s: %s" % (r["status"], r["error"]))
+    v = s.verify(dst)
+    if not v["ok"]:
+        raise Failure(v["error"])
+    return src, r, v

@@ -13,7 +13,7 @@ import time
 
 from ..options import HugepagesUnavailable, MigrateError, Options, ROOT
 from ..session import Session
-from . import Failure, Skip, straypage, urgent
+from . import Failure, Skip, migrate_verified, straypage, urgent
 
 GUEST_MB = 256
 HUMAN = {"4K": "4 KiB", "2M": "2 MiB", "1G": "1 GiB"}
@@ -56,14 +56,7 @@ def postcopy_on(ctx, name, ram: str, need_bits_set: bool) -> str:
     """Boot, migrate with postcopy, check the destination's RAM and the
     library's counters on both sides."""
     with session(ctx, name, src_ram=ram, dst_ram=ram) as s:
-        src = _start(s, s.start_source)
-        dst = _start(s, s.start_destination)
-        r = s.migrate(src, dst)
-        if r["status"] != "completed" or r["error"]:
-            raise Failure("migration %s: %s" % (r["status"], r["error"]))
-        v = s.verify(dst)
-        if not v["ok"]:
-            raise Failure(v["error"])
+        _, r, v = migrate_verified(s, _start)
         disc, inc = r["library_source"] or {}, r["library_destination"] or {}
         if not disc.get("runs"):
             raise Failure("the library sent no discard runs: %s" % disc)

@@ -19,7 +19,7 @@ repeats are expected."""
 
 from typing import Dict, List
 
-from . import Failure
+from . import Failure, migrate_verified
 
 # MiB/s: the background stream uses up each 100 ms window in a few
 # milliseconds, so nearly every request finds the rate exceeded.
@@ -52,14 +52,7 @@ def count_spins(lines: List[str]) -> Dict[str, int]:
 def urgent_requests(ctx, name: str, session, start) -> str:
     args = [a for ev in EVENTS for a in ("-trace", ev)]
     with session(ctx, name, postcopy_bandwidth=POSTCOPY_BANDWIDTH, qemu_args=args) as s:
-        src = start(s, s.start_source)
-        dst = start(s, s.start_destination)
-        r = s.migrate(src, dst)
-        if r["status"] != "completed" or r["error"]:
-            raise Failure("migration %s: %s" % (r["status"], r["error"]))
-        v = s.verify(dst)
-        if not v["ok"]:
-            raise Failure(v["error"])
+        src, _, v = migrate_verified(s, start)
         with open(src.stderr_path, errors="replace") as f:
             c = count_spins(f.readlines())
         if c["wakes"] < MIN_WAKES or not c["dequeued"]:
