@@ -6,7 +6,8 @@ RAM): hugepage-backed guest RAM (host page != target page), two RAM blocks
 of different page sizes, and mismatched page sizes between source and
 destination (and, from straypage.py, a page filled behind the
 destination's back; from urgent.py, the source serving a page request
-when the rate limit is exceeded).  Each returns a detail line or raises Failure/Skip."""
+when the rate limit is exceeded).  Each returns a detail line or raises
+Failure/Skip."""
 
 import os
 import time

@@ -17,7 +17,7 @@ source's trace, in trace order: no timing is measured.
 migration_rate_limit() between the target pages of one host page, where
 repeats are expected."""
 
-from typing import Dict, List
+from typing import Dict, Iterable
 
 from . import Failure, migrate_verified
 
@@ -29,7 +29,7 @@ EVENTS = ["migration_rate_limit_post", "get_queued_page", "get_queued_page_not_d
 MIN_WAKES = 5               # fewer and the run exercised nothing
 
 
-def count_spins(lines: List[str]) -> Dict[str, int]:
+def count_spins(lines: Iterable[str]) -> Dict[str, int]:
     """Wake-ups by a request ("urgent: 1"), and how many of them followed
     another with no request queued or dequeued in between."""
     wakes = spins = dequeued = 0
@@ -54,7 +54,7 @@ def urgent_requests(ctx, name: str, session, start) -> str:
     with session(ctx, name, postcopy_bandwidth=POSTCOPY_BANDWIDTH, qemu_args=args) as s:
         src, _, v = migrate_verified(s, start)
         with open(src.stderr_path, errors="replace") as f:
-            c = count_spins(f.readlines())
+            c = count_spins(f)
         if c["wakes"] < MIN_WAKES or not c["dequeued"]:
             raise Failure("too few requests woke the source to tell (%s): is the rate limit "
                           "binding, and are the trace events compiled in?" % c)
