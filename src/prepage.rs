@@ -96,7 +96,9 @@ pub const STREAMS: usize = 32;
 /// same channel: on 2 MiB hugepages a window of 16 (30 MiB ahead) made
 /// sequential blocktime 8.6x stock QEMU's, where 15 pages of 4 KiB
 /// (60 KiB) cut it to 0.62x (docs/BENCHMARKS.md).  On 2 MiB pages this
-/// means no pre-paging at all.
+/// means no pre-paging at all: even one page ahead saved requests but
+/// not blocktime, as sending it delays the next fault as long as a fault
+/// waits.
 pub const MAX_PREPAGE_BYTES: u64 = 256 << 10;
 
 /// Sends one page request for a range.
