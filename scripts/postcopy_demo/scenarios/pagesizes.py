@@ -6,15 +6,16 @@ RAM): hugepage-backed guest RAM (host page != target page), two RAM blocks
 of different page sizes, and mismatched page sizes between source and
 destination (and, from straypage.py, a page filled behind the
 destination's back; from urgent.py, the source serving a page request
-when the rate limit is exceeded).  Each returns a detail line or raises
-Failure/Skip."""
+when the rate limit is exceeded; from preempthit.py, precopy finishing a
+requested page it is sending without a rate-limit wait).  Each returns a
+detail line or raises Failure/Skip."""
 
 import os
 import time
 
 from ..options import HugepagesUnavailable, MigrateError, Options, ROOT
 from ..session import Session
-from . import Failure, Skip, migrate_verified, straypage, urgent
+from . import Failure, Skip, migrate_verified, preempthit, straypage, urgent
 
 GUEST_MB = 256
 HUMAN = {"4K": "4 KiB", "2M": "2 MiB", "1G": "1 GiB"}
@@ -125,6 +126,8 @@ TESTS = {
     "stray-page-2M": lambda c: straypage.stray_page(c, "stray-page-2M", session, _start),
     "urgent-requests-4K": lambda c: urgent.urgent_requests(c, "urgent-requests-4K", session,
                                                            _start),
+    "preempt-hit-2M": lambda c: preempthit.preempt_hit(c, "preempt-hit-2M", session, _start,
+                                                       "%dM@2M" % GUEST_MB, 2 << 20),
 }
 # Skipping these is allowed (said loudly); the others must run.
 MAY_SKIP = {"hugepages-1G"}
