@@ -27,7 +27,8 @@
 #      RAM (2 MiB, 1 GiB where granted), two blocks of different page
 #      sizes, mismatched page sizes both ways with a retry, a page filled
 #      behind the destination's back (postcopy pauses, EEXIST), a page
-#      request served past the source's exceeded rate limit;
+#      request served past the source's exceeded rate limit, a requested
+#      huge page precopy is sending finished without a rate-limit wait;
 #   7. the end-to-end benchmark's smoke test, `make bench-e2e ARGS=--quick`:
 #      one cell, one run of QEMU 10.2.2 unpatched and patched each; fails
 #      unless every figure is produced (their values are not judged).
@@ -93,7 +94,7 @@ make --no-print-directory demo ARGS=--libvirt
 step "network cut mid-postcopy, recovered: make demo ARGS=\"--cut-after 64\""
 DEMO_SKIP_BUILD=1 make --no-print-directory demo ARGS="--cut-after 64"
 
-step "end-to-end: hugepages, mismatched page sizes, a stray page, urgent requests"
+step "end-to-end: hugepages, mismatched page sizes, a stray page, urgent requests, preempt hits"
 python3 scripts/e2e.py test
 
 step "the end-to-end benchmark, smoke test: make bench-e2e ARGS=--quick"
