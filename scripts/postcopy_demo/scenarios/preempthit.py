@@ -32,28 +32,26 @@ SAVE = re.compile(r"ram_save_page (\S+): offset: 0x([0-9a-f]+)")
 def count_hits(lines: Iterable[str], host_page: int) -> Dict[str, int]:
     """Hits; hit host pages precopy went on sending ("served"); and those
     of them it sent more of after a wait that ran out ("waited")."""
-    pages: Dict[tuple, Dict[str, bool]] = {}    # (block, host page) -> what it saw
-    hits = 0
+    hit_at: Dict[tuple, int] = {}      # (block, host page) -> waits run out before its hit
+    served, waited = set(), set()
+    hits = sleeps = 0
     for ln in lines:
         if "migration_rate_limit_post" in ln:
-            if ln.rstrip().endswith("urgent: 0"):
-                for p in pages.values():
-                    p["slept"] = True
+            sleeps += ln.rstrip().endswith("urgent: 0")
             continue
         m = HIT.search(ln)
         if m:
             hits += 1
-            k = (m.group(1), int(m.group(2), 16) // host_page)
-            pages.setdefault(k, {"slept": False, "served": False, "waited": False})
+            hit_at.setdefault((m.group(1), int(m.group(2), 16) // host_page), sleeps)
             continue
         m = SAVE.search(ln)
         if m:
-            p = pages.get((m.group(1), int(m.group(2), 16) // host_page))
-            if p:
-                p["served"] = True
-                p["waited"] |= p["slept"]
-    return {"hits": hits, "served": sum(p["served"] for p in pages.values()),
-            "waited": sum(p["waited"] for p in pages.values())}
+            k = (m.group(1), int(m.group(2), 16) // host_page)
+            if k in hit_at:
+                served.add(k)
+                if sleeps > hit_at[k]:
+                    waited.add(k)
+    return {"hits": hits, "served": len(served), "waited": len(waited)}
 
 
 def preempt_hit(ctx, name: str, session, start, ram: str, host_page: int) -> str:
