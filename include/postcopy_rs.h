@@ -51,9 +51,9 @@ extern "C" {
 
 /**
  * Most bytes a pre-paging request asks for after the faulting page,
- * whatever the window (so 2 MiB hugepages are never pre-paged).
+ * whatever the window (one page ahead on 2 MiB hugepages).
  */
-#define POSTCOPY_RS_PREPAGE_MAX_BYTES 262144
+#define POSTCOPY_RS_PREPAGE_MAX_BYTES 2097152
 
 /**
  * Buckets in `PostcopyRsLatency.buckets`: QEMU's
@@ -716,9 +716,9 @@ int postcopy_rs_pagesize_mismatch_message(uint64_t source_summary,
  * window adapts per stream of sequential faults (it grows while the
  * pre-paged pages are faulted on or walked past, and a stream that stops
  * being hit is dropped, so random faults request one page each).  Pre-paged
- * pages are in flight: a fault on one is not requested again.  A request
- * asks for at most `POSTCOPY_RS_PREPAGE_MAX_BYTES` after the faulting
- * page, so 2 MiB hugepages are never pre-paged.  See the
+ * pages are in flight: only the first fault on one requests it again,
+ * alone.  A request asks for at most `POSTCOPY_RS_PREPAGE_MAX_BYTES`
+ * after the faulting page, one page ahead on 2 MiB hugepages.  See the
  * `prepage` module of the crate for the policy, and
  * `postcopy_rs_get_prepage_stats()` for the counters.
  *

@@ -437,13 +437,21 @@ fn anon_off_is_one_page_each() {
     off_is_one_page_each(PAGE_4K);
 }
 
-/// On 2 MiB pages one more page is over `MAX_PREPAGE_BYTES`: with
-/// pre-paging on, a sequential sweep still asks for one page per request.
+/// On 2 MiB pages `MAX_PREPAGE_BYTES` allows one page ahead: with
+/// pre-paging on, a sequential sweep asks for two pages per request, and
+/// needs about half as many requests as pages.
 #[test]
-fn hugetlb_sequential_is_never_prepaged() {
-    with_hugepages("hugetlb_sequential_is_never_prepaged", 64, || {
+fn hugetlb_sequential_prepages_one_page_ahead() {
+    with_hugepages("hugetlb_sequential_prepages_one_page_ahead", 64, || {
         let reqs = sweep(PAGE_2M, 2, 32, 8);
-        assert!(reqs.all.iter().all(|&(_, n)| n == 1), "{:?}", reqs.all);
-        assert_eq!((reqs.all.len(), reqs.again), (64, 0));
+        assert!(reqs.all.iter().all(|&(_, n)| n <= 2), "{:?}", reqs.all);
+        assert!(reqs.all.iter().any(|&(_, n)| n == 2), "{:?}", reqs.all);
+        // Per thread: the first fault alone, then runs of two.
+        let first = reqs.all.len() - reqs.again;
+        assert!(
+            first <= 2 * (32 / 2 + 1),
+            "{first} requests: {:?}",
+            reqs.all
+        );
     });
 }

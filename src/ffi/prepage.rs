@@ -15,8 +15,8 @@ pub const POSTCOPY_RS_PREPAGE_MAX_PAGES: u32 = 1024;
 static_assertions::const_assert_eq!(POSTCOPY_RS_PREPAGE_MAX_PAGES, prepage::MAX_WINDOW);
 
 /// Most bytes a pre-paging request asks for after the faulting page,
-/// whatever the window (so 2 MiB hugepages are never pre-paged).
-pub const POSTCOPY_RS_PREPAGE_MAX_BYTES: u64 = 262_144;
+/// whatever the window (one page ahead on 2 MiB hugepages).
+pub const POSTCOPY_RS_PREPAGE_MAX_BYTES: u64 = 2_097_152;
 static_assertions::const_assert_eq!(POSTCOPY_RS_PREPAGE_MAX_BYTES, prepage::MAX_PREPAGE_BYTES);
 
 /// Ask the source for `len` bytes of `block` from block offset `offset`
@@ -73,9 +73,9 @@ impl RangeRequester for CRange {
 /// window adapts per stream of sequential faults (it grows while the
 /// pre-paged pages are faulted on or walked past, and a stream that stops
 /// being hit is dropped, so random faults request one page each).  Pre-paged
-/// pages are in flight: a fault on one is not requested again.  A request
-/// asks for at most `POSTCOPY_RS_PREPAGE_MAX_BYTES` after the faulting
-/// page, so 2 MiB hugepages are never pre-paged.  See the
+/// pages are in flight: only the first fault on one requests it again,
+/// alone.  A request asks for at most `POSTCOPY_RS_PREPAGE_MAX_BYTES`
+/// after the faulting page, one page ahead on 2 MiB hugepages.  See the
 /// `prepage` module of the crate for the policy, and
 /// `postcopy_rs_get_prepage_stats()` for the counters.
 ///
