@@ -7,7 +7,9 @@ of different page sizes, and mismatched page sizes between source and
 destination (and, from straypage.py, a page filled behind the
 destination's back; from urgent.py, the source serving a page request
 when the rate limit is exceeded; from preempthit.py, precopy finishing a
-requested page it is sending without a rate-limit wait).  Each returns a
+requested page it is sending without a rate-limit wait; from
+preemptrange.py, the return path sending only the first page of a range
+request).  Each returns a
 detail line or raises Failure/Skip."""
 
 import os
@@ -15,7 +17,7 @@ import time
 
 from ..options import HugepagesUnavailable, MigrateError, Options, ROOT
 from ..session import Session
-from . import Failure, Skip, migrate_verified, preempthit, straypage, urgent
+from . import Failure, Skip, migrate_verified, preempthit, preemptrange, straypage, urgent
 
 GUEST_MB = 256
 HUMAN = {"4K": "4 KiB", "2M": "2 MiB", "1G": "1 GiB"}
@@ -128,6 +130,9 @@ TESTS = {
                                                            _start),
     "preempt-hit-2M": lambda c: preempthit.preempt_hit(c, "preempt-hit-2M", session, _start,
                                                        "%dM@2M" % GUEST_MB, 2 << 20),
+    "preempt-range-2M": lambda c: preemptrange.preempt_range(c, "preempt-range-2M", session,
+                                                             _start, "%dM@2M" % GUEST_MB,
+                                                             2 << 20),
 }
 # Skipping these is allowed (said loudly); the others must run.
 MAY_SKIP = {"hugepages-1G"}
