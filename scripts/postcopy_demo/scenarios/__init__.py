@@ -25,3 +25,21 @@ def migrate_verified(s, start):
     if not v["ok"]:
         raise Failure(v["error"])
     return src, r, v
+
+
+def preempt_migrations(ctx, name: str, session, start, ram: str, attempts: int,
+                       postcopy_bandwidth: int, qemu_args, count):
+    """Migrate with postcopy-preempt up to `attempts` times, checking the
+    destination's RAM; per migration, yield (attempt, verification, the
+    counts `count` reads from the source's stderr, their running totals)."""
+    total: dict = {}
+    for attempt in range(1, attempts + 1):
+        with session(ctx, "%s-%d" % (name, attempt), src_ram=ram, dst_ram=ram,
+                     capabilities=["postcopy-preempt"], postcopy_bandwidth=postcopy_bandwidth,
+                     qemu_args=qemu_args) as s:
+            src, _, v = migrate_verified(s, start)
+            with open(src.stderr_path, errors="replace") as f:
+                c = count(f)
+        for k in c:
+            total[k] = total.get(k, 0) + c[k]
+        yield attempt, v, c, total

@@ -17,7 +17,7 @@ time is measured."""
 import re
 from typing import Dict, Iterable
 
-from . import Failure, migrate_verified
+from . import Failure, preempt_migrations
 
 # MiB/s: a window (100 ms) carries less than a 2 MiB page, so precopy
 # sleeps inside every huge page it sends.
@@ -57,15 +57,9 @@ def count_hits(lines: Iterable[str], host_page: int) -> Dict[str, int]:
 def preempt_hit(ctx, name: str, session, start, ram: str, host_page: int) -> str:
     args = [a for ev in EVENTS for a in ("-trace", ev)]
     total = {"hits": 0, "served": 0, "waited": 0}
-    for attempt in range(1, ATTEMPTS + 1):
-        with session(ctx, "%s-%d" % (name, attempt), src_ram=ram, dst_ram=ram,
-                     capabilities=["postcopy-preempt"], postcopy_bandwidth=POSTCOPY_BANDWIDTH,
-                     qemu_args=args) as s:
-            src, _, v = migrate_verified(s, start)
-            with open(src.stderr_path, errors="replace") as f:
-                c = count_hits(f, host_page)
-        for k in total:
-            total[k] += c[k]
+    for attempt, v, c, total in preempt_migrations(ctx, name, session, start, ram, ATTEMPTS,
+                                                   POSTCOPY_BANDWIDTH, args,
+                                                   lambda f: count_hits(f, host_page)):
         if c["waited"]:
             raise Failure("precopy slept out its rate-limit window inside %d of the %d host "
                           "pages the return path left it (%s, migration %d): the destination "

@@ -17,7 +17,7 @@ preempt channel.  No time is measured."""
 import re
 from typing import Dict, Iterable
 
-from . import Failure, migrate_verified
+from . import Failure, preempt_migrations
 
 PREPAGE = 16
 # MiB/s: the background stream slow enough that the walk faults often
@@ -62,15 +62,9 @@ def preempt_range(ctx, name: str, session, start, ram: str, host_page: int) -> s
     args = [a for ev in EVENTS for a in ("-trace", ev)]
     args += ["-global", "migration.x-postcopy-prepage-pages=%d" % PREPAGE]
     total = {"ranges": 0, "tail_on_preempt": 0, "queued": 0}
-    for attempt in range(1, ATTEMPTS + 1):
-        with session(ctx, "%s-%d" % (name, attempt), src_ram=ram, dst_ram=ram,
-                     capabilities=["postcopy-preempt"], postcopy_bandwidth=POSTCOPY_BANDWIDTH,
-                     qemu_args=args) as s:
-            src, _, v = migrate_verified(s, start)
-            with open(src.stderr_path, errors="replace") as f:
-                c = count_ranges(f, host_page)
-        for k in total:
-            total[k] += c[k]
+    for attempt, v, c, total in preempt_migrations(ctx, name, session, start, ram, ATTEMPTS,
+                                                   POSTCOPY_BANDWIDTH, args,
+                                                   lambda f: count_ranges(f, host_page)):
         if c["tail_on_preempt"]:
             raise Failure("the return path sent the pages ahead of %d of %d range requests on "
                           "the preempt channel, in front of the next request (%s, migration %d)"
