@@ -77,6 +77,9 @@ step "the scripts' Python unit tests (in the qemu.qmp venv)"
 scripts/demo-deps.sh
 "${PCRS_QMP_VENV:-$PCRS_CACHE/qmp-venv}/bin/python3" -m unittest discover -s scripts/tests -v
 
+step "the docs name only what the tree has (scripts/docs-check.py)"
+scripts/docs-check.py
+
 if [ "${POSTCOPY_RS_SKIP_QEMU:-0}" = 1 ]; then
     warn "POSTCOPY_RS_SKIP_QEMU=1: the QEMU stage is skipped"
     exit 0
