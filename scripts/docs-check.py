@@ -20,7 +20,7 @@ look up, and looks each one up where it must exist:
   command-line options (--name)
       the --help of every Python script in scripts/, and the case
       patterns of the shell scripts there
-  paths into this tree (src/..., scripts/..., docs/..., ...)
+  paths into this tree (src/..., scripts/..., docs/..., ...; globs too)
       the file system
   the table of patch subjects and numbers in docs/BOUNDARY.md
       each series' patch files: every row names a patch with that subject
@@ -52,7 +52,7 @@ KEBAB = re.compile(r"(?<![A-Za-z0-9_./-])([a-z][a-z0-9]*(?:-[a-z0-9]+)+)(?![A-Za
 MAKE = re.compile(r"\bmake\s+([a-z][a-z0-9-]*)")
 OPTION = re.compile(r"(?<![A-Za-z0-9_-])(--[a-z][a-z0-9-]*[a-z0-9])")
 TREE = "|".join(re.escape(d) for d in TREE_DIRS)
-PATH = re.compile(rf"(?<![A-Za-z0-9_./-])((?:{TREE})/[A-Za-z0-9_./-]*[A-Za-z0-9_/-])")
+PATH = re.compile(rf"(?<![A-Za-z0-9_./-])((?:{TREE})/[A-Za-z0-9_./*-]*[A-Za-z0-9_/*-])")
 # Where each kind of name must be, for the messages.
 WHERE = {
     "C ABI name": "the header or the series",
@@ -230,8 +230,8 @@ def main():
             return name in targets
         if kind == "option":
             return name in options
-        if kind == "path":
-            return os.path.exists(os.path.join(ROOT, name))
+        if kind == "path":  # a glob such as scripts/qemu-*.sh must match something
+            return bool(glob.glob(os.path.join(ROOT, name)))
         raise ValueError(kind)
 
     problems = []
