@@ -4,7 +4,7 @@
 # Configure and build QEMU's qemu-system-x86_64 and tests/qtest/migration-test
 # (and nothing else) from an unpacked source tree.
 #
-# Usage: scripts/qemu-build.sh SRC BUILDDIR [--patches DIR] [--apply-only]
+# Usage: scripts/qemu-build.sh SRC BUILDDIR [--patches DIR [--fixes-only]] [--apply-only]
 #
 #   SRC       QEMU source tree, e.g. build/qemu-src from scripts/qemu-fetch.sh
 #   BUILDDIR  build directory (created; out-of-tree)
@@ -18,6 +18,9 @@
 #             different series is refused: re-run scripts/qemu-fetch.sh.
 #   --apply-only
 #             apply the series and stop (BUILDDIR is not touched).
+#   --fixes-only
+#             apply only the series' first part, the fixes to stock QEMU:
+#             the patches listed before the line "#:end-of-stock-fixes".
 #
 # Environment:
 #   QEMU_EXTRA_CONFIGURE  extra arguments for configure, split on white
@@ -42,7 +45,7 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() { echo "usage: $0 SRC BUILDDIR [--patches DIR] [--apply-only]" >&2; exit 2; }
+usage() { echo "usage: $0 SRC BUILDDIR [--patches DIR [--fixes-only]] [--apply-only]" >&2; exit 2; }
 
 [ $# -ge 2 ] || usage
 SRC=$1
@@ -50,9 +53,11 @@ BUILDDIR=$2
 shift 2
 PATCHES=""
 APPLY_ONLY=0
+FIXES_ONLY=0
 while [ $# -gt 0 ]; do
     case $1 in
         --apply-only) APPLY_ONLY=1; shift ;;
+        --fixes-only) FIXES_ONLY=1; shift ;;
         --patches) [ $# -ge 2 ] || usage; PATCHES=$2; shift 2 ;;
         --patches=*) PATCHES=${1#--patches=}; shift ;;
         *) usage ;;
@@ -66,6 +71,7 @@ step "check inputs"
 [ -x "$SRC/configure" ] || die "$SRC is not a QEMU source tree (no configure); run scripts/qemu-fetch.sh"
 SRC=$(cd "$SRC" && pwd -P)
 [ "$APPLY_ONLY" -eq 0 ] || [ -n "$PATCHES" ] || die "--apply-only needs --patches"
+[ "$FIXES_ONLY" -eq 0 ] || [ -n "$PATCHES" ] || die "--fixes-only needs --patches"
 mkdir -p "$BUILDDIR"
 BUILDDIR=$(cd "$BUILDDIR" && pwd -P)
 [ "$BUILDDIR" != "$SRC" ] || die "BUILDDIR must differ from SRC"
@@ -85,7 +91,12 @@ if [ -n "$PATCHES" ]; then
     touch "$stamp"
     mapfile -t applied <"$stamp"
     n=0
+    [ "$FIXES_ONLY" -eq 0 ] || grep -q '^#:end-of-stock-fixes' "$PATCHES/series" ||
+        die "--fixes-only: $PATCHES/series has no #:end-of-stock-fixes line"
     while IFS= read -r line || [ -n "$line" ]; do
+        if [ "$FIXES_ONLY" -eq 1 ] && [[ $line == "#:end-of-stock-fixes"* ]]; then
+            break
+        fi
         line=${line%%#*}
         line=$(printf '%s' "$line" | tr -d '[:space:]')
         [ -n "$line" ] || continue

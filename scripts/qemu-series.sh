@@ -16,8 +16,10 @@
 #       into qemu-patches/vVERSION/, rewriting its `series`; the cover
 #       letter keeps the subject and text of the one already there.
 #   scripts/qemu-series.sh check VERSION
-#       the series applies with `git am` to a fresh upstream tree, every
-#       patch passes QEMU's scripts/checkpatch.pl, and the whole series
+#       the series applies with `git am` to a fresh upstream tree, its
+#       first part (up to "#:end-of-stock-fixes" in `series`) is fixes to
+#       stock QEMU, each with a Fixes: tag and none naming postcopy-rs,
+#       every patch passes QEMU's scripts/checkpatch.pl, and the whole series
 #       applies with `patch -p1` to Debian's source (dry run).
 #   scripts/qemu-series.sh build-each VERSION SRC BUILDDIR
 #       each patch builds on its own: SRC carries the whole series (as
@@ -64,6 +66,14 @@ series_files() {
         while read -r p; do printf '%s/%s\n' "$SERIES" "$p"; done
 }
 
+# The first part of the series: the fixes to stock QEMU, up to the line
+# "#:end-of-stock-fixes" (none if the series has no such line).
+fixes_files() {
+    grep -q '^#:end-of-stock-fixes' "$SERIES/series" || return 0
+    sed -e '/^#:end-of-stock-fixes/,$d' -e 's/#.*//' -e 's/[[:space:]]//g' "$SERIES/series" |
+        grep -v '^$' | while read -r p; do printf '%s/%s\n' "$SERIES" "$p"; done
+}
+
 case $CMD in
     tree)
         [ $# -eq 3 ] || usage
@@ -104,7 +114,24 @@ EOF
             sed -e '1s/^From [0-9a-f]\{40\} /From 0000000000000000000000000000000000000000 /' \
                 "$f" >"$SERIES/$(basename "$f")"
         done
-        (cd "$SERIES" && ls [0-9]*.patch | grep -v '^0000-') >"$SERIES/series"
+        # The new names go into the old series' slots, so that its comments
+        # and its end-of-fixes marker stay after as many patches as before.
+        touch "$SERIES/series"
+        (cd "$SERIES" && ls [0-9]*.patch | grep -v '^0000-') >"$out/names"
+        python3 - "$SERIES/series" "$out/names" <<'PY'
+import sys
+old = open(sys.argv[1]).read().splitlines()
+names = open(sys.argv[2]).read().split()
+out = []
+for line in old:
+    if line.strip() and not line.lstrip().startswith("#"):
+        if names:
+            out.append(names.pop(0))
+    else:
+        out.append(line)
+out += names
+open(sys.argv[1], "w").write("\n".join(out) + "\n")
+PY
         rm -rf "$out"
         cat "$SERIES/series"
         ! grep -q '\*\*\* SUBJECT HERE \*\*\*' "$SERIES/0000-cover-letter.patch" ||
@@ -165,6 +192,22 @@ EOF
             echo "PASS  $VERSION: all ${#patches[@]} patches apply with git am to the upstream tree"
         else
             echo "FAIL  $VERSION: git am onto the upstream tree"
+            fail=1
+        fi
+
+        step "the stock fixes stand alone"
+        mapfile -t fixes < <(fixes_files)
+        if [ "${#fixes[@]}" -eq 0 ]; then
+            echo "FAIL  $VERSION: the series marks no stock fixes (#:end-of-stock-fixes)"
+            fail=1
+        elif grep -iH 'postcopy.rs' "${fixes[@]}" | grep -vE ':(From|Signed-off-by): '; then
+            echo "FAIL  $VERSION: a stock fix above names postcopy-rs (beyond its author)"
+            fail=1
+        elif ! grep -L '^Fixes: [0-9a-f]\{10,\} ("' "${fixes[@]}" | grep -q . ; then
+            echo "PASS  $VERSION: ${#fixes[@]} stock fixes come first, each with a Fixes: tag, none naming postcopy-rs"
+        else
+            echo "FAIL  $VERSION: stock fixes without a Fixes: tag:"
+            grep -L '^Fixes: [0-9a-f]\{10,\} ("' "${fixes[@]}"
             fail=1
         fi
 
