@@ -23,18 +23,13 @@
 # QTEST_QEMU_BINARY_SRC / QTEST_QEMU_BINARY_DST, when set, pass through
 # (interoperability runs).
 #
-# A test that fails runs once more ($QTEST_RETRIES, default 1; 0 turns it
-# off), alone and with QTEST_LOG=1 so that the hidden QEMU stderr lands in
-# its log.  Some upstream tests race under load: multifd+postcopy/tcp/plain/
-# cancel once failed in CI ("failed" where it waited for "cancelled" or
-# "completed"), then passed 12 times of 12 here (and 6 of 6 unpatched).
-# A retried pass is reported as such, with the first run's log kept beside
-# it (*.first.log).
+# Each test runs once: a failure fails, with no second attempt (a test that
+# passes on its second try is a failing test).  Set QTEST_LOG=1 to keep
+# migration-test's QMP exchanges in the logs too.
 #
 # Prints a per-test PASS/FAIL/SKIP line with its duration, then the summary
-# line "N passed, N failed" (", N skipped" added when tests skip, " (N only
-# on a retry)" when a test passed only the second time), prefixed with
-# $QTEST_LABEL when set.  Exits 1 if any test fails or is not listed.
+# line "N passed, N failed" (", N skipped" added when tests skip), prefixed
+# with $QTEST_LABEL when set.  Exits 1 if any test fails or is not listed.
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -44,7 +39,6 @@ BUILDDIR=$1
 shift
 QTEST_TIMEOUT=${QTEST_TIMEOUT:-600}
 QTEST_JOBS=${QTEST_JOBS:-4}
-QTEST_RETRIES=${QTEST_RETRIES:-1}
 PRECOPY_TEST=/x86_64/migration/precopy/unix/plain
 
 step "check $BUILDDIR"
@@ -78,31 +72,24 @@ else
     echo "${#TESTS[@]} tests (every postcopy test listed, and $PRECOPY_TEST)"
 fi
 
-# Run one test; write "VERDICT<TAB>line" to $LOGDIR/.result-N.  With a
-# third argument (the retry), QEMU's stderr is kept and a pass is RETRY.
+# Run one test; write "VERDICT<TAB>line" to $LOGDIR/.result-N.
 run_one() {
-    local i=$1 t=$2 retry=${3:-} log t0 rc=0 dt verdict re line
+    local i=$1 t=$2 log t0 rc=0 dt verdict re line
     log=$LOGDIR/$(printf '%s' "${t#/}" | tr '/' '_').log
-    if [ -n "$retry" ]; then
-        mv -f "$log" "${log%.log}.first.log"
-    fi
     # The path as a regex ("multifd+postcopy": + is special).
     re=$(printf '%s' "$t" | sed 's/[][\.*^$+?(){}|]/\\&/g')
     t0=$SECONDS
-    (cd "$BUILDDIR" && if [ -n "$retry" ]; then export QTEST_LOG=1; fi &&
-        exec timeout -k 10 "$QTEST_TIMEOUT" \
+    (cd "$BUILDDIR" && exec timeout -k 10 "$QTEST_TIMEOUT" \
         ./tests/qtest/migration-test --full --tap -p "$t") >"$log" 2>&1 || rc=$?
     dt=$((SECONDS - t0))
     if [ "$rc" -eq 0 ] && grep -qE "^ok [0-9]+ $re # SKIP" "$log"; then
         verdict=SKIP
     elif [ "$rc" -eq 0 ] && grep -qE "^ok [0-9]+ $re( |$)" "$log"; then
-        verdict=${retry:+RETRY}
-        verdict=${verdict:-PASS}
+        verdict=PASS
     else
         verdict=FAIL
     fi
-    line=$(printf '%-4s  %s  (%ds, exit %d%s)' "${verdict/RETRY/PASS}" "$t" "$dt" "$rc" \
-        "${retry:+, run a second time: the first run failed}")
+    line=$(printf '%-4s  %s  (%ds, exit %d)' "$verdict" "$t" "$dt" "$rc")
     printf '%s\t%s\n' "$verdict" "$line" >"$LOGDIR/.result-$i"
     printf '%s\n' "$line"
     if [ "$verdict" = FAIL ]; then
@@ -133,17 +120,8 @@ for i in "${!TESTS[@]}"; do
 done
 wait || true
 
-if [ "$QTEST_RETRIES" -gt 0 ]; then
-    for i in "${!TESTS[@]}"; do
-        r=$LOGDIR/.result-$i
-        [ -f "$r" ] && grep -q '^FAIL' "$r" && ! grep -q 'not in migration-test' "$r" || continue
-        step "retry ${TESTS[$i]} alone (its first log: *.first.log)"
-        run_one "$i" "${TESTS[$i]}" retry
-    done
-fi
-
 step "summary"
-pass=0 fail=0 skip=0 retried=0
+pass=0 fail=0 skip=0
 echo "results (logs in $LOGDIR):"
 for i in "${!TESTS[@]}"; do
     r=$LOGDIR/.result-$i
@@ -156,14 +134,12 @@ for i in "${!TESTS[@]}"; do
     printf '  %s\n' "$line"
     case $verdict in
         PASS) pass=$((pass + 1)) ;;
-        RETRY) pass=$((pass + 1)) retried=$((retried + 1)) ;;
         SKIP) skip=$((skip + 1)) ;;
         *) fail=$((fail + 1)) ;;
     esac
 done
 rm -f "$LOGDIR"/.result-*
 summary="$pass passed, $fail failed"
-[ "$retried" -eq 0 ] || summary="$summary ($retried only on a retry)"
 [ "$skip" -eq 0 ] || summary="$summary, $skip skipped"
 echo "${QTEST_LABEL:+$QTEST_LABEL: }$summary"
 if [ "$fail" -ne 0 ]; then

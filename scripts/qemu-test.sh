@@ -167,43 +167,59 @@ print(f"{changed} files rewritten, {removed} removed in {old}")
 PY
 }
 
+# series_tree VERSION SERIES TREE BUILDDIR [--fixes-only]: TREE holds
+# Debian's source of VERSION with SERIES (or its stock fixes) applied, for
+# BUILDDIR.  When the series
+# changed, a fresh tree is made and only the files that differ are written
+# into the old one: ninja rebuilds what changed, not everything.
+series_tree() {
+    local v=$1 series=$2 tree=$3 builddir=$4 stamp
+    shift 4
+    stamp=$(cat "$series/series" "$series"/*.patch | sha256sum | cut -d' ' -f1)
+    stamp="$stamp $*"
+    if [ "$(cat "$tree/VERSION" 2>/dev/null)" = "$v" ] &&
+        [ "$(cat "$tree/.postcopy-rs-series" 2>/dev/null)" = "$stamp" ]; then
+        return 0
+    fi
+    timed fetch env QEMU_VERSION="$v" scripts/qemu-fetch.sh "$tree.next"
+    scripts/qemu-build.sh "$tree.next" "$builddir" --patches "$series" "$@" --apply-only
+    echo "$stamp" >"$tree.next/.postcopy-rs-series"
+    if [ "$(cat "$tree/VERSION" 2>/dev/null)" = "$v" ]; then
+        sync_tree "$tree.next" "$tree"
+        rm -rf "$tree.next"
+    else
+        rm -rf "$tree"
+        mv "$tree.next" "$tree"
+    fi
+}
+
 fetch_and_build() {
-    local v=$1 d src psrc series stamp
+    local v=$1 d src series
     d=$(vdir "$v")
-    src=$d/src psrc=$d/src-patched
+    src=$d/src
     series=$(series_dir "$v") || die "no patch series for QEMU $v (qemu-patches/v$v/series)"
 
     step "QEMU $v: fetch (unpatched tree)"
     if [ "$(cat "$src/VERSION" 2>/dev/null)" != "$v" ] || [ -e "$src/.postcopy-rs-patches" ]; then
         timed fetch env QEMU_VERSION="$v" scripts/qemu-fetch.sh "$src"
     fi
-
     step "QEMU $v: fetch (tree for the series $series)"
-    stamp=$(cat "$series/series" "$series"/*.patch | sha256sum | cut -d' ' -f1)
-    if [ "$(cat "$psrc/VERSION" 2>/dev/null)" != "$v" ] ||
-        [ "$(cat "$psrc/.postcopy-rs-series" 2>/dev/null)" != "$stamp" ]; then
-        # A fresh tree with the series, then only the files that differ
-        # are written into the old one: ninja rebuilds what changed, not
-        # everything.
-        timed fetch env QEMU_VERSION="$v" scripts/qemu-fetch.sh "$psrc.next"
-        scripts/qemu-build.sh "$psrc.next" "$d/patched" --patches "$series" --apply-only
-        echo "$stamp" >"$psrc.next/.postcopy-rs-series"
-        if [ "$(cat "$psrc/VERSION" 2>/dev/null)" = "$v" ]; then
-            sync_tree "$psrc.next" "$psrc"
-            rm -rf "$psrc.next"
-        else
-            rm -rf "$psrc"
-            mv "$psrc.next" "$psrc"
-        fi
-    fi
+    series_tree "$v" "$series" "$d/src-patched" "$d/patched"
+    step "QEMU $v: fetch (tree for the stock fixes of $series alone)"
+    series_tree "$v" "$series" "$d/src-fixes" "$d/fixes" --fixes-only
 
     step "QEMU $v: build unpatched"
     timed build nice -n 10 scripts/qemu-build.sh "$src" "$d/unpatched"
 
+    step "QEMU $v: build the stock fixes alone, without the library"
+    # No PKG_CONFIG_PATH: the library must not be findable for this one.
+    timed build env -u PKG_CONFIG_PATH nice -n 10 \
+        scripts/qemu-build.sh "$d/src-fixes" "$d/fixes" --patches "$series" --fixes-only
+
     step "QEMU $v: build patched, linked with the library"
     relink_if_library_changed "$d/patched" "$LIB"
     timed build env PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" nice -n 10 \
-        scripts/qemu-build.sh "$psrc" "$d/patched" --patches "$series"
+        scripts/qemu-build.sh "$d/src-patched" "$d/patched" --patches "$series"
 }
 
 exports_library() {
@@ -307,6 +323,11 @@ vm_tests() {
             QTEST_LABEL="QEMU $v patched qtests" scripts/qemu-qtest.sh "$d/patched"
         check "$v" "QEMU $v: postcopy/plain: the library sent discard runs and placed pages" \
             rust_ran "$d/patched/qtest-logs/x86_64_migration_postcopy_plain.log"
+
+        step "QEMU $v: migration qtests on the stock fixes alone (no library)"
+        check "$v" "QEMU $v: every postcopy qtest and a precopy qtest on the stock fixes alone" \
+            timed "qtests $v fixes" env -u QTEST_TRACE QTEST_LOGDIR="$d/fixes/qtest-logs" \
+            QTEST_LABEL="QEMU $v stock-fixes qtests" scripts/qemu-qtest.sh "$d/fixes"
 
         step "QEMU $v: interoperability with unpatched QEMU (wire format unchanged)"
         check "$v" "QEMU $v postcopy: patched source -> unpatched destination, guest RAM verified" \
