@@ -25,16 +25,6 @@ extern "C" {
 #endif
 
 
-/**
- * Largest host-page / target-page ratio accepted (16 GiB over 4 KiB pages).
- */
-#define POSTCOPY_RS_MAX_HOST_RATIO 4194304
-
-/**
- * Largest host page size accepted, in bytes (16 GiB).
- */
-#define POSTCOPY_RS_MAX_HOST_PAGE_SIZE 17179869184
-
 
 
 /**
@@ -54,6 +44,16 @@ extern "C" {
  * whatever the window (one page ahead on 2 MiB hugepages).
  */
 #define POSTCOPY_RS_PREPAGE_MAX_BYTES 2097152
+
+/**
+ * Largest host-page / target-page ratio accepted (16 GiB over 4 KiB pages).
+ */
+#define POSTCOPY_RS_MAX_HOST_RATIO 4194304
+
+/**
+ * Largest host page size accepted, in bytes (16 GiB).
+ */
+#define POSTCOPY_RS_MAX_HOST_PAGE_SIZE 17179869184
 
 /**
  * Buckets in `PostcopyRsLatency.buckets`: QEMU's
@@ -84,7 +84,7 @@ typedef enum {
 } PostcopyRsLogLevel;
 
 /**
- * What the thread is doing.
+ * What the thread is doing (`postcopy_rs_fault_thread_state()`).
  */
 typedef enum {
   /**
@@ -252,125 +252,6 @@ typedef struct {
 typedef void (*PostcopyRsLogFn)(PostcopyRsLogLevel level, const char *msg);
 
 /**
- * A snapshot of the library's counters (`postcopy_rs_get_stats`).
- */
-typedef struct {
-  /**
-   * RAMBlocks walked by the source-side discard.
-   */
-  uint64_t discard_blocks;
-  /**
-   * Discard runs sent (`postcopy_discard_send_range` calls).
-   */
-  uint64_t discard_runs;
-  /**
-   * Target pages covered by those runs.
-   */
-  uint64_t discard_pages;
-  /**
-   * Bits set by host-page canonicalisation (added to `migration_dirty_pages`).
-   */
-  uint64_t hostpage_bits_set;
-  /**
-   * Host pages placed with `UFFDIO_COPY`.
-   */
-  uint64_t pages_placed;
-  /**
-   * Host pages placed as zero pages (`UFFDIO_ZEROPAGE`, or a zero copy
-   * on hugetlbfs).
-   */
-  uint64_t zero_pages_placed;
-  /**
-   * Bytes placed by either.
-   */
-  uint64_t bytes_placed;
-  /**
-   * Placements refused because the page was already present (EEXIST).
-   */
-  uint64_t eexist;
-  /**
-   * Placement retries after EAGAIN or a partial copy.
-   */
-  uint64_t eagain_retries;
-  /**
-   * Placement ioctls issued.
-   */
-  uint64_t place_ioctls;
-  /**
-   * `uffd_msg` records read by the fault thread.
-   */
-  uint64_t faults_read;
-  /**
-   * `read()` calls on the userfaultfd that returned messages.
-   */
-  uint64_t fault_reads;
-  /**
-   * Page requests sent to the source.
-   */
-  uint64_t pages_requested;
-  /**
-   * Faults not requested because the page was in flight or received.
-   */
-  uint64_t requests_deduped;
-  /**
-   * Times the fault thread paused for a broken return path.
-   */
-  uint64_t fault_thread_pauses;
-  /**
-   * Non-pagefault uffd events ignored.
-   */
-  uint64_t events_ignored;
-} PostcopyRsStats;
-
-/**
- * Fault-to-placement latency, per host page (`postcopy_rs_get_latency`).
- * Latencies are in microseconds.
- */
-typedef struct {
-  /**
-   * Samples: host pages whose first fault a placement resolved (the
-   * sum of `buckets`).
-   */
-  uint64_t count;
-  /**
-   * Sum of the samples (the mean is `sum_us / count`).
-   */
-  uint64_t sum_us;
-  /**
-   * The largest sample.
-   */
-  uint64_t max_us;
-  /**
-   * Median: an upper bound, the end of the bucket it is in (every
-   * sample in that bucket is below it), at most `max_us`.  0 without
-   * samples.
-   */
-  uint64_t p50_us;
-  /**
-   * 99th percentile, bounded the same way.
-   */
-  uint64_t p99_us;
-  /**
-   * First faults noted and not resolved yet.
-   */
-  uint64_t pending;
-  /**
-   * First faults not timed: no free entry near the page's slot in the
-   * table of pending faults.
-   */
-  uint64_t untracked;
-  /**
-   * Noted faults still unresolved when their fault thread stopped.
-   */
-  uint64_t abandoned;
-  /**
-   * `buckets[N]`: samples of `[2^N, 2^(N+1))` us (bucket 0 from 0, the
-   * last one without an end), as QEMU's `postcopy-latency-dist`.
-   */
-  uint64_t buckets[POSTCOPY_RS_LATENCY_BUCKETS];
-} PostcopyRsLatency;
-
-/**
  * Ask the source for `len` bytes of `block` from block offset `offset`
  * in one request (QEMU: one `MIG_RP_MSG_REQ_PAGES` of that length).  The
  * range is whole host pages, at least two; its first page is the one
@@ -515,6 +396,125 @@ typedef struct {
 } PostcopyRsDiscardOps;
 
 /**
+ * A snapshot of the library's counters (`postcopy_rs_get_stats`).
+ */
+typedef struct {
+  /**
+   * RAMBlocks walked by the source-side discard.
+   */
+  uint64_t discard_blocks;
+  /**
+   * Discard runs sent (`postcopy_discard_send_range` calls).
+   */
+  uint64_t discard_runs;
+  /**
+   * Target pages covered by those runs.
+   */
+  uint64_t discard_pages;
+  /**
+   * Bits set by host-page canonicalisation (added to `migration_dirty_pages`).
+   */
+  uint64_t hostpage_bits_set;
+  /**
+   * Host pages placed with `UFFDIO_COPY`.
+   */
+  uint64_t pages_placed;
+  /**
+   * Host pages placed as zero pages (`UFFDIO_ZEROPAGE`, or a zero copy
+   * on hugetlbfs).
+   */
+  uint64_t zero_pages_placed;
+  /**
+   * Bytes placed by either.
+   */
+  uint64_t bytes_placed;
+  /**
+   * Placements refused because the page was already present (EEXIST).
+   */
+  uint64_t eexist;
+  /**
+   * Placement retries after EAGAIN or a partial copy.
+   */
+  uint64_t eagain_retries;
+  /**
+   * Placement ioctls issued.
+   */
+  uint64_t place_ioctls;
+  /**
+   * `uffd_msg` records read by the fault thread.
+   */
+  uint64_t faults_read;
+  /**
+   * `read()` calls on the userfaultfd that returned messages.
+   */
+  uint64_t fault_reads;
+  /**
+   * Page requests sent to the source.
+   */
+  uint64_t pages_requested;
+  /**
+   * Faults not requested because the page was in flight or received.
+   */
+  uint64_t requests_deduped;
+  /**
+   * Times the fault thread paused for a broken return path.
+   */
+  uint64_t fault_thread_pauses;
+  /**
+   * Non-pagefault uffd events ignored.
+   */
+  uint64_t events_ignored;
+} PostcopyRsStats;
+
+/**
+ * Fault-to-placement latency, per host page (`postcopy_rs_get_latency`).
+ * Latencies are in microseconds.
+ */
+typedef struct {
+  /**
+   * Samples: host pages whose first fault a placement resolved (the
+   * sum of `buckets`).
+   */
+  uint64_t count;
+  /**
+   * Sum of the samples (the mean is `sum_us / count`).
+   */
+  uint64_t sum_us;
+  /**
+   * The largest sample.
+   */
+  uint64_t max_us;
+  /**
+   * Median: an upper bound, the end of the bucket it is in (every
+   * sample in that bucket is below it), at most `max_us`.  0 without
+   * samples.
+   */
+  uint64_t p50_us;
+  /**
+   * 99th percentile, bounded the same way.
+   */
+  uint64_t p99_us;
+  /**
+   * First faults noted and not resolved yet.
+   */
+  uint64_t pending;
+  /**
+   * First faults not timed: no free entry near the page's slot in the
+   * table of pending faults.
+   */
+  uint64_t untracked;
+  /**
+   * Noted faults still unresolved when their fault thread stopped.
+   */
+  uint64_t abandoned;
+  /**
+   * `buckets[N]`: samples of `[2^N, 2^(N+1))` us (bucket 0 from 0, the
+   * last one without an end), as QEMU's `postcopy-latency-dist`.
+   */
+  uint64_t buckets[POSTCOPY_RS_LATENCY_BUCKETS];
+} PostcopyRsLatency;
+
+/**
  * Place one host page atomically: `block->page_size` bytes from `from` at
  * `host` with `UFFDIO_COPY`, which wakes any thread faulting on it, then
  * mark it in `block->receivedmap`.  QEMU: `postcopy_place_page()`.
@@ -656,45 +656,6 @@ int postcopy_rs_fault_thread_set_shared_fds(PostcopyRsFaultThread *t,
 void postcopy_rs_set_log_fn(PostcopyRsLogFn log_fn, int max_level);
 
 /**
- * Copy the library's counters into `*out`.
- *
- * `size` is the caller's `sizeof(PostcopyRsStats)`: the library writes
- * the first `size` bytes of its own struct at most, so that a caller built
- * against this header keeps working when later versions append fields
- * (as for `postcopy_rs_get_latency()` and
- * `postcopy_rs_get_prepage_stats()`).  Returns the number of bytes
- * written, or `-EFAULT` if `out` is NULL.
- *
- * # Safety
- * `out`, if not NULL, must be writable for `size` bytes.
- */
-int postcopy_rs_get_stats(PostcopyRsStats *out, size_t size);
-
-/**
- * Zero the library's counters, the pre-paging ones and the latency
- * histogram (`postcopy_rs_get_latency()`).  First faults already noted
- * stay pending: one resolved after the reset is a sample of the new
- * histogram.
- */
-void postcopy_rs_reset_stats(void);
-
-/**
- * Copy the destination's fault-to-placement latency histogram into
- * `*out`: per host page, from the first fault the fault thread read on it
- * to the placement that resolved it, in QEMU's `postcopy-latency-dist`
- * buckets, with p50 and p99 (see `PostcopyRsLatency`).
- *
- * `size` is the caller's `sizeof(PostcopyRsLatency)`: the library writes
- * the first `size` bytes of its own struct at most, so that a caller built
- * against this header keeps working when later versions append fields.
- * Returns the number of bytes written, or `-EFAULT` if `out` is NULL.
- *
- * # Safety
- * `out`, if not NULL, must be writable for `size` bytes.
- */
-int postcopy_rs_get_latency(PostcopyRsLatency *out, size_t size);
-
-/**
  * Write the error for mismatched page summaries, naming both sides' page
  * sizes, into `buf` (at most `len` bytes, always NUL-terminated when
  * `len > 0`, like snprintf).  Returns the message's full length, or
@@ -802,6 +763,45 @@ int64_t postcopy_chunk_hostpages(unsigned long *bmap,
  * stopped, under the RCU read lock).
  */
 int postcopy_rs_send_discard_bitmap(const PostcopyRsDiscardOps *ops);
+
+/**
+ * Copy the library's counters into `*out`.
+ *
+ * `size` is the caller's `sizeof(PostcopyRsStats)`: the library writes
+ * the first `size` bytes of its own struct at most, so that a caller built
+ * against this header keeps working when later versions append fields
+ * (as for `postcopy_rs_get_latency()` and
+ * `postcopy_rs_get_prepage_stats()`).  Returns the number of bytes
+ * written, or `-EFAULT` if `out` is NULL.
+ *
+ * # Safety
+ * `out`, if not NULL, must be writable for `size` bytes.
+ */
+int postcopy_rs_get_stats(PostcopyRsStats *out, size_t size);
+
+/**
+ * Zero the library's counters, the pre-paging ones and the latency
+ * histogram (`postcopy_rs_get_latency()`).  First faults already noted
+ * stay pending: one resolved after the reset is a sample of the new
+ * histogram.
+ */
+void postcopy_rs_reset_stats(void);
+
+/**
+ * Copy the destination's fault-to-placement latency histogram into
+ * `*out`: per host page, from the first fault the fault thread read on it
+ * to the placement that resolved it, in QEMU's `postcopy-latency-dist`
+ * buckets, with p50 and p99 (see `PostcopyRsLatency`).
+ *
+ * `size` is the caller's `sizeof(PostcopyRsLatency)`: the library writes
+ * the first `size` bytes of its own struct at most, so that a caller built
+ * against this header keeps working when later versions append fields.
+ * Returns the number of bytes written, or `-EFAULT` if `out` is NULL.
+ *
+ * # Safety
+ * `out`, if not NULL, must be writable for `size` bytes.
+ */
+int postcopy_rs_get_latency(PostcopyRsLatency *out, size_t size);
 
 #ifdef __cplusplus
 } /* extern "C" */
