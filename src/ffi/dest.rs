@@ -26,7 +26,7 @@ pub const POSTCOPY_RS_BLOCK_ZEROPAGE: u32 = 1;
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct PostcopyRsBlockView {
-    /// Host address of the block's first byte (`RAMBlock::host`), aligned
+    /// Host address of the block's first byte (`RAMBlock.host`), aligned
     /// to `page_size`.
     pub host: *mut c_void,
     /// Bytes of guest RAM in the block (`used_length`), a multiple of
@@ -35,7 +35,7 @@ pub struct PostcopyRsBlockView {
     /// The block's host page size (`qemu_ram_pagesize()`): the unit of
     /// placement.
     pub page_size: u64,
-    /// `RAMBlock::receivedmap`, one bit per target page, updated
+    /// `RAMBlock.receivedmap`, one bit per target page, updated
     /// atomically; or NULL to not track.
     pub receivedmap: *mut c_ulong,
     /// log2 of the target page size (`qemu_target_page_bits()`).
@@ -207,7 +207,7 @@ pub unsafe extern "C" fn postcopy_rs_place_page_zero(
 
 // The fault thread.
 
-/// Where a fault address lies, filled in by `PostcopyRsFaultOps::resolve`.
+/// Where a fault address lies, filled in by `PostcopyRsFaultOps.resolve`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct PostcopyRsFaultTarget {

@@ -12,6 +12,7 @@
 //! the functions of [`convert`]: NULL is `-EFAULT`, a negative fd
 //! `-EBADF`.
 //!
+//! - [`version`]: the ABI version;
 //! - [`source`]: canonicalisation and the discard bitmap (source side);
 //! - [`dest`]: placement and the fault thread (destination side), whose
 //!   handles [`handles`] keeps;
@@ -29,6 +30,7 @@ pub mod pagesize;
 pub mod prepage;
 pub mod source;
 pub mod stats;
+pub mod version;
 
 pub use dest::*;
 pub use handles::PostcopyRsFaultThread;
@@ -37,3 +39,4 @@ pub use pagesize::*;
 pub use prepage::*;
 pub use source::*;
 pub use stats::*;
+pub use version::*;

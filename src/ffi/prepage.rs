@@ -139,9 +139,9 @@ impl RangeRequester for CRange {
 /// being hit is dropped, so random faults request one page each).  Pre-paged
 /// pages are in flight: only the first fault on one requests it again,
 /// alone.  A request asks for at most `POSTCOPY_RS_PREPAGE_MAX_BYTES`
-/// after the faulting page, one page ahead on 2 MiB hugepages.  See the
-/// `prepage` module of the crate for the policy, and
-/// `postcopy_rs_get_prepage_stats()` for the counters.
+/// after the faulting page, one page ahead on 2 MiB hugepages.  The
+/// policy is described in src/prepage.rs of the library's source;
+/// `postcopy_rs_get_prepage_stats()` gives the counters.
 ///
 /// `max_pages` 0 or 1, or a NULL `request_range`, turns it off: the
 /// default, which requests exactly what QEMU's own thread does.  It

@@ -55,7 +55,7 @@ pub unsafe extern "C" fn postcopy_chunk_hostpages(
     })
 }
 
-/// One RAMBlock, filled in by `PostcopyRsDiscardOps::next_block`.
+/// One RAMBlock, filled in by `PostcopyRsDiscardOps.next_block`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct PostcopyRsDiscardBlock {
@@ -63,10 +63,10 @@ pub struct PostcopyRsDiscardBlock {
     /// previous block on entry to `next_block` (NULL: none yet), this one
     /// on return.  Never NULL for a block.
     pub block: *mut c_void,
-    /// The block's name (`RAMBlock::idstr`), NUL-terminated; NULL reads as
+    /// The block's name (`RAMBlock.idstr`), NUL-terminated; NULL reads as
     /// "".
     pub name: *const c_char,
-    /// The block's dirty bitmap (`RAMBlock::bmap`), one bit per target
+    /// The block's dirty bitmap (`RAMBlock.bmap`), one bit per target
     /// page of `used_length`; may be NULL only if `used_length` is 0.
     pub bmap: *mut c_ulong,
     /// The block's host page size in bytes (`qemu_ram_pagesize()`).
