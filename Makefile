@@ -9,6 +9,11 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 # What the static library needs from the system (cargo rustc --print
 # native-static-libs), minus libc which every link has.
 NATIVE_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl
+# Where cargo builds: target/, or wherever CARGO_TARGET_DIR (or a cargo
+# config's build.target-dir) says.  Deferred (=): only install and header
+# ask cargo.
+TARGET_DIR = $(shell cargo metadata --format-version 1 --no-deps | \
+	sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 
 all: build
 
@@ -19,16 +24,16 @@ build:
 # timestamp on the header would make QEMU's ninja recompile every file that
 # includes it (minutes), for nothing.
 install: build
-	install -C -D -m 0644 target/release/libpostcopy_rs.a $(PREFIX)/lib/libpostcopy_rs.a
+	install -C -D -m 0644 "$(TARGET_DIR)/release/libpostcopy_rs.a" $(PREFIX)/lib/libpostcopy_rs.a
 	install -C -D -m 0644 include/postcopy_rs.h $(PREFIX)/include/postcopy_rs.h
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' \
-	    -e 's|@NATIVE_LIBS@|$(NATIVE_LIBS)|' postcopy-rs.pc.in > target/postcopy-rs.pc
-	install -C -D -m 0644 target/postcopy-rs.pc $(PREFIX)/lib/pkgconfig/postcopy-rs.pc
+	    -e 's|@NATIVE_LIBS@|$(NATIVE_LIBS)|' postcopy-rs.pc.in > "$(TARGET_DIR)/postcopy-rs.pc"
+	install -C -D -m 0644 "$(TARGET_DIR)/postcopy-rs.pc" $(PREFIX)/lib/pkgconfig/postcopy-rs.pc
 
 # Refresh the committed header from the source (pinned cbindgen, via build.rs).
 header:
 	cargo build
-	cp "$$(ls -t target/debug/build/postcopy-rs-*/out/postcopy_rs.h | head -n1)" include/postcopy_rs.h
+	cp "$$(ls -t "$(TARGET_DIR)"/debug/build/postcopy-rs-*/out/postcopy_rs.h | head -n1)" include/postcopy_rs.h
 
 test:
 	scripts/test.sh

@@ -30,6 +30,7 @@
 //! /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages, and restored).
 #![allow(missing_docs)]
 
+use postcopy_rs::addr::{BlockHandle, HostAddr};
 use postcopy_rs::fault_thread::{FaultHandler, FaultThread, Resolved};
 use postcopy_rs::latency;
 use postcopy_rs::placement::{place_pages, Block};
@@ -339,10 +340,11 @@ struct Handler {
 }
 
 impl FaultHandler for Handler {
-    fn resolve(&mut self, addr: u64) -> Result<Resolved> {
+    fn resolve(&mut self, addr: HostAddr) -> Result<Resolved> {
+        let addr = addr.get();
         if addr >= self.block.host && addr - self.block.host < self.block.len {
             Ok(Resolved {
-                handle: 0,
+                handle: BlockHandle::new(0),
                 block: self.block.clone(),
             })
         } else {
@@ -350,7 +352,7 @@ impl FaultHandler for Handler {
         }
     }
 
-    fn request_page(&mut self, _handle: usize, offset: u64, _addr: u64) -> Result<()> {
+    fn request_page(&mut self, _handle: BlockHandle, offset: u64, _addr: HostAddr) -> Result<()> {
         self.tx
             .send(offset)
             .map_err(|_| Error::State("the source thread is gone"))
@@ -367,7 +369,7 @@ fn run_ours(
     let pages = (region.len / page_size) as usize;
     let map = ReceivedMap::new((region.len / 4096) as usize);
     let block = Block::new(
-        region.addr,
+        HostAddr::new(region.addr),
         region.len,
         page_size,
         12,
@@ -380,7 +382,8 @@ fn run_ours(
     std::thread::scope(|s| {
         let source = s.spawn(move || {
             for off in rx {
-                place_pages(uffd, &block, block.host + off, src, 1).expect("place_pages");
+                place_pages(uffd, &block, HostAddr::new(block.host + off), src, 1)
+                    .expect("place_pages");
             }
         });
         let handler = Handler {
@@ -536,15 +539,22 @@ fn bench_batching(uffd: BorrowedFd<'_>, plan: Plan) -> String {
             let (per_call, times) = &mut results[(k + rep) % 2];
             let m = fresh(uffd, plan.batch_bytes, false).expect("batching mapping");
             let map = ReceivedMap::new(pages as usize);
-            let block =
-                Block::new(m.addr, m.len, KIB4, 12, Some(map.clone()), true).expect("block");
+            let block = Block::new(
+                HostAddr::new(m.addr),
+                m.len,
+                KIB4,
+                12,
+                Some(map.clone()),
+                true,
+            )
+            .expect("block");
             let t0 = Instant::now();
             for run in (m.addr..m.addr + m.len).step_by(16 * KIB4 as usize) {
                 for off in (0..16 * KIB4).step_by((*per_call * KIB4) as usize) {
                     place_pages(
                         uffd,
                         &block,
-                        run + off,
+                        HostAddr::new(run + off),
                         &src.bytes()[off as usize..],
                         *per_call,
                     )

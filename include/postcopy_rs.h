@@ -12,6 +12,30 @@
  * The library links on its own: it calls its embedder only through the
  * function pointers passed to it (PostcopyRsDiscardOps, PostcopyRsFaultOps,
  * the log sink).  See docs/BOUNDARY.md.
+ *
+ * ABI version: POSTCOPY_RS_ABI_VERSION is the version of this header, and
+ * postcopy_rs_abi_version() the version of the library; they must be
+ * equal.  The version changes whenever a function's signature or the
+ * layout of a struct or enum here changes, and the minor number of the
+ * library's version (pkg-config's Version: 0.N.x for ABI version N) moves
+ * with it.
+ *
+ * Inputs, which the embedder fills in and the library reads:
+ * PostcopyRsBlockView, PostcopyRsFaultTarget, PostcopyRsFaultOps,
+ * PostcopyRsFaultConfig, PostcopyRsDiscardBlock and PostcopyRsDiscardOps.
+ * They are frozen within an ABI version: the library reads exactly the
+ * layout declared here, so any new field is a new ABI version, and the
+ * embedder must be rebuilt against the new header.  New settings for a
+ * running fault thread come as new functions instead
+ * (postcopy_rs_fault_thread_set_prepage()).
+ *
+ * Outputs, which the library fills in: PostcopyRsStats, PostcopyRsLatency
+ * and PostcopyRsPrepageStats.  They only grow, at their end: each getter
+ * takes the caller's sizeof and writes at most that many bytes, so a
+ * caller built against an older header gets the fields it knows.
+ *
+ * Every struct has a tag of the same name as its typedef, so that a
+ * header can forward-declare it (struct PostcopyRsFaultThread;).
  */
 
 #ifndef POSTCOPY_RS_H
@@ -24,16 +48,6 @@
 extern "C" {
 #endif
 
-
-/**
- * Largest host-page / target-page ratio accepted (16 GiB over 4 KiB pages).
- */
-#define POSTCOPY_RS_MAX_HOST_RATIO 4194304
-
-/**
- * Largest host page size accepted, in bytes (16 GiB).
- */
-#define POSTCOPY_RS_MAX_HOST_PAGE_SIZE 17179869184
 
 
 
@@ -56,15 +70,35 @@ extern "C" {
 #define POSTCOPY_RS_PREPAGE_MAX_BYTES 2097152
 
 /**
+ * Largest host-page / target-page ratio accepted (16 GiB over 4 KiB pages).
+ */
+#define POSTCOPY_RS_MAX_HOST_RATIO 4194304
+
+/**
+ * Largest host page size accepted, in bytes (16 GiB).
+ */
+#define POSTCOPY_RS_MAX_HOST_PAGE_SIZE 17179869184
+
+/**
  * Buckets in `PostcopyRsLatency.buckets`: QEMU's
  * `BLOCKTIME_LATENCY_BUCKET_N`.
  */
 #define POSTCOPY_RS_LATENCY_BUCKETS 24
 
 /**
+ * The version of this C ABI.  It changes whenever any exported function's
+ * signature, or the layout of any exported struct or enum, changes; the
+ * minor number of the library's version (0.x, and so pkg-config's
+ * `Version`) moves with it.  Compare it with
+ * `postcopy_rs_abi_version()` to catch a header and a library that do not
+ * match.
+ */
+#define POSTCOPY_RS_ABI_VERSION 3
+
+/**
  * Message severity, as passed to the log sink.
  */
-typedef enum {
+typedef enum PostcopyRsLogLevel {
   /**
    * Something failed; the caller gets an error code too.
    */
@@ -84,9 +118,9 @@ typedef enum {
 } PostcopyRsLogLevel;
 
 /**
- * What the thread is doing.
+ * What the thread is doing (`postcopy_rs_fault_thread_state()`).
  */
-typedef enum {
+typedef enum PostcopyRsFaultThreadState {
   /**
    * Serving faults.
    */
@@ -109,9 +143,9 @@ typedef struct PostcopyRsFaultThread PostcopyRsFaultThread;
 /**
  * A RAMBlock as the destination sees it, filled in by the embedder.
  */
-typedef struct {
+typedef struct PostcopyRsBlockView {
   /**
-   * Host address of the block's first byte (`RAMBlock::host`), aligned
+   * Host address of the block's first byte (`RAMBlock.host`), aligned
    * to `page_size`.
    */
   void *host;
@@ -126,7 +160,7 @@ typedef struct {
    */
   uint64_t page_size;
   /**
-   * `RAMBlock::receivedmap`, one bit per target page, updated
+   * `RAMBlock.receivedmap`, one bit per target page, updated
    * atomically; or NULL to not track.
    */
   unsigned long *receivedmap;
@@ -141,9 +175,9 @@ typedef struct {
 } PostcopyRsBlockView;
 
 /**
- * Where a fault address lies, filled in by `PostcopyRsFaultOps::resolve`.
+ * Where a fault address lies, filled in by `PostcopyRsFaultOps.resolve`.
  */
-typedef struct {
+typedef struct PostcopyRsFaultTarget {
   /**
    * The embedder's handle for the block (QEMU: the `RAMBlock *`); passed
    * back to `fault` and `request_page`.
@@ -153,7 +187,7 @@ typedef struct {
    * The block's view; its receivedmap must stay valid until the thread
    * is stopped.
    */
-  PostcopyRsBlockView view;
+  struct PostcopyRsBlockView view;
 } PostcopyRsFaultTarget;
 
 /**
@@ -161,7 +195,7 @@ typedef struct {
  * fault thread and receives `opaque`.  `resolve` and `request_page` are
  * required; the others may be NULL.
  */
-typedef struct {
+typedef struct PostcopyRsFaultOps {
   /**
    * Passed to every callback.
    */
@@ -178,7 +212,7 @@ typedef struct {
    * Map fault address `addr` to its block: fill `*out`, return 0; or
    * return a negative errno if `addr` is not guest RAM.
    */
-  int (*resolve)(void *opaque, uint64_t addr, PostcopyRsFaultTarget *out);
+  int (*resolve)(void *opaque, uint64_t addr, struct PostcopyRsFaultTarget *out);
   /**
    * Every page fault, before de-duplication: `tid` is the faulting
    * thread (0 without `UFFD_FEATURE_THREAD_ID`).  QEMU: blocktime begin.
@@ -219,7 +253,7 @@ typedef struct {
 /**
  * How to start a fault thread.
  */
-typedef struct {
+typedef struct PostcopyRsFaultConfig {
   /**
    * The userfaultfd guest RAM is registered with.  The thread works on
    * its own duplicate, closed when it is stopped.
@@ -236,7 +270,7 @@ typedef struct {
   /**
    * The callbacks.
    */
-  PostcopyRsFaultOps ops;
+  struct PostcopyRsFaultOps ops;
   /**
    * The thread's name (QEMU: `MIGRATION_THREAD_DST_FAULT`), or NULL for
    * "fault-default".
@@ -249,12 +283,156 @@ typedef struct {
  * newline.  It must stay callable for the life of the process: a thread
  * may have loaded it just before it is replaced.
  */
-typedef void (*PostcopyRsLogFn)(PostcopyRsLogLevel level, const char *msg);
+typedef void (*PostcopyRsLogFn)(enum PostcopyRsLogLevel level, const char *msg);
+
+/**
+ * Ask the source for `len` bytes of `block` from block offset `offset`
+ * in one request (QEMU: one `MIG_RP_MSG_REQ_PAGES` of that length).  The
+ * range is whole host pages, at least two; its first page is the one
+ * that faulted, at `addr`.  Called on the fault thread with the
+ * `opaque` of the thread's `PostcopyRsFaultOps`, for requests of more
+ * than one page only (one page still goes through `request_page`).
+ *
+ * Return 0 when the whole range was requested; a positive count of
+ * bytes when only that much from `offset` was (at least the faulting
+ * page: the rest is not counted as in flight); or a negative errno if
+ * the return path is broken: the thread then pauses and retries, as for
+ * `request_page`.
+ */
+typedef int64_t (*PostcopyRsRequestRangeFn)(void *opaque,
+                                            void *block,
+                                            uint64_t offset,
+                                            uint64_t len,
+                                            uint64_t addr);
+
+/**
+ * Pre-paging counters (`postcopy_rs_get_prepage_stats`).  Pages are
+ * host pages.
+ */
+typedef struct PostcopyRsPrepageStats {
+  /**
+   * Page requests that carried pre-paged pages (more than one page).
+   */
+  uint64_t requests;
+  /**
+   * Pages pre-paged: requested beyond the faulting pages.
+   */
+  uint64_t pages;
+  /**
+   * Pre-paged pages a thread then faulted on while still in flight.
+   */
+  uint64_t hits_in_flight;
+  /**
+   * Pre-paged pages of runs the guest walked past (the stream's next
+   * fault was the first missing page after the run), not counted as
+   * in-flight hits: used most likely, but not observed page by page.
+   */
+  uint64_t hits_walked_past;
+  /**
+   * Pre-paged pages of runs dropped with no hit (stream replaced, or
+   * the fault thread paused): perhaps used without a fault, perhaps
+   * wasted.
+   */
+  uint64_t unconfirmed;
+  /**
+   * Streams started (faults that continued no stream).
+   */
+  uint64_t streams;
+  /**
+   * Times a window doubled.
+   */
+  uint64_t window_grows;
+  /**
+   * The largest window reached, in pages (a maximum, not a sum).
+   */
+  uint64_t max_window;
+} PostcopyRsPrepageStats;
+
+/**
+ * One RAMBlock, filled in by `PostcopyRsDiscardOps.next_block`.
+ */
+typedef struct PostcopyRsDiscardBlock {
+  /**
+   * The embedder's handle for the block (QEMU: the `RAMBlock *`): the
+   * previous block on entry to `next_block` (NULL: none yet), this one
+   * on return.  Never NULL for a block.
+   */
+  void *block;
+  /**
+   * The block's name (`RAMBlock.idstr`), NUL-terminated; NULL reads as
+   * "".
+   */
+  const char *name;
+  /**
+   * The block's dirty bitmap (`RAMBlock.bmap`), one bit per target
+   * page of `used_length`; may be NULL only if `used_length` is 0.
+   */
+  unsigned long *bmap;
+  /**
+   * The block's host page size in bytes (`qemu_ram_pagesize()`).
+   */
+  uint64_t page_size;
+  /**
+   * Bytes of guest RAM in the block (`used_length`).
+   */
+  uint64_t used_length;
+} PostcopyRsDiscardBlock;
+
+/**
+ * What `postcopy_rs_send_discard_bitmap()` needs from its embedder.
+ * Every callback runs on the calling thread, during the call, and
+ * receives `opaque`.  `next_block`, `send_init`, `send_range` and
+ * `send_finish` are required; the others may be NULL.
+ */
+typedef struct PostcopyRsDiscardOps {
+  /**
+   * Passed to every callback (QEMU: the `MigrationState *`).
+   */
+  void *opaque;
+  /**
+   * The target page size in bytes (QEMU: `TARGET_PAGE_SIZE`).
+   */
+  uint64_t target_page_size;
+  /**
+   * Move `*block` to the next block to discard (QEMU: the next
+   * not-ignored RAMBlock) and fill it in; return false after the last.
+   * The blocks are walked twice, first to check them all.
+   */
+  bool (*next_block)(void *opaque, struct PostcopyRsDiscardBlock *block);
+  /**
+   * The last dirty-bitmap sync, once every block has been checked and
+   * before anything is sent (QEMU: `migration_bitmap_sync()`).
+   */
+  void (*prepare)(void *opaque);
+  /**
+   * Start one block's discards (QEMU: `postcopy_discard_send_init()`).
+   */
+  void (*send_init)(void *opaque, const char *name);
+  /**
+   * Discard `length` target pages from target page `start` of the block
+   * (QEMU: `postcopy_discard_send_range()`).
+   */
+  void (*send_range)(void *opaque, uint64_t start, uint64_t length);
+  /**
+   * End one block's discards (QEMU: `postcopy_discard_send_finish()`).
+   */
+  void (*send_finish)(void *opaque);
+  /**
+   * Canonicalisation marked `pages` more target pages dirty (QEMU: add
+   * them to `migration_dirty_pages`).
+   */
+  void (*dirty_pages_add)(void *opaque, uint64_t pages);
+  /**
+   * The discard failed with `err` (a negative errno) before anything was
+   * sent; `msg` says why and names the block (QEMU: fail the migration).
+   */
+  void (*failed)(void *opaque, int err, const char *msg);
+} PostcopyRsDiscardOps;
 
 /**
  * A snapshot of the library's counters (`postcopy_rs_get_stats`).
  */
-typedef struct {
+typedef struct PostcopyRsStats {
   /**
    * RAMBlocks walked by the source-side discard.
    */
@@ -326,7 +504,7 @@ typedef struct {
  * Fault-to-placement latency, per host page (`postcopy_rs_get_latency`).
  * Latencies are in microseconds.
  */
-typedef struct {
+typedef struct PostcopyRsLatency {
   /**
    * Samples: host pages whose first fault a placement resolved (the
    * sum of `buckets`).
@@ -371,150 +549,6 @@ typedef struct {
 } PostcopyRsLatency;
 
 /**
- * Ask the source for `len` bytes of `block` from block offset `offset`
- * in one request (QEMU: one `MIG_RP_MSG_REQ_PAGES` of that length).  The
- * range is whole host pages, at least two; its first page is the one
- * that faulted, at `addr`.  Called on the fault thread with the
- * `opaque` of the thread's `PostcopyRsFaultOps`, for requests of more
- * than one page only (one page still goes through `request_page`).
- *
- * Return 0 when the whole range was requested; a positive count of
- * bytes when only that much from `offset` was (at least the faulting
- * page: the rest is not counted as in flight); or a negative errno if
- * the return path is broken: the thread then pauses and retries, as for
- * `request_page`.
- */
-typedef int64_t (*PostcopyRsRequestRangeFn)(void *opaque,
-                                            void *block,
-                                            uint64_t offset,
-                                            uint64_t len,
-                                            uint64_t addr);
-
-/**
- * Pre-paging counters (`postcopy_rs_get_prepage_stats`).  Pages are
- * host pages.
- */
-typedef struct {
-  /**
-   * Page requests that carried pre-paged pages (more than one page).
-   */
-  uint64_t requests;
-  /**
-   * Pages pre-paged: requested beyond the faulting pages.
-   */
-  uint64_t pages;
-  /**
-   * Pre-paged pages a thread then faulted on while still in flight.
-   */
-  uint64_t hits_in_flight;
-  /**
-   * Pre-paged pages of runs the guest walked past (the stream's next
-   * fault was the first missing page after the run), not counted as
-   * in-flight hits: used most likely, but not observed page by page.
-   */
-  uint64_t hits_walked_past;
-  /**
-   * Pre-paged pages of runs dropped with no hit (stream replaced, or
-   * the fault thread paused): perhaps used without a fault, perhaps
-   * wasted.
-   */
-  uint64_t unconfirmed;
-  /**
-   * Streams started (faults that continued no stream).
-   */
-  uint64_t streams;
-  /**
-   * Times a window doubled.
-   */
-  uint64_t window_grows;
-  /**
-   * The largest window reached, in pages (a maximum, not a sum).
-   */
-  uint64_t max_window;
-} PostcopyRsPrepageStats;
-
-/**
- * One RAMBlock, filled in by `PostcopyRsDiscardOps::next_block`.
- */
-typedef struct {
-  /**
-   * The embedder's handle for the block (QEMU: the `RAMBlock *`): the
-   * previous block on entry to `next_block` (NULL: none yet), this one
-   * on return.  Never NULL for a block.
-   */
-  void *block;
-  /**
-   * The block's name (`RAMBlock::idstr`), NUL-terminated; NULL reads as
-   * "".
-   */
-  const char *name;
-  /**
-   * The block's dirty bitmap (`RAMBlock::bmap`), one bit per target
-   * page of `used_length`; may be NULL only if `used_length` is 0.
-   */
-  unsigned long *bmap;
-  /**
-   * The block's host page size in bytes (`qemu_ram_pagesize()`).
-   */
-  uint64_t page_size;
-  /**
-   * Bytes of guest RAM in the block (`used_length`).
-   */
-  uint64_t used_length;
-} PostcopyRsDiscardBlock;
-
-/**
- * What `postcopy_rs_send_discard_bitmap()` needs from its embedder.
- * Every callback runs on the calling thread, during the call, and
- * receives `opaque`.  `next_block`, `send_init`, `send_range` and
- * `send_finish` are required; the others may be NULL.
- */
-typedef struct {
-  /**
-   * Passed to every callback (QEMU: the `MigrationState *`).
-   */
-  void *opaque;
-  /**
-   * The target page size in bytes (QEMU: `TARGET_PAGE_SIZE`).
-   */
-  uint64_t target_page_size;
-  /**
-   * Move `*block` to the next block to discard (QEMU: the next
-   * not-ignored RAMBlock) and fill it in; return false after the last.
-   * The blocks are walked twice, first to check them all.
-   */
-  bool (*next_block)(void *opaque, PostcopyRsDiscardBlock *block);
-  /**
-   * The last dirty-bitmap sync, once every block has been checked and
-   * before anything is sent (QEMU: `migration_bitmap_sync()`).
-   */
-  void (*prepare)(void *opaque);
-  /**
-   * Start one block's discards (QEMU: `postcopy_discard_send_init()`).
-   */
-  void (*send_init)(void *opaque, const char *name);
-  /**
-   * Discard `length` target pages from target page `start` of the block
-   * (QEMU: `postcopy_discard_send_range()`).
-   */
-  void (*send_range)(void *opaque, uint64_t start, uint64_t length);
-  /**
-   * End one block's discards (QEMU: `postcopy_discard_send_finish()`).
-   */
-  void (*send_finish)(void *opaque);
-  /**
-   * Canonicalisation marked `pages` more target pages dirty (QEMU: add
-   * them to `migration_dirty_pages`).
-   */
-  void (*dirty_pages_add)(void *opaque, uint64_t pages);
-  /**
-   * The discard failed with `err` (a negative errno) before anything was
-   * sent; `msg` says why and names the block (QEMU: fail the migration).
-   */
-  void (*failed)(void *opaque, int err, const char *msg);
-} PostcopyRsDiscardOps;
-
-/**
  * Place one host page atomically: `block->page_size` bytes from `from` at
  * `host` with `UFFDIO_COPY`, which wakes any thread faulting on it, then
  * mark it in `block->receivedmap`.  QEMU: `postcopy_place_page()`.
@@ -536,7 +570,7 @@ typedef struct {
  * `block->page_size` bytes.  Safe to call from several threads at once.
  */
 int postcopy_rs_place_page(int uffd,
-                           const PostcopyRsBlockView *block,
+                           const struct PostcopyRsBlockView *block,
                            void *host,
                            const void *from);
 
@@ -552,7 +586,7 @@ int postcopy_rs_place_page(int uffd,
  * As `postcopy_rs_place_page()`.
  */
 int postcopy_rs_place_pages(int uffd,
-                            const PostcopyRsBlockView *block,
+                            const struct PostcopyRsBlockView *block,
                             void *host,
                             const void *from,
                             uint64_t npages);
@@ -568,7 +602,7 @@ int postcopy_rs_place_pages(int uffd,
  * As `postcopy_rs_place_page()`, without `from`.
  */
 int postcopy_rs_place_page_zero(int uffd,
-                                const PostcopyRsBlockView *block,
+                                const struct PostcopyRsBlockView *block,
                                 void *host);
 
 /**
@@ -592,8 +626,8 @@ int postcopy_rs_place_page_zero(int uffd,
  * is stopped, and must not call back into the fault-thread API.  (The
  * thread keeps duplicates of the fds: the caller may close its own.)
  */
-int postcopy_rs_fault_thread_start(const PostcopyRsFaultConfig *cfg,
-                                   PostcopyRsFaultThread **out);
+int postcopy_rs_fault_thread_start(const struct PostcopyRsFaultConfig *cfg,
+                                   struct PostcopyRsFaultThread **out);
 
 /**
  * Stop the fault thread: signal its eventfd, wake it if paused, join it,
@@ -605,7 +639,7 @@ int postcopy_rs_fault_thread_start(const PostcopyRsFaultConfig *cfg,
  * handle already stopped (or never started) `-ESRCH`, both touching
  * nothing: a second stop is an error, not a use-after-free.
  */
-int postcopy_rs_fault_thread_stop(PostcopyRsFaultThread *t);
+int postcopy_rs_fault_thread_stop(struct PostcopyRsFaultThread *t);
 
 /**
  * Post one resume: a thread paused after a failed request retries it.
@@ -613,20 +647,20 @@ int postcopy_rs_fault_thread_stop(PostcopyRsFaultThread *t);
  * QEMU: `qemu_sem_post(&mis->postcopy_pause_sem_fault)`.
  * Returns 0, `-EFAULT` for NULL or `-ESRCH` for a handle not live.
  */
-int postcopy_rs_fault_thread_resume(PostcopyRsFaultThread *t);
+int postcopy_rs_fault_thread_resume(struct PostcopyRsFaultThread *t);
 
 /**
  * Wake the thread so that it calls `ops.check_pause` again (QEMU:
  * `postcopy_fault_thread_notify()`, after closing the return path).
  * Returns 0, `-EFAULT` for NULL or `-ESRCH` for a handle not live.
  */
-int postcopy_rs_fault_thread_notify(PostcopyRsFaultThread *t);
+int postcopy_rs_fault_thread_notify(struct PostcopyRsFaultThread *t);
 
 /**
  * What the thread is doing now (`PostcopyRsFaultThreadState`), `-EFAULT`
  * for NULL or `-ESRCH` for a handle not live.
  */
-int postcopy_rs_fault_thread_state(const PostcopyRsFaultThread *t);
+int postcopy_rs_fault_thread_state(const struct PostcopyRsFaultThread *t);
 
 /**
  * Replace the shared userfaultfds polled besides the main one.  The
@@ -639,7 +673,7 @@ int postcopy_rs_fault_thread_state(const PostcopyRsFaultThread *t);
  * # Safety
  * `fds` must hold `n` ints (may be NULL if `n` is 0).
  */
-int postcopy_rs_fault_thread_set_shared_fds(PostcopyRsFaultThread *t,
+int postcopy_rs_fault_thread_set_shared_fds(struct PostcopyRsFaultThread *t,
                                             const int *fds,
                                             uint32_t n);
 
@@ -654,45 +688,6 @@ int postcopy_rs_fault_thread_set_shared_fds(PostcopyRsFaultThread *t,
  * not call back into this library.
  */
 void postcopy_rs_set_log_fn(PostcopyRsLogFn log_fn, int max_level);
-
-/**
- * Copy the library's counters into `*out`.
- *
- * `size` is the caller's `sizeof(PostcopyRsStats)`: the library writes
- * the first `size` bytes of its own struct at most, so that a caller built
- * against this header keeps working when later versions append fields
- * (as for `postcopy_rs_get_latency()` and
- * `postcopy_rs_get_prepage_stats()`).  Returns the number of bytes
- * written, or `-EFAULT` if `out` is NULL.
- *
- * # Safety
- * `out`, if not NULL, must be writable for `size` bytes.
- */
-int postcopy_rs_get_stats(PostcopyRsStats *out, size_t size);
-
-/**
- * Zero the library's counters, the pre-paging ones and the latency
- * histogram (`postcopy_rs_get_latency()`).  First faults already noted
- * stay pending: one resolved after the reset is a sample of the new
- * histogram.
- */
-void postcopy_rs_reset_stats(void);
-
-/**
- * Copy the destination's fault-to-placement latency histogram into
- * `*out`: per host page, from the first fault the fault thread read on it
- * to the placement that resolved it, in QEMU's `postcopy-latency-dist`
- * buckets, with p50 and p99 (see `PostcopyRsLatency`).
- *
- * `size` is the caller's `sizeof(PostcopyRsLatency)`: the library writes
- * the first `size` bytes of its own struct at most, so that a caller built
- * against this header keeps working when later versions append fields.
- * Returns the number of bytes written, or `-EFAULT` if `out` is NULL.
- *
- * # Safety
- * `out`, if not NULL, must be writable for `size` bytes.
- */
-int postcopy_rs_get_latency(PostcopyRsLatency *out, size_t size);
 
 /**
  * Write the error for mismatched page summaries, naming both sides' page
@@ -718,9 +713,9 @@ int postcopy_rs_pagesize_mismatch_message(uint64_t source_summary,
  * being hit is dropped, so random faults request one page each).  Pre-paged
  * pages are in flight: only the first fault on one requests it again,
  * alone.  A request asks for at most `POSTCOPY_RS_PREPAGE_MAX_BYTES`
- * after the faulting page, one page ahead on 2 MiB hugepages.  See the
- * `prepage` module of the crate for the policy, and
- * `postcopy_rs_get_prepage_stats()` for the counters.
+ * after the faulting page, one page ahead on 2 MiB hugepages.  The
+ * policy is described in src/prepage.rs of the library's source;
+ * `postcopy_rs_get_prepage_stats()` gives the counters.
  *
  * `max_pages` 0 or 1, or a NULL `request_range`, turns it off: the
  * default, which requests exactly what QEMU's own thread does.  It
@@ -735,7 +730,7 @@ int postcopy_rs_pagesize_mismatch_message(uint64_t source_summary,
  * thread is stopped (turning pre-paging off does not wait for a call
  * under way), and must not call back into the fault-thread API.
  */
-int postcopy_rs_fault_thread_set_prepage(PostcopyRsFaultThread *t,
+int postcopy_rs_fault_thread_set_prepage(struct PostcopyRsFaultThread *t,
                                          uint32_t max_pages,
                                          PostcopyRsRequestRangeFn request_range);
 
@@ -749,7 +744,8 @@ int postcopy_rs_fault_thread_set_prepage(PostcopyRsFaultThread *t,
  * # Safety
  * `out`, if not NULL, must be writable for `size` bytes.
  */
-int postcopy_rs_get_prepage_stats(PostcopyRsPrepageStats *out, size_t size);
+int postcopy_rs_get_prepage_stats(struct PostcopyRsPrepageStats *out,
+                                  size_t size);
 
 /**
  * Canonicalise a RAMBlock's dirty bitmap to host pages: every host page
@@ -801,7 +797,52 @@ int64_t postcopy_chunk_hostpages(unsigned long *bmap,
  * during the call (QEMU: on the migration thread with the source
  * stopped, under the RCU read lock).
  */
-int postcopy_rs_send_discard_bitmap(const PostcopyRsDiscardOps *ops);
+int postcopy_rs_send_discard_bitmap(const struct PostcopyRsDiscardOps *ops);
+
+/**
+ * Copy the library's counters into `*out`.
+ *
+ * `size` is the caller's `sizeof(PostcopyRsStats)`: the library writes
+ * the first `size` bytes of its own struct at most, so that a caller built
+ * against this header keeps working when later versions append fields
+ * (as for `postcopy_rs_get_latency()` and
+ * `postcopy_rs_get_prepage_stats()`).  Returns the number of bytes
+ * written, or `-EFAULT` if `out` is NULL.
+ *
+ * # Safety
+ * `out`, if not NULL, must be writable for `size` bytes.
+ */
+int postcopy_rs_get_stats(struct PostcopyRsStats *out, size_t size);
+
+/**
+ * Zero the library's counters, the pre-paging ones and the latency
+ * histogram (`postcopy_rs_get_latency()`).  First faults already noted
+ * stay pending: one resolved after the reset is a sample of the new
+ * histogram.
+ */
+void postcopy_rs_reset_stats(void);
+
+/**
+ * Copy the destination's fault-to-placement latency histogram into
+ * `*out`: per host page, from the first fault the fault thread read on it
+ * to the placement that resolved it, in QEMU's `postcopy-latency-dist`
+ * buckets, with p50 and p99 (see `PostcopyRsLatency`).
+ *
+ * `size` is the caller's `sizeof(PostcopyRsLatency)`: the library writes
+ * the first `size` bytes of its own struct at most, so that a caller built
+ * against this header keeps working when later versions append fields.
+ * Returns the number of bytes written, or `-EFAULT` if `out` is NULL.
+ *
+ * # Safety
+ * `out`, if not NULL, must be writable for `size` bytes.
+ */
+int postcopy_rs_get_latency(struct PostcopyRsLatency *out, size_t size);
+
+/**
+ * The ABI version the library was built with: `POSTCOPY_RS_ABI_VERSION`
+ * of its own header.  Never 0.
+ */
+uint32_t postcopy_rs_abi_version(void);
 
 #ifdef __cplusplus
 } /* extern "C" */

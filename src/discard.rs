@@ -16,11 +16,7 @@ use crate::bitmap::{bits_to_longs, last_word_mask, RunBuilder, Word, BITS_PER_LO
 use crate::error::{Error, Result};
 use std::ffi::CStr;
 
-/// The largest host page size accepted: 16 GiB, the largest hugepage any
-/// Linux architecture offers.
-pub const MAX_HOST_PAGE_SIZE: u64 = 16 << 30;
-/// The largest host-page / target-page ratio accepted: 16 GiB over 4 KiB.
-pub const MAX_HOST_RATIO: u64 = 1 << 22;
+pub use crate::limits::{MAX_HOST_PAGE_SIZE, MAX_HOST_RATIO};
 
 /// A validated host-page / target-page ratio: a power of two in
 /// `1..=MAX_HOST_RATIO`.

@@ -13,7 +13,7 @@ pub enum Error {
     /// A required pointer argument was NULL.  -EFAULT.
     Null(&'static str),
     /// A page size that no host can have: zero, not a power of two, below
-    /// the target page size or above [`crate::MAX_HOST_PAGE_SIZE`].  -EINVAL.
+    /// the target page size or above [`crate::limits::MAX_HOST_PAGE_SIZE`].  -EINVAL.
     PageSize {
         /// What was asked for, in bytes.
         page_size: u64,
@@ -151,12 +151,12 @@ impl fmt::Display for Error {
                 "impossible host page size {page_size} bytes \
                  (target page size {target_page_size} bytes): it must be a power \
                  of two from the target page size up to {} bytes",
-                crate::MAX_HOST_PAGE_SIZE
+                crate::limits::MAX_HOST_PAGE_SIZE
             ),
             Error::HostRatio(r) => write!(
                 f,
                 "host page / target page ratio {r} is not a power of two in 1..={}",
-                crate::MAX_HOST_RATIO
+                crate::limits::MAX_HOST_RATIO
             ),
             Error::Length { len, page, unit } => write!(
                 f,

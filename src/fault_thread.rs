@@ -24,6 +24,7 @@
 //! Start returns only once the thread runs (ready handshake); stop signals
 //! the eventfd, wakes a paused thread and joins, so it cannot hang.
 
+use crate::addr::{BlockHandle, HostAddr};
 use crate::error::{Error, Result};
 use crate::latency;
 use crate::log;
@@ -59,7 +60,7 @@ const REQUEST_AGAIN_AFTER: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct Resolved {
     /// The embedder's handle for the block (a `RAMBlock *` in QEMU).
-    pub handle: usize,
+    pub handle: BlockHandle,
     /// The block's geometry and received bitmap.
     pub block: Block,
 }
@@ -73,13 +74,13 @@ pub trait FaultHandler: Send {
     fn thread_exit(&mut self) {}
     /// Map a faulting address to its block; an error means it is outside
     /// guest RAM.
-    fn resolve(&mut self, addr: u64) -> Result<Resolved>;
+    fn resolve(&mut self, addr: HostAddr) -> Result<Resolved>;
     /// Every page fault, before any de-duplication (QEMU: blocktime begin,
     /// trace).
-    fn fault(&mut self, _handle: usize, _addr: u64, _tid: u32) {}
+    fn fault(&mut self, _handle: BlockHandle, _addr: HostAddr, _tid: u32) {}
     /// Ask the source for the host page at block offset `offset`.  An error
     /// means the return path is broken: the thread pauses, then retries.
-    fn request_page(&mut self, handle: usize, offset: u64, addr: u64) -> Result<()>;
+    fn request_page(&mut self, handle: BlockHandle, offset: u64, addr: HostAddr) -> Result<()>;
     /// Checked each time the thread wakes: true if it must pause now
     /// because the return path is gone (QEMU: `!mis->to_src_file`).  See
     /// [`FaultThread::notify`].
@@ -91,17 +92,16 @@ pub trait FaultHandler: Send {
     /// The thread resumed and will retry.
     fn resumed(&mut self) {}
     /// The thread is stopping because of `err` (at `addr` if a fault).
-    fn fatal(&mut self, _err: &Error, _addr: u64) {}
+    fn fatal(&mut self, _err: &Error, _addr: Option<HostAddr>) {}
     /// A message on a shared userfaultfd.
     fn shared_fault(&mut self, _fd: RawFd, _msg: &UffdMsg) -> Result<()> {
         Ok(())
     }
 }
 
-/// What the thread is doing.
-#[repr(C)]
+/// What the thread is doing (the C ABI's `PostcopyRsFaultThreadState`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PostcopyRsFaultThreadState {
+pub enum ThreadState {
     /// Serving faults.
     Running = 0,
     /// Waiting for resume (or stop) after a failed request.
@@ -112,7 +112,7 @@ pub enum PostcopyRsFaultThreadState {
 
 #[derive(Debug)]
 struct Control {
-    state: PostcopyRsFaultThreadState,
+    state: ThreadState,
     /// Resumes posted and not yet consumed: QEMU's pause semaphore.
     resumes: u32,
 }
@@ -173,7 +173,7 @@ impl Shared {
             // SAFETY: a fresh fd from eventfd() that nothing else owns.
             event: unsafe { OwnedFd::from_raw_fd(efd) },
             control: Mutex::new(Control {
-                state: PostcopyRsFaultThreadState::Running,
+                state: ThreadState::Running,
                 resumes: 0,
             }),
             cond: Condvar::new(),
@@ -200,7 +200,7 @@ impl Shared {
         }
     }
 
-    fn set_state(&self, s: PostcopyRsFaultThreadState) {
+    fn set_state(&self, s: ThreadState) {
         self.control
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -210,7 +210,7 @@ impl Shared {
     /// Wait for a resume or stop.  Returns false when stopping.
     fn wait_resume(&self) -> bool {
         let mut c = self.control.lock().unwrap_or_else(PoisonError::into_inner);
-        c.state = PostcopyRsFaultThreadState::Paused;
+        c.state = ThreadState::Paused;
         while c.resumes == 0 && !self.quit.load(Ordering::Acquire) {
             c = self.cond.wait(c).unwrap_or_else(PoisonError::into_inner);
         }
@@ -218,7 +218,7 @@ impl Shared {
             return false;
         }
         c.resumes -= 1;
-        c.state = PostcopyRsFaultThreadState::Running;
+        c.state = ThreadState::Running;
         true
     }
 }
@@ -343,7 +343,7 @@ impl FaultThread {
     }
 
     /// What the thread is doing now.
-    pub fn state(&self) -> PostcopyRsFaultThreadState {
+    pub fn state(&self) -> ThreadState {
         self.shared
             .control
             .lock()
@@ -415,7 +415,7 @@ fn thread_main(
         log::error!("postcopy fault thread: internal error: {msg}");
         // The embedder's own callback cannot have panicked (it is C); tell
         // it, guarded all the same.
-        let _ = catch_unwind(AssertUnwindSafe(|| handler.fatal(&Error::Panic, 0)));
+        let _ = catch_unwind(AssertUnwindSafe(|| handler.fatal(&Error::Panic, None)));
         Err(Error::Panic)
     });
     if let Err(e) = &res {
@@ -424,7 +424,7 @@ fn thread_main(
     // On every path, panic included: QEMU must unregister the thread from
     // RCU, or synchronize_rcu() would wait on a dead thread.
     let _ = catch_unwind(AssertUnwindSafe(|| handler.thread_exit()));
-    shared.set_state(PostcopyRsFaultThreadState::Exited);
+    shared.set_state(ThreadState::Exited);
     res
 }
 
@@ -518,7 +518,7 @@ impl Loop<'_> {
                 if e.errno() == libc::EINTR {
                     continue;
                 }
-                self.handler.fatal(&e, 0);
+                self.handler.fatal(&e, None);
                 return Err(e);
             }
             // Drain before looking at `quit`: stop() sets `quit` and then
@@ -573,7 +573,7 @@ impl Loop<'_> {
             op,
             errno: libc::EBADF,
         };
-        self.handler.fatal(&e, 0);
+        self.handler.fatal(&e, None);
         e
     }
 
@@ -603,7 +603,7 @@ impl Loop<'_> {
             return match e.errno() {
                 libc::EAGAIN | libc::EINTR => Ok(Next::Go),
                 _ => {
-                    self.handler.fatal(&e, 0);
+                    self.handler.fatal(&e, None);
                     Err(e)
                 }
             };
@@ -678,7 +678,7 @@ impl Loop<'_> {
             return Ok(Next::Go);
         }
         let addr = msg.pf_address;
-        let r = match self.handler.resolve(addr) {
+        let r = match self.handler.resolve(HostAddr::new(addr)) {
             Ok(r) => r,
             Err(e) => {
                 let e = match e {
@@ -691,7 +691,7 @@ impl Loop<'_> {
                         e
                     }
                 };
-                self.handler.fatal(&e, addr);
+                self.handler.fatal(&e, Some(HostAddr::new(addr)));
                 return Err(e);
             }
         };
@@ -700,11 +700,12 @@ impl Loop<'_> {
         let offset = match block.offset_of(page, 1) {
             Ok(o) => o,
             Err(e) => {
-                self.handler.fatal(&e, addr);
+                self.handler.fatal(&e, Some(HostAddr::new(addr)));
                 return Err(e);
             }
         };
-        self.handler.fault(r.handle, addr, msg.pf_ptid);
+        self.handler
+            .fault(r.handle, HostAddr::new(addr), msg.pf_ptid);
         if block.is_received(offset) || self.first_fault_was_placed(&block, page, offset) {
             self.inflight.remove(&page);
             stats::add(Counter::RequestsDeduped, 1);
@@ -738,11 +739,16 @@ impl Loop<'_> {
         let asked = loop {
             // The faulting page first: alone, or at the head of the range.
             let sent = if npages > 1 {
-                self.prepage
-                    .request(r.handle, offset, npages, block.page_size, addr)
+                self.prepage.request(
+                    r.handle,
+                    offset,
+                    npages,
+                    block.page_size,
+                    HostAddr::new(addr),
+                )
             } else {
                 self.handler
-                    .request_page(r.handle, offset, addr)
+                    .request_page(r.handle, offset, HostAddr::new(addr))
                     .map(|()| 1)
             };
             match sent {
@@ -826,13 +832,18 @@ mod tests {
     }
 
     impl FaultHandler for NoMap {
-        fn resolve(&mut self, _addr: u64) -> Result<Resolved> {
+        fn resolve(&mut self, _addr: HostAddr) -> Result<Resolved> {
             Ok(Resolved {
-                handle: 1,
+                handle: BlockHandle::new(1),
                 block: self.block.clone(),
             })
         }
-        fn request_page(&mut self, _handle: usize, _offset: u64, _addr: u64) -> Result<()> {
+        fn request_page(
+            &mut self,
+            _handle: BlockHandle,
+            _offset: u64,
+            _addr: HostAddr,
+        ) -> Result<()> {
             self.requests += 1;
             Ok(())
         }
@@ -855,7 +866,7 @@ mod tests {
 
     fn no_map() -> NoMap {
         // Never touched: the loop only does arithmetic on the addresses.
-        let block = Block::new(HOST, PAGES * 4096, 4096, 12, None, true).unwrap();
+        let block = Block::new(HostAddr::new(HOST), PAGES * 4096, 4096, 12, None, true).unwrap();
         NoMap { block, requests: 0 }
     }
 
@@ -913,7 +924,13 @@ mod tests {
     fn a_prepaged_page_faulted_on_is_asked_for_again() {
         struct Ranges(std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>);
         impl prepage::RangeRequester for Ranges {
-            fn request_range(&mut self, _: usize, offset: u64, len: u64, _: u64) -> Result<u64> {
+            fn request_range(
+                &mut self,
+                _: BlockHandle,
+                offset: u64,
+                len: u64,
+                _: HostAddr,
+            ) -> Result<u64> {
                 self.0.lock().unwrap().push((offset, len));
                 Ok(0)
             }
@@ -987,10 +1004,13 @@ mod tests {
     fn shared_fds_set_after_start_are_polled() {
         struct Seen(std::sync::Arc<Mutex<Vec<(RawFd, u64)>>>);
         impl FaultHandler for Seen {
-            fn resolve(&mut self, addr: u64) -> Result<Resolved> {
-                Err(Error::OutOfRange { addr, len: 1 })
+            fn resolve(&mut self, addr: HostAddr) -> Result<Resolved> {
+                Err(Error::OutOfRange {
+                    addr: addr.get(),
+                    len: 1,
+                })
             }
-            fn request_page(&mut self, _: usize, _: u64, _: u64) -> Result<()> {
+            fn request_page(&mut self, _: BlockHandle, _: u64, _: HostAddr) -> Result<()> {
                 Ok(())
             }
             fn shared_fault(&mut self, fd: RawFd, msg: &UffdMsg) -> Result<()> {
@@ -1020,7 +1040,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(*seen.lock().unwrap(), vec![(r.as_raw_fd(), 0x5000)]);
-        assert_eq!(t.state(), PostcopyRsFaultThreadState::Running);
+        assert_eq!(t.state(), ThreadState::Running);
         t.stop().unwrap();
     }
 }

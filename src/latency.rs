@@ -29,15 +29,13 @@
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 
-/// Buckets in `PostcopyRsLatency.buckets`: QEMU's
-/// `BLOCKTIME_LATENCY_BUCKET_N`.
-pub const POSTCOPY_RS_LATENCY_BUCKETS: usize = 24;
+/// Buckets in [`Latency::buckets`]: QEMU's `BLOCKTIME_LATENCY_BUCKET_N`.
+pub const NBUCKETS: usize = 24;
 
-/// Fault-to-placement latency, per host page (`postcopy_rs_get_latency`).
-/// Latencies are in microseconds.
-#[repr(C)]
+/// Fault-to-placement latency, per host page (the C ABI's
+/// `PostcopyRsLatency`).  Latencies are in microseconds.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PostcopyRsLatency {
+pub struct Latency {
     /// Samples: host pages whose first fault a placement resolved (the
     /// sum of `buckets`).
     pub count: u64,
@@ -60,11 +58,8 @@ pub struct PostcopyRsLatency {
     pub abandoned: u64,
     /// `buckets[N]`: samples of `[2^N, 2^(N+1))` us (bucket 0 from 0, the
     /// last one without an end), as QEMU's `postcopy-latency-dist`.
-    pub buckets: [u64; POSTCOPY_RS_LATENCY_BUCKETS],
+    pub buckets: [u64; NBUCKETS],
 }
-
-static_assertions::assert_eq_size!(PostcopyRsLatency, [u64; 8 + POSTCOPY_RS_LATENCY_BUCKETS]);
-static_assertions::assert_eq_align!(PostcopyRsLatency, u64);
 
 /// The bucket of a latency of `us` microseconds: `floor(log2(us))`, 0 for
 /// 0, at most the last bucket (QEMU's `blocktime_latency_account()`).
@@ -72,13 +67,13 @@ pub fn bucket_of(us: u64) -> usize {
     if us == 0 {
         return 0;
     }
-    (us.ilog2() as usize).min(POSTCOPY_RS_LATENCY_BUCKETS - 1)
+    (us.ilog2() as usize).min(NBUCKETS - 1)
 }
 
 /// The latency at or below which `permille`/1000 of the samples are, as
 /// the exclusive end of its bucket clamped to `max_us` (the last bucket has
 /// no end: `max_us`).  0 without samples.
-pub fn percentile(buckets: &[u64; POSTCOPY_RS_LATENCY_BUCKETS], max_us: u64, permille: u64) -> u64 {
+pub fn percentile(buckets: &[u64; NBUCKETS], max_us: u64, permille: u64) -> u64 {
     let count: u64 = buckets.iter().sum();
     if count == 0 {
         return 0;
@@ -91,7 +86,7 @@ pub fn percentile(buckets: &[u64; POSTCOPY_RS_LATENCY_BUCKETS], max_us: u64, per
     for (i, &n) in buckets.iter().enumerate() {
         seen += u128::from(n);
         if seen >= rank {
-            if i == POSTCOPY_RS_LATENCY_BUCKETS - 1 {
+            if i == NBUCKETS - 1 {
                 return max_us;
             }
             return (1u64 << (i + 1)).min(max_us);
@@ -102,8 +97,7 @@ pub fn percentile(buckets: &[u64; POSTCOPY_RS_LATENCY_BUCKETS], max_us: u64, per
 
 // The histogram.
 
-static BUCKETS: [AtomicU64; POSTCOPY_RS_LATENCY_BUCKETS] =
-    [const { AtomicU64::new(0) }; POSTCOPY_RS_LATENCY_BUCKETS];
+static BUCKETS: [AtomicU64; NBUCKETS] = [const { AtomicU64::new(0) }; NBUCKETS];
 static SUM_US: AtomicU64 = AtomicU64::new(0);
 static MAX_US: AtomicU64 = AtomicU64::new(0);
 static UNTRACKED: AtomicU64 = AtomicU64::new(0);
@@ -119,11 +113,10 @@ fn record(ns: u64) {
 
 /// The histogram now, with its percentiles.  Not one atomic snapshot: a
 /// sample added meanwhile may be in some figures and not others.
-pub fn snapshot() -> PostcopyRsLatency {
-    let buckets: [u64; POSTCOPY_RS_LATENCY_BUCKETS] =
-        std::array::from_fn(|i| BUCKETS[i].load(Ordering::Relaxed));
+pub fn snapshot() -> Latency {
+    let buckets: [u64; NBUCKETS] = std::array::from_fn(|i| BUCKETS[i].load(Ordering::Relaxed));
     let max_us = MAX_US.load(Ordering::Relaxed);
-    PostcopyRsLatency {
+    Latency {
         count: buckets.iter().sum(),
         sum_us: SUM_US.load(Ordering::Relaxed),
         max_us,
@@ -342,7 +335,7 @@ mod tests {
             if us == 0 {
                 0
             } else {
-                ((63 - us.leading_zeros()) as usize).min(POSTCOPY_RS_LATENCY_BUCKETS - 1)
+                ((63 - us.leading_zeros()) as usize).min(NBUCKETS - 1)
             }
         };
         for us in (0..5000).chain([
@@ -366,8 +359,8 @@ mod tests {
         assert_eq!(bucket_of(u64::MAX), 23);
     }
 
-    fn hist(samples: &[u64]) -> ([u64; POSTCOPY_RS_LATENCY_BUCKETS], u64) {
-        let mut b = [0; POSTCOPY_RS_LATENCY_BUCKETS];
+    fn hist(samples: &[u64]) -> ([u64; NBUCKETS], u64) {
+        let mut b = [0; NBUCKETS];
         for &s in samples {
             b[bucket_of(s)] += 1;
         }

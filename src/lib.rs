@@ -14,23 +14,28 @@
 //!   page, as a histogram.
 //! - [`prepage`]: destination side, adaptive pre-paging in the fault thread.
 //! - [`pagesize`]: telling the source which page sizes did not match.
-//! - [`ffi`]: the exported C ABI, the one place raw pointers, raw fds and
-//!   callbacks from C become safe types.
-//! - [`error`], [`panic`](mod@panic), [`log`], [`stats`]: errors, the panic boundary,
-//!   the log sink and counters.
+//! - [`ffi`]: the exported C ABI: every `#[repr(C)]` type of it, the one
+//!   panic boundary every export goes through, and the one place raw
+//!   pointers, raw fds and callbacks from C become safe types.  The
+//!   modules above never import it.
+//! - [`addr`]: typed host addresses and block handles, as the core takes
+//!   them from [`ffi`].
+//! - [`error`], [`limits`], [`log`], [`stats`]: errors, the page geometry
+//!   accepted, the log sink and counters.
 //!
 //! The header `include/postcopy_rs.h` is generated from this crate by
 //! cbindgen; `docs/BOUNDARY.md` describes the QEMU boundary.
 
+pub mod addr;
 pub mod bitmap;
 pub mod discard;
 pub mod error;
 pub mod fault_thread;
 pub mod ffi;
 pub mod latency;
+pub mod limits;
 pub mod log;
 pub mod pagesize;
-pub mod panic;
 pub mod placement;
 pub mod prepage;
 pub mod receivedmap;
@@ -38,12 +43,5 @@ pub mod source;
 pub mod stats;
 pub mod uffd;
 
-pub use discard::{MAX_HOST_PAGE_SIZE, MAX_HOST_RATIO};
 pub use error::{Error, Result};
-
-/// Largest host-page / target-page ratio accepted (16 GiB over 4 KiB pages).
-pub const POSTCOPY_RS_MAX_HOST_RATIO: u64 = 4_194_304;
-/// Largest host page size accepted, in bytes (16 GiB).
-pub const POSTCOPY_RS_MAX_HOST_PAGE_SIZE: u64 = 17_179_869_184;
-static_assertions::const_assert_eq!(POSTCOPY_RS_MAX_HOST_RATIO, discard::MAX_HOST_RATIO);
-static_assertions::const_assert_eq!(POSTCOPY_RS_MAX_HOST_PAGE_SIZE, discard::MAX_HOST_PAGE_SIZE);
+pub use limits::{MAX_HOST_PAGE_SIZE, MAX_HOST_RATIO};

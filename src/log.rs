@@ -6,15 +6,13 @@
 //! always logged with the detail (address, length, sizes) that the bare
 //! errno returned to C cannot carry.
 
-use crate::ffi::CLogSink;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
-/// Message severity, as passed to the log sink.
-#[repr(C)]
+/// Message severity; the C ABI's `PostcopyRsLogLevel` has the same values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PostcopyRsLogLevel {
+pub enum Level {
     /// Something failed; the caller gets an error code too.
     Error = 0,
     /// Something unexpected that the library handled.
@@ -25,27 +23,35 @@ pub enum PostcopyRsLogLevel {
     Debug = 3,
 }
 
-// None: stderr.  Set rarely, read on every delivered message.
-static SINK: RwLock<Option<CLogSink>> = RwLock::new(None);
-// Messages above this level are dropped before formatting reaches the sink.
-static MAX_LEVEL: AtomicUsize = AtomicUsize::new(PostcopyRsLogLevel::Info as usize);
+/// Where messages go instead of stderr (the C ABI's log function).
+pub trait Sink: Send + Sync {
+    /// Deliver one message, a line without its newline.  Called from any
+    /// thread.
+    fn deliver(&self, level: Level, msg: &CStr);
+}
 
-pub(crate) fn set_sink(sink: Option<CLogSink>, max_level: PostcopyRsLogLevel) {
+// None: stderr.  Set rarely, read on every delivered message.
+static SINK: RwLock<Option<Arc<dyn Sink>>> = RwLock::new(None);
+// Messages above this level are dropped before formatting reaches the sink.
+static MAX_LEVEL: AtomicUsize = AtomicUsize::new(Level::Info as usize);
+
+/// Send messages up to `max_level` to `sink` (None: stderr).
+pub fn set_sink(sink: Option<Arc<dyn Sink>>, max_level: Level) {
     *SINK.write().unwrap_or_else(PoisonError::into_inner) = sink;
     MAX_LEVEL.store(max_level as usize, Ordering::Release);
 }
 
 /// True when a message at `level` would be delivered.
-pub fn enabled(level: PostcopyRsLogLevel) -> bool {
+pub fn enabled(level: Level) -> bool {
     level as usize <= MAX_LEVEL.load(Ordering::Acquire)
 }
 
 /// Deliver one message.
-pub fn log(level: PostcopyRsLogLevel, msg: &str) {
+pub fn log(level: Level, msg: &str) {
     if !enabled(level) {
         return;
     }
-    let sink = *SINK.read().unwrap_or_else(PoisonError::into_inner);
+    let sink = SINK.read().unwrap_or_else(PoisonError::into_inner).clone();
     let Some(sink) = sink else {
         // Not eprintln!: it panics when stderr fails (EPIPE, ENOSPC).
         use std::io::Write;
@@ -60,21 +66,21 @@ pub fn log(level: PostcopyRsLogLevel, msg: &str) {
 /// Log at error level.
 macro_rules! error {
     ($($arg:tt)*) => {
-        $crate::log::log($crate::log::PostcopyRsLogLevel::Error, &format!($($arg)*))
+        $crate::log::log($crate::log::Level::Error, &format!($($arg)*))
     };
 }
 /// Log at warning level.
 #[allow(unused_macros)]
 macro_rules! warning {
     ($($arg:tt)*) => {
-        $crate::log::log($crate::log::PostcopyRsLogLevel::Warning, &format!($($arg)*))
+        $crate::log::log($crate::log::Level::Warning, &format!($($arg)*))
     };
 }
 /// Log at debug level; the message is only formatted when enabled.
 macro_rules! debug {
     ($($arg:tt)*) => {
-        if $crate::log::enabled($crate::log::PostcopyRsLogLevel::Debug) {
-            $crate::log::log($crate::log::PostcopyRsLogLevel::Debug, &format!($($arg)*))
+        if $crate::log::enabled($crate::log::Level::Debug) {
+            $crate::log::log($crate::log::Level::Debug, &format!($($arg)*))
         }
     };
 }

@@ -19,6 +19,7 @@
 //! **EAGAIN** (the mm is changing, or a multi-page copy stopped part way)
 //! is retried from where the kernel stopped.
 
+use crate::addr::HostAddr;
 use crate::error::{Error, Result};
 use crate::latency;
 use crate::receivedmap::ReceivedMap;
@@ -52,13 +53,14 @@ impl Block {
     /// Validate the geometry of a block.  `receivedmap` must hold a bit per
     /// target page of `len`.
     pub fn new(
-        host: u64,
+        host: HostAddr,
         len: u64,
         page_size: u64,
         target_page_bits: u32,
         receivedmap: Option<ReceivedMap>,
         zeropage_ok: bool,
     ) -> Result<Self> {
+        let host = host.get();
         if !(9..=30).contains(&target_page_bits) {
             return Err(Error::PageSize {
                 page_size,
@@ -66,7 +68,9 @@ impl Block {
             });
         }
         let tps = 1u64 << target_page_bits;
-        if !page_size.is_power_of_two() || page_size < tps || page_size > crate::MAX_HOST_PAGE_SIZE
+        if !page_size.is_power_of_two()
+            || page_size < tps
+            || page_size > crate::limits::MAX_HOST_PAGE_SIZE
         {
             return Err(Error::PageSize {
                 page_size,
@@ -280,10 +284,11 @@ fn placed(block: &Block, host: u64, off: u64, len: u64) {
 pub fn place_pages(
     uffd: BorrowedFd<'_>,
     block: &Block,
-    host: u64,
+    host: HostAddr,
     from: &[u8],
     npages: u64,
 ) -> Result<()> {
+    let host = host.get();
     let off = block.offset_of(host, npages)?;
     // No overflow: offset_of checked the pages fit in the block.
     let len = npages * block.page_size;
@@ -305,7 +310,8 @@ pub fn place_pages(
 /// Place one zero host page at `host` and mark it received: `UFFDIO_ZEROPAGE`,
 /// or on memory without it (hugetlbfs) a copy from a zero buffer of the
 /// block's page size.
-pub fn place_zero(uffd: BorrowedFd<'_>, block: &Block, host: u64) -> Result<()> {
+pub fn place_zero(uffd: BorrowedFd<'_>, block: &Block, host: HostAddr) -> Result<()> {
+    let host = host.get();
     let off = block.offset_of(host, 1)?;
     let ps = block.page_size;
     let fill = if block.zeropage_ok {
@@ -354,7 +360,15 @@ mod tests {
 
     #[test]
     fn block_geometry_is_checked() {
-        let ok = Block::new(0x20_0000, 0x40_0000, 0x20_0000, 12, None, false).unwrap();
+        let ok = Block::new(
+            HostAddr::new(0x20_0000),
+            0x40_0000,
+            0x20_0000,
+            12,
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!(ok.offset_of(0x40_0000, 1).unwrap(), 0x20_0000);
         assert!(matches!(
             ok.offset_of(0x40_1000, 1),
@@ -372,14 +386,22 @@ mod tests {
         assert!(matches!(ok.offset_of(0, 1), Err(Error::OutOfRange { .. })));
         ok.offset_of(0x20_0000, u64::MAX).unwrap_err();
         // Misaligned host, impossible page sizes, partial page lengths.
-        Block::new(0x1000, 0x20_0000, 0x20_0000, 12, None, false).unwrap_err();
-        Block::new(0, 0x3000, 0x3000, 12, None, false).unwrap_err();
-        Block::new(0, 0x1000, 0x800, 12, None, false).unwrap_err();
-        Block::new(0, 0x30_0000, 0x20_0000, 12, None, false).unwrap_err();
-        Block::new(0, 0x1000, 0x1000, 40, None, false).unwrap_err();
+        Block::new(HostAddr::new(0x1000), 0x20_0000, 0x20_0000, 12, None, false).unwrap_err();
+        Block::new(HostAddr::new(0), 0x3000, 0x3000, 12, None, false).unwrap_err();
+        Block::new(HostAddr::new(0), 0x1000, 0x800, 12, None, false).unwrap_err();
+        Block::new(HostAddr::new(0), 0x30_0000, 0x20_0000, 12, None, false).unwrap_err();
+        Block::new(HostAddr::new(0), 0x1000, 0x1000, 40, None, false).unwrap_err();
         // A receivedmap too short for the block.
         let map = ReceivedMap::new(64);
-        Block::new(0, 65 << 12, 0x1000, 12, Some(map.clone()), true).unwrap_err();
-        Block::new(0, 64 << 12, 0x1000, 12, Some(map), true).unwrap();
+        Block::new(
+            HostAddr::new(0),
+            65 << 12,
+            0x1000,
+            12,
+            Some(map.clone()),
+            true,
+        )
+        .unwrap_err();
+        Block::new(HostAddr::new(0), 64 << 12, 0x1000, 12, Some(map), true).unwrap();
     }
 }

@@ -75,13 +75,14 @@
 //!
 //! A pre-paged page that arrives before the guest touches it never
 //! faults, so nobody can tell whether the guest used it: "wasted" is not
-//! measurable.  [`PostcopyRsPrepageStats`] therefore counts what is seen:
+//! measurable.  [`Stats`] therefore counts what is seen:
 //! pages pre-paged, pages confirmed used (faulted on while in flight, or
 //! in a run the guest walked past, which is an estimate: the guest may
 //! have skipped some of its pages), and pages *unconfirmed* (their run
 //! was dropped without a hit).  Unconfirmed plus the pages of runs still
 //! open at the end bound the waste from above.
 
+use crate::addr::{BlockHandle, HostAddr};
 use crate::error::Result;
 use crate::placement::Block;
 use crate::stats::Counters;
@@ -111,7 +112,13 @@ pub trait RangeRequester: Send {
     /// `addr`) first.  Returns the bytes actually requested from `offset`
     /// (0: all of them; fewer is allowed, the faulting page always
     /// counts), or an error if the return path is broken.
-    fn request_range(&mut self, handle: usize, offset: u64, len: u64, addr: u64) -> Result<u64>;
+    fn request_range(
+        &mut self,
+        handle: BlockHandle,
+        offset: u64,
+        len: u64,
+        addr: HostAddr,
+    ) -> Result<u64>;
 }
 
 /// How to pre-page, set on a running fault thread.
@@ -122,11 +129,10 @@ pub struct Settings {
     pub requester: Box<dyn RangeRequester>,
 }
 
-/// Pre-paging counters (`postcopy_rs_get_prepage_stats`).  Pages are
+/// Pre-paging counters (the C ABI's `PostcopyRsPrepageStats`).  Pages are
 /// host pages.
-#[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PostcopyRsPrepageStats {
+pub struct Stats {
     /// Page requests that carried pre-paged pages (more than one page).
     pub requests: u64,
     /// Pages pre-paged: requested beyond the faulting pages.
@@ -150,8 +156,6 @@ pub struct PostcopyRsPrepageStats {
 }
 
 const NCOUNTERS: usize = 8;
-static_assertions::assert_eq_size!(PostcopyRsPrepageStats, [u64; NCOUNTERS]);
-static_assertions::assert_eq_align!(PostcopyRsPrepageStats, u64);
 
 #[derive(Clone, Copy)]
 enum Counter {
@@ -172,9 +176,9 @@ fn add(c: Counter, n: u64) {
 }
 
 /// The pre-paging counters now.
-pub fn snapshot() -> PostcopyRsPrepageStats {
+pub fn snapshot() -> Stats {
     let v = STATS.load();
-    PostcopyRsPrepageStats {
+    Stats {
         requests: v[Counter::Requests as usize],
         pages: v[Counter::Pages as usize],
         hits_in_flight: v[Counter::HitsInFlight as usize],
@@ -194,7 +198,7 @@ pub fn reset_stats() {
 /// One stream of faults and its latest run.
 #[derive(Debug, Clone)]
 struct Stream {
-    handle: usize,
+    handle: BlockHandle,
     page_size: u64,
     /// The latest run's pre-paged pages are `[start, next)` (empty with a
     /// window of one); `next` is where the stream is expected to fault.
@@ -259,7 +263,7 @@ impl Prepager {
 
     /// A fault on `page` (block `handle`), which is in flight: a hit if it
     /// was pre-paged and not hit before.
-    pub fn fault_in_flight(&mut self, handle: usize, page: u64) {
+    pub fn fault_in_flight(&mut self, handle: BlockHandle, page: u64) {
         if !self.pending.remove(&page) {
             return;
         }
@@ -282,7 +286,7 @@ impl Prepager {
     /// `in_flight` says whether a page is in flight.
     pub fn plan(
         &mut self,
-        handle: usize,
+        handle: BlockHandle,
         block: &Block,
         page: u64,
         in_flight: impl Fn(u64) -> bool,
@@ -338,11 +342,11 @@ impl Prepager {
     /// requested.
     pub fn request(
         &mut self,
-        handle: usize,
+        handle: BlockHandle,
         offset: u64,
         npages: u64,
         page_size: u64,
-        addr: u64,
+        addr: HostAddr,
     ) -> Result<u64> {
         let Some(s) = self.settings.as_mut() else {
             return Ok(0);
@@ -359,7 +363,7 @@ impl Prepager {
 
     /// The request for `npages` host pages from `page` went out: open the
     /// stream's new run.
-    pub fn requested(&mut self, handle: usize, page: u64, page_size: u64, npages: u64) {
+    pub fn requested(&mut self, handle: BlockHandle, page: u64, page_size: u64, npages: u64) {
         if self.settings.is_none() {
             return;
         }
@@ -387,7 +391,7 @@ impl Prepager {
     /// A new stream at `page`; if the table is full, in place of the least
     /// recently used stream at one page, or of the least recently used
     /// grown one while those fill more than half of it.
-    fn start_stream(&mut self, handle: usize, page_size: u64, page: u64) -> usize {
+    fn start_stream(&mut self, handle: BlockHandle, page_size: u64, page: u64) -> usize {
         add(Counter::Streams, 1);
         let s = Stream {
             handle,
@@ -456,7 +460,13 @@ mod tests {
     struct Rec(Arc<Mutex<Vec<(u64, u64)>>>);
 
     impl RangeRequester for Rec {
-        fn request_range(&mut self, _h: usize, offset: u64, len: u64, _a: u64) -> Result<u64> {
+        fn request_range(
+            &mut self,
+            _h: BlockHandle,
+            offset: u64,
+            len: u64,
+            _a: HostAddr,
+        ) -> Result<u64> {
             self.0.lock().unwrap().push((offset, len / PS));
             Ok(0)
         }
@@ -481,7 +491,7 @@ mod tests {
             }));
             Sim {
                 p,
-                block: Block::new(HOST, npages * PS, PS, 12, None, true).unwrap(),
+                block: Block::new(HostAddr::new(HOST), npages * PS, PS, 12, None, true).unwrap(),
                 in_flight: HashSet::new(),
                 ranges,
                 asked: Vec::new(),
@@ -490,6 +500,7 @@ mod tests {
 
         /// A fault on page `i`, as the fault thread handles it.
         fn fault(&mut self, handle: usize, i: u64) {
+            let handle = BlockHandle::new(handle);
             let page = HOST + i * PS;
             if self.in_flight.contains(&page) {
                 self.p.fault_in_flight(handle, page);
@@ -498,7 +509,9 @@ mod tests {
             let inf = self.in_flight.clone();
             let n = self.p.plan(handle, &self.block, page, |p| inf.contains(&p));
             let got = if n > 1 {
-                self.p.request(handle, i * PS, n, PS, page).unwrap()
+                self.p
+                    .request(handle, i * PS, n, PS, HostAddr::new(page))
+                    .unwrap()
             } else {
                 1
             };
@@ -538,11 +551,11 @@ mod tests {
             requester: Box::new(Rec(Arc::new(Mutex::new(Vec::new())))),
         }));
         const HUGE: u64 = 2 << 20;
-        let block = Block::new(HOST, 64 * HUGE, HUGE, 12, None, false).unwrap();
+        let block = Block::new(HostAddr::new(HOST), 64 * HUGE, HUGE, 12, None, false).unwrap();
         let (mut page, mut asked) = (HOST, Vec::new());
         for _ in 0..16 {
-            let n = p.plan(1, &block, page, |_| false);
-            p.requested(1, page, HUGE, n);
+            let n = p.plan(BlockHandle::new(1), &block, page, |_| false);
+            p.requested(BlockHandle::new(1), page, HUGE, n);
             asked.push(n);
             page += n * HUGE;
         }
@@ -729,7 +742,7 @@ mod tests {
         assert!(s.p.windows().is_empty() && s.p.pending.is_empty());
         s.p.configure(None);
         assert!(!s.p.enabled());
-        let n = s.p.plan(1, &s.block, HOST, |_| false);
+        let n = s.p.plan(BlockHandle::new(1), &s.block, HOST, |_| false);
         assert_eq!(n, 1);
         // A window of one is no pre-paging: off too.
         s.p.configure(Some(Settings {
@@ -743,7 +756,13 @@ mod tests {
     fn a_shorter_answer_is_taken_at_its_word() {
         struct Short;
         impl RangeRequester for Short {
-            fn request_range(&mut self, _: usize, _: u64, _: u64, _: u64) -> Result<u64> {
+            fn request_range(
+                &mut self,
+                _: BlockHandle,
+                _: u64,
+                _: u64,
+                _: HostAddr,
+            ) -> Result<u64> {
                 Ok(PS)
             }
         }
@@ -752,6 +771,9 @@ mod tests {
             max_pages: 8,
             requester: Box::new(Short),
         }));
-        assert_eq!(p.request(1, 0, 4, PS, HOST), Ok(1));
+        assert_eq!(
+            p.request(BlockHandle::new(1), 0, 4, PS, HostAddr::new(HOST)),
+            Ok(1)
+        );
     }
 }

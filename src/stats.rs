@@ -4,10 +4,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// A snapshot of the library's counters (`postcopy_rs_get_stats`).
-#[repr(C)]
+/// A snapshot of the library's counters (the C ABI's `PostcopyRsStats`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PostcopyRsStats {
+pub struct Stats {
     /// RAMBlocks walked by the source-side discard.
     pub discard_blocks: u64,
     /// Discard runs sent (`postcopy_discard_send_range` calls).
@@ -43,12 +42,11 @@ pub struct PostcopyRsStats {
     pub events_ignored: u64,
 }
 
-const NCOUNTERS: usize = 16;
-static_assertions::assert_eq_size!(PostcopyRsStats, [u64; NCOUNTERS]);
-static_assertions::assert_eq_align!(PostcopyRsStats, u64);
+/// The number of counters: the fields of [`Stats`].
+pub const NCOUNTERS: usize = 16;
 
-/// One counter: its index is its field's position in [`PostcopyRsStats`]
-/// (checked by a test).
+/// One counter: its index is its field's position in [`Stats`] (and in the
+/// C ABI's `PostcopyRsStats`, checked by a test there).
 #[derive(Debug, Clone, Copy)]
 #[allow(missing_docs)]
 pub enum Counter {
@@ -71,7 +69,7 @@ pub enum Counter {
 }
 
 /// A fixed table of relaxed atomic counters, the storage behind
-/// [`PostcopyRsStats`] and the pre-paging counters: a counter is an index.
+/// [`Stats`] and the pre-paging counters: a counter is an index.
 pub struct Counters<const N: usize>([AtomicU64; N]);
 
 impl<const N: usize> Counters<N> {
@@ -117,41 +115,29 @@ pub fn add(c: Counter, n: u64) {
 }
 
 /// The counters now.
-pub fn snapshot() -> PostcopyRsStats {
-    let raw = STATS.load();
-    // SAFETY: PostcopyRsStats is repr(C) with NCOUNTERS u64 fields and no
-    // padding (size and alignment asserted above), so it has the layout of
-    // [u64; NCOUNTERS], and every bit pattern is a valid u64.
-    unsafe { std::mem::transmute::<[u64; NCOUNTERS], PostcopyRsStats>(raw) }
+pub fn snapshot() -> Stats {
+    let v = STATS.load();
+    Stats {
+        discard_blocks: v[Counter::DiscardBlocks as usize],
+        discard_runs: v[Counter::DiscardRuns as usize],
+        discard_pages: v[Counter::DiscardPages as usize],
+        hostpage_bits_set: v[Counter::HostpageBitsSet as usize],
+        pages_placed: v[Counter::PagesPlaced as usize],
+        zero_pages_placed: v[Counter::ZeroPagesPlaced as usize],
+        bytes_placed: v[Counter::BytesPlaced as usize],
+        eexist: v[Counter::Eexist as usize],
+        eagain_retries: v[Counter::EagainRetries as usize],
+        place_ioctls: v[Counter::PlaceIoctls as usize],
+        faults_read: v[Counter::FaultsRead as usize],
+        fault_reads: v[Counter::FaultReads as usize],
+        pages_requested: v[Counter::PagesRequested as usize],
+        requests_deduped: v[Counter::RequestsDeduped as usize],
+        fault_thread_pauses: v[Counter::FaultThreadPauses as usize],
+        events_ignored: v[Counter::EventsIgnored as usize],
+    }
 }
 
 /// Zero every counter.
 pub fn reset() {
     STATS.reset();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counter_indices_match_struct_fields() {
-        macro_rules! check {
-            ($($c:ident => $f:ident),*) => {$(
-                assert_eq!(
-                    Counter::$c as usize * 8,
-                    std::mem::offset_of!(PostcopyRsStats, $f),
-                    stringify!($f)
-                );
-            )*};
-        }
-        check!(DiscardBlocks => discard_blocks, DiscardRuns => discard_runs,
-            DiscardPages => discard_pages, HostpageBitsSet => hostpage_bits_set,
-            PagesPlaced => pages_placed, ZeroPagesPlaced => zero_pages_placed,
-            BytesPlaced => bytes_placed, Eexist => eexist, EagainRetries => eagain_retries,
-            PlaceIoctls => place_ioctls, FaultsRead => faults_read, FaultReads => fault_reads,
-            PagesRequested => pages_requested, RequestsDeduped => requests_deduped,
-            FaultThreadPauses => fault_thread_pauses, EventsIgnored => events_ignored);
-        assert_eq!(Counter::EventsIgnored as usize + 1, NCOUNTERS);
-    }
 }

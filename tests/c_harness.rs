@@ -151,6 +151,14 @@ fn c_dest_harness() {
     check_program("test_dest", &["test_dest.c", "fake_qemu.c"]);
 }
 
+/// The header's `POSTCOPY_RS_ABI_VERSION` is what the library's
+/// `postcopy_rs_abi_version()` returns, its structs can be
+/// forward-declared, and their layouts are this version's.
+#[test]
+fn c_version_harness() {
+    check_program("test_version", &["test_version.c"]);
+}
+
 /// The README's link line, verbatim: the `cc` line in its "Using the
 /// library from C" section.
 fn readme_link_line() -> Vec<String> {

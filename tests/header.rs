@@ -256,6 +256,9 @@ fn header_names_are_prefixed() {
         "PostcopyRsPrepageStats",
         "PostcopyRsRequestRangeFn",
         "POSTCOPY_RS_PREPAGE_MAX_PAGES",
+        "POSTCOPY_RS_ABI_VERSION",
+        "postcopy_rs_abi_version",
+        "PostcopyRsStats",
     ] {
         assert!(
             names.iter().any(|n| n == want),
@@ -274,6 +277,49 @@ fn header_names_are_prefixed() {
         bad.is_empty(),
         "names in the header without the project prefix: {bad:?}"
     );
+}
+
+/// Every struct and enum has a tag, the same as its typedef, so that C can
+/// forward-declare it; and the header's opening comment says of each
+/// struct with a body whether it is an input (frozen within an ABI
+/// version) or an output (grows at its end).
+#[test]
+fn structs_are_tagged_and_classified() {
+    let h = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/include/postcopy_rs.h"
+    ));
+    for anon in ["typedef struct {", "typedef enum {", "typedef union {"] {
+        assert!(!h.contains(anon), "an anonymous `{anon}` in the header");
+    }
+    let intro = &h[..h.find("#ifndef POSTCOPY_RS_H").expect("include guard")];
+    let inputs = &intro[intro.find("Inputs,").expect("the inputs paragraph")..];
+    let outputs = &intro[intro.find("Outputs,").expect("the outputs paragraph")..];
+    let inputs = &inputs[..inputs.find("\n *\n").unwrap_or(inputs.len())];
+    let outputs = &outputs[..outputs.find("\n *\n").unwrap_or(outputs.len())];
+    let mut n = 0;
+    for line in h.lines() {
+        let Some(rest) = line.strip_prefix("typedef struct ") else {
+            continue;
+        };
+        let Some(name) = rest.strip_suffix(" {") else {
+            continue;
+        };
+        n += 1;
+        assert!(
+            h.contains(&format!("}} {name};")),
+            "struct {name}: its typedef is not its tag"
+        );
+        let word = |text: &str| {
+            text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .any(|w| w == name)
+        };
+        assert!(
+            word(inputs) != word(outputs),
+            "struct {name} must be listed once, as an input or an output, in the header's comment"
+        );
+    }
+    assert!(n >= 9, "only {n} structs found");
 }
 
 /// The check catches an unprefixed name however cbindgen lays it out: a

@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use postcopy_rs::addr::{BlockHandle, HostAddr};
 use postcopy_rs::error::Error;
 use postcopy_rs::fault_thread::{FaultHandler, FaultThread, Resolved};
 use postcopy_rs::placement::Block;
@@ -42,22 +43,30 @@ struct Handler {
 }
 
 impl FaultHandler for Handler {
-    fn resolve(&mut self, addr: u64) -> postcopy_rs::Result<Resolved> {
+    fn resolve(&mut self, addr: HostAddr) -> postcopy_rs::Result<Resolved> {
+        let addr = addr.get();
         if (self.block.host..self.block.host + self.block.len).contains(&addr) {
             Ok(Resolved {
-                handle: HANDLE,
+                handle: BlockHandle::new(HANDLE),
                 block: self.block.clone(),
             })
         } else {
             Err(Error::OutOfRange { addr, len: 1 })
         }
     }
-    fn fault(&mut self, _handle: usize, addr: u64, _tid: u32) {
+    fn fault(&mut self, _handle: BlockHandle, addr: HostAddr, _tid: u32) {
+        let addr = addr.get();
         let i = (addr - self.block.host) / self.block.page_size;
         self.log.faulted.lock().unwrap().insert(i);
         self.log.faults.fetch_add(1, SeqCst);
     }
-    fn request_page(&mut self, handle: usize, offset: u64, _addr: u64) -> postcopy_rs::Result<()> {
+    fn request_page(
+        &mut self,
+        handle: BlockHandle,
+        offset: u64,
+        _addr: HostAddr,
+    ) -> postcopy_rs::Result<()> {
+        let handle = handle.get();
         if handle != HANDLE {
             self.log.bad.store(true, SeqCst);
         }
@@ -81,11 +90,12 @@ struct Ranges {
 impl RangeRequester for Ranges {
     fn request_range(
         &mut self,
-        handle: usize,
+        handle: BlockHandle,
         offset: u64,
         len: u64,
-        addr: u64,
+        addr: HostAddr,
     ) -> postcopy_rs::Result<u64> {
+        let (handle, addr) = (handle.get(), addr.get());
         // The faulting page heads the range.
         if handle != HANDLE
             || offset % self.page_size != 0

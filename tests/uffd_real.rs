@@ -7,9 +7,10 @@
 mod common;
 
 use common::*;
+use postcopy_rs::addr::{BlockHandle, HostAddr};
 use postcopy_rs::error::Error;
-use postcopy_rs::fault_thread::{FaultHandler, FaultThread, PostcopyRsFaultThreadState, Resolved};
-use postcopy_rs::latency::{self, PostcopyRsLatency, POSTCOPY_RS_LATENCY_BUCKETS};
+use postcopy_rs::fault_thread::{FaultHandler, FaultThread, Resolved, ThreadState};
+use postcopy_rs::latency::{self, Latency, NBUCKETS};
 use postcopy_rs::placement::{self, Block};
 use postcopy_rs::stats;
 use std::collections::{HashMap, HashSet};
@@ -68,28 +69,36 @@ impl FaultHandler for Handler {
     fn thread_exit(&mut self) {
         self.ev.exits.fetch_add(1, SeqCst);
     }
-    fn resolve(&mut self, addr: u64) -> postcopy_rs::Result<Resolved> {
+    fn resolve(&mut self, addr: HostAddr) -> postcopy_rs::Result<Resolved> {
+        let addr = addr.get();
         assert!(
             !self.ev.panic_in_resolve.load(SeqCst),
             "injected panic in resolve"
         );
         if addr >= self.block.host && addr < self.block.host + self.block.len {
             Ok(Resolved {
-                handle: HANDLE,
+                handle: BlockHandle::new(HANDLE),
                 block: self.block.clone(),
             })
         } else {
             Err(Error::OutOfRange { addr, len: 1 })
         }
     }
-    fn fault(&mut self, handle: usize, _addr: u64, tid: u32) {
+    fn fault(&mut self, handle: BlockHandle, _addr: HostAddr, tid: u32) {
+        let handle = handle.get();
         if handle != HANDLE {
             self.ev.bad_handle.store(true, SeqCst);
         }
         self.ev.faults.fetch_add(1, SeqCst);
         *self.ev.tid_faults.lock().unwrap().entry(tid).or_default() += 1;
     }
-    fn request_page(&mut self, handle: usize, offset: u64, _addr: u64) -> postcopy_rs::Result<()> {
+    fn request_page(
+        &mut self,
+        handle: BlockHandle,
+        offset: u64,
+        _addr: HostAddr,
+    ) -> postcopy_rs::Result<()> {
+        let handle = handle.get();
         if handle != HANDLE || offset % self.block.page_size != 0 {
             self.ev.bad_handle.store(true, SeqCst);
         }
@@ -121,7 +130,8 @@ impl FaultHandler for Handler {
     fn resumed(&mut self) {
         self.ev.resumed.fetch_add(1, SeqCst);
     }
-    fn fatal(&mut self, err: &Error, addr: u64) {
+    fn fatal(&mut self, err: &Error, addr: Option<HostAddr>) {
+        let addr = addr.map_or(0, HostAddr::get);
         *self.ev.fatal.lock().unwrap() = Some((err.to_neg_errno(), addr));
     }
 }
@@ -504,7 +514,7 @@ fn storm_round(s: &Storm, round: u32) -> RoundReport {
                         // Missing (a lost request) or present (filled
                         // outside the placements, or a lost wake-up)?  A
                         // present page can be read without blocking.
-                        let zero = placement::place_zero(r.fd().as_fd(), &b, r.page(page));
+                        let zero = placement::place_zero(r.fd().as_fd(), &b, HostAddr::new(r.page(page)));
                         let first = zero.is_err().then(|| r.peek(r.page(page)));
                         stalls.lock().unwrap().push(format!(
                             "thread {t} waited over {STALL:?} on page {page} (received: {received}, zero placement: {zero:?}, first word if present: {first:x?}, the pattern's: {:#x}, requests: {:?}, fault thread {:?})",
@@ -584,7 +594,7 @@ fn storm_round(s: &Storm, round: u32) -> RoundReport {
         "round {round}: {stalls:#?}, placement errors {:?}",
         ev.errors.lock().unwrap()
     );
-    assert_eq!(state, PostcopyRsFaultThreadState::Running, "round {round}");
+    assert_eq!(state, ThreadState::Running, "round {round}");
     let errs = check_errors.into_inner().unwrap();
     assert!(
         errs.is_empty(),
@@ -735,14 +745,17 @@ fn zero_pages(page_size: u64) {
     let r = Region::new(page_size, 2);
     let b = r.block();
     let s0 = stats::snapshot();
-    assert_eq!(placement::place_zero(r.fd().as_fd(), &b, r.page(1)), Ok(()));
+    assert_eq!(
+        placement::place_zero(r.fd().as_fd(), &b, HostAddr::new(r.page(1))),
+        Ok(())
+    );
     let op = if page_size == PAGE_4K {
         "UFFDIO_ZEROPAGE"
     } else {
         "UFFDIO_COPY"
     };
     assert_eq!(
-        placement::place_zero(r.fd().as_fd(), &b, r.page(1)),
+        placement::place_zero(r.fd().as_fd(), &b, HostAddr::new(r.page(1))),
         Err(Error::Present {
             op,
             addr: r.page(1),
@@ -826,8 +839,7 @@ fn latency_histogram(page_size: u64) {
     assert_eq!(l1.count - l0.count, TOUCHED, "{l1:?}");
     assert_eq!(l1.pending, l0.pending, "{l1:?}");
     assert_eq!(l1.untracked, l0.untracked, "{l1:?}");
-    let delta: [u64; POSTCOPY_RS_LATENCY_BUCKETS] =
-        std::array::from_fn(|i| l1.buckets[i] - l0.buckets[i]);
+    let delta: [u64; NBUCKETS] = std::array::from_fn(|i| l1.buckets[i] - l0.buckets[i]);
     let slow_bucket = latency::bucket_of(DELAY.as_micros() as u64);
     assert_eq!(slow_bucket, 14);
     let slow: u64 = delta[slow_bucket..].iter().sum();
@@ -886,7 +898,7 @@ fn latency_histogram(page_size: u64) {
         place(r.fd(), &b, r.page(last), &buf, 1).unwrap();
     });
     wd_last.finish();
-    let l3: PostcopyRsLatency = latency::snapshot();
+    let l3: Latency = latency::snapshot();
     assert_eq!(l3.count, l1.count, "{l3:?}");
 }
 
@@ -933,7 +945,7 @@ fn pause_resume_and_stop_while_paused(page_size: u64) {
         let toucher = s.spawn(move || check_page(r, 1, SALT));
         for n in 1..=3 {
             wait_until("the thread to pause", 10, || {
-                ft.state() == PostcopyRsFaultThreadState::Paused && ev.paused.load(SeqCst) == n
+                ft.state() == ThreadState::Paused && ev.paused.load(SeqCst) == n
             });
             ft.resume();
         }
@@ -954,7 +966,7 @@ fn pause_resume_and_stop_while_paused(page_size: u64) {
         let r = &r;
         let toucher = s.spawn(move || check_page(r, 3, SALT));
         wait_until("the thread to pause again", 10, || {
-            ft.state() == PostcopyRsFaultThreadState::Paused
+            ft.state() == ThreadState::Paused
         });
         let t = Instant::now();
         assert_eq!(ft.stop(), Ok(()));
@@ -985,7 +997,7 @@ fn proactive_pause_on_notify(page_size: u64) {
     ev.return_path_gone.store(true, SeqCst);
     ft.notify();
     wait_until("the thread to pause on notify", 10, || {
-        ft.state() == PostcopyRsFaultThreadState::Paused
+        ft.state() == ThreadState::Paused
     });
     assert_eq!(ev.paused.load(SeqCst), 1);
     assert!(ev.requests.lock().unwrap().is_empty());
@@ -1081,7 +1093,7 @@ fn panic_on_the_thread(page_size: u64) {
         let r = &r;
         s.spawn(move || r.peek(r.page(0)));
         wait_until("the thread to exit", 10, || {
-            ft.state() == PostcopyRsFaultThreadState::Exited
+            ft.state() == ThreadState::Exited
         });
         assert_eq!(
             ev.exits.load(SeqCst),
@@ -1089,7 +1101,7 @@ fn panic_on_the_thread(page_size: u64) {
             "thread_exit not called after a panic"
         );
         assert_eq!(*ev.fatal.lock().unwrap(), Some((-libc::ENOTRECOVERABLE, 0)));
-        placement::place_zero(r.fd().as_fd(), &r.block(), r.page(0)).unwrap();
+        placement::place_zero(r.fd().as_fd(), &r.block(), HostAddr::new(r.page(0))).unwrap();
     });
     assert_eq!(ft.stop(), Err(Error::Panic));
 }
@@ -1103,7 +1115,15 @@ fn fault_outside_guest_ram(page_size: u64) {
     let len = page_size;
     let p = map_anon(page_size, len);
     guest.uffd.register(p as u64, len).unwrap();
-    let outside = Block::new(p as u64, len, page_size, 12, None, page_size == PAGE_4K).unwrap();
+    let outside = Block::new(
+        HostAddr::new(p as u64),
+        len,
+        page_size,
+        12,
+        None,
+        page_size == PAGE_4K,
+    )
+    .unwrap();
     std::thread::scope(|s| {
         let addr = p as u64;
         s.spawn(move || {
@@ -1111,11 +1131,11 @@ fn fault_outside_guest_ram(page_size: u64) {
             unsafe { std::ptr::read_volatile(addr as *const u64) }
         });
         wait_until("the thread to exit", 10, || {
-            ft.state() == PostcopyRsFaultThreadState::Exited
+            ft.state() == ThreadState::Exited
         });
         assert_eq!(*ev.fatal.lock().unwrap(), Some((-libc::ERANGE, p as u64)));
         assert_eq!(ev.exits.load(SeqCst), 1);
-        placement::place_zero(guest.fd().as_fd(), &outside, p as u64).unwrap();
+        placement::place_zero(guest.fd().as_fd(), &outside, HostAddr::new(p as u64)).unwrap();
     });
     assert!(matches!(ft.stop(), Err(Error::OutOfRange { .. })));
     // SAFETY: our mapping.
@@ -1149,7 +1169,7 @@ fn hangup_on_the_main_fd_ends_the_thread(page_size: u64) {
         libc::close(p[1]);
     }
     let t = Instant::now();
-    while ft.state() != PostcopyRsFaultThreadState::Exited && t.elapsed() < Duration::from_secs(5) {
+    while ft.state() != ThreadState::Exited && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(2));
     }
     let state = ft.state();
@@ -1161,7 +1181,7 @@ fn hangup_on_the_main_fd_ends_the_thread(page_size: u64) {
     }
     assert_eq!(
         state,
-        PostcopyRsFaultThreadState::Exited,
+        ThreadState::Exited,
         "the thread ignored POLLHUP on its main fd"
     );
     assert_eq!(fatal, Some((-libc::EBADF, 0)), "POLLHUP not reported");
@@ -1189,7 +1209,7 @@ fn end_of_file_on_the_main_fd_ends_the_thread(page_size: u64) {
     let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
     let ft = FaultThread::start(bfd, &[], None, Box::new(h)).expect("start");
     let t = Instant::now();
-    while ft.state() != PostcopyRsFaultThreadState::Exited && t.elapsed() < Duration::from_secs(5) {
+    while ft.state() != ThreadState::Exited && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(2));
     }
     let state = ft.state();
@@ -1200,7 +1220,7 @@ fn end_of_file_on_the_main_fd_ends_the_thread(page_size: u64) {
     }
     assert_eq!(
         state,
-        PostcopyRsFaultThreadState::Exited,
+        ThreadState::Exited,
         "the thread kept reading end-of-file"
     );
     assert_eq!(*ev.fatal.lock().unwrap(), Some((-libc::EBADF, 0)));
@@ -1221,7 +1241,7 @@ fn pollerr_on_the_userfaultfd_ends_the_thread(page_size: u64) {
     // The thread sleeps in poll(): wake it so that it polls again.
     ft.notify();
     wait_until("the thread to end on POLLERR", 5, || {
-        ft.state() == PostcopyRsFaultThreadState::Exited
+        ft.state() == ThreadState::Exited
     });
     assert_eq!(*ev.fatal.lock().unwrap(), Some((-libc::EBADF, 0)));
     assert!(ft.stop().is_err());

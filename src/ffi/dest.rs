@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! Destination-side exports: page placement and the fault thread.
 
-use super::{boundary, handles, try_cstr, try_fd, try_mut, try_ref, try_slice};
+use super::boundary::boundary;
+use super::convert::{
+    block_handle, block_ptr, host_addr, try_cstr, try_fd, try_mut, try_ref, try_slice,
+};
+use super::handles::{self, PostcopyRsFaultThread};
+use crate::addr::{BlockHandle, HostAddr};
 use crate::error::{Error, Result};
-use crate::fault_thread::{FaultHandler, FaultThread, Resolved};
-use crate::log::PostcopyRsLogLevel;
+use crate::fault_thread::{FaultHandler, FaultThread, Resolved, ThreadState};
 use crate::placement::{self, Block};
 use crate::receivedmap::ReceivedMap;
 use crate::uffd::UffdMsg;
@@ -22,7 +26,7 @@ pub const POSTCOPY_RS_BLOCK_ZEROPAGE: u32 = 1;
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct PostcopyRsBlockView {
-    /// Host address of the block's first byte (`RAMBlock::host`), aligned
+    /// Host address of the block's first byte (`RAMBlock.host`), aligned
     /// to `page_size`.
     pub host: *mut c_void,
     /// Bytes of guest RAM in the block (`used_length`), a multiple of
@@ -31,7 +35,7 @@ pub struct PostcopyRsBlockView {
     /// The block's host page size (`qemu_ram_pagesize()`): the unit of
     /// placement.
     pub page_size: u64,
-    /// `RAMBlock::receivedmap`, one bit per target page, updated
+    /// `RAMBlock.receivedmap`, one bit per target page, updated
     /// atomically; or NULL to not track.
     pub receivedmap: *mut c_ulong,
     /// log2 of the target page size (`qemu_target_page_bits()`).
@@ -51,13 +55,11 @@ static_assertions::assert_eq_align!(PostcopyRsBlockView, u64);
 /// [`ReceivedMap::from_raw`]'s rules for as long as the returned block (or
 /// a clone) exists.
 pub(crate) unsafe fn block_from_view(v: &PostcopyRsBlockView) -> Result<Block> {
-    if v.host.is_null() {
-        return Err(Error::Null("view->host"));
-    }
+    let host = host_addr(v.host, "view->host")?;
     let zeropage = v.flags & POSTCOPY_RS_BLOCK_ZEROPAGE != 0;
     // The geometry first: the slice below is only sound for a valid one.
     let block = Block::new(
-        v.host as u64,
+        host,
         v.used_length,
         v.page_size,
         v.target_page_bits,
@@ -69,7 +71,7 @@ pub(crate) unsafe fn block_from_view(v: &PostcopyRsBlockView) -> Result<Block> {
     };
     let bits =
         usize::try_from(v.used_length >> v.target_page_bits).map_err(|_| Error::OutOfRange {
-            addr: v.host as u64,
+            addr: host.get(),
             len: v.used_length,
         })?;
     // SAFETY: per the function's contract, with the geometry (and so
@@ -78,7 +80,7 @@ pub(crate) unsafe fn block_from_view(v: &PostcopyRsBlockView) -> Result<Block> {
     // of the same page can race, as its own C relied on.
     let map = unsafe { ReceivedMap::from_raw(words, bits) };
     Block::new(
-        v.host as u64,
+        host,
         v.used_length,
         v.page_size,
         v.target_page_bits,
@@ -113,8 +115,10 @@ pub unsafe extern "C" fn postcopy_rs_place_page(
     host: *mut c_void,
     from: *const c_void,
 ) -> c_int {
-    // SAFETY: forwarded contract, npages = 1.
-    unsafe { place_pages_impl("postcopy_rs_place_page", uffd, block, host, from, 1) }
+    boundary("postcopy_rs_place_page", || {
+        // SAFETY: forwarded contract, npages = 1.
+        unsafe { place_pages_impl(uffd, block, host, from, 1) }
+    })
 }
 
 /// Place `npages` contiguous host pages with one `UFFDIO_COPY` where the
@@ -134,46 +138,43 @@ pub unsafe extern "C" fn postcopy_rs_place_pages(
     from: *const c_void,
     npages: u64,
 ) -> c_int {
-    // SAFETY: forwarded contract.
-    unsafe { place_pages_impl("postcopy_rs_place_pages", uffd, block, host, from, npages) }
+    boundary("postcopy_rs_place_pages", || {
+        // SAFETY: forwarded contract.
+        unsafe { place_pages_impl(uffd, block, host, from, npages) }
+    })
 }
 
 /// # Safety
 /// As `postcopy_rs_place_pages()`.
 unsafe fn place_pages_impl(
-    name: &'static str,
     uffd: c_int,
     block: *const PostcopyRsBlockView,
     host: *mut c_void,
     from: *const c_void,
     npages: u64,
-) -> c_int {
-    boundary(name, || {
-        // SAFETY: NULL or a readable view (contract).
-        let view = unsafe { try_ref(block, "block") }?;
-        if host.is_null() {
-            return Err(Error::Null("host"));
-        }
-        if from.is_null() {
-            return Err(Error::Null("from"));
-        }
-        // SAFETY: its receivedmap obeys the view's rules during the call,
-        // and the block is dropped before it returns.
-        let b = unsafe { block_from_view(view) }?;
-        // Bad arguments are named before a bad fd.
-        b.offset_of(host as u64, npages)?;
-        // SAFETY: open for the call (contract).
-        let uffd = unsafe { try_fd(uffd, "placement (bad userfaultfd)") }?;
-        // No overflow: offset_of checked the pages fit in the block.
-        let len = usize::try_from(npages * b.page_size).map_err(|_| Error::OutOfRange {
-            addr: host as u64,
-            len: npages,
-        })?;
-        // SAFETY: from is readable for npages pages (contract), and only
-        // read (by the kernel) during the call.
-        let from = unsafe { try_slice(from.cast::<u8>(), len, "from") }?;
-        placement::place_pages(uffd, &b, host as u64, from, npages)
-    })
+) -> Result<()> {
+    // SAFETY: NULL or a readable view (contract).
+    let view = unsafe { try_ref(block, "block") }?;
+    let host = host_addr(host, "host")?;
+    if from.is_null() {
+        return Err(Error::Null("from"));
+    }
+    // SAFETY: its receivedmap obeys the view's rules during the call,
+    // and the block is dropped before it returns.
+    let b = unsafe { block_from_view(view) }?;
+    // Bad arguments are named before a bad fd.
+    b.offset_of(host.get(), npages)?;
+    // SAFETY: open for the call (contract).
+    let uffd = unsafe { try_fd(uffd, "placement (bad userfaultfd)") }?;
+    // No overflow: offset_of checked the pages fit in the block.
+    let len = usize::try_from(npages * b.page_size).map_err(|_| Error::OutOfRange {
+        addr: host.get(),
+        len: npages,
+    })?;
+    // SAFETY: from is readable for npages pages (contract), and only
+    // read (by the kernel) during the call.
+    let from = unsafe { try_slice(from.cast::<u8>(), len, "from") }?;
+    placement::place_pages(uffd, &b, host, from, npages)
 }
 
 /// Place one zero host page at `host` and mark it received: `UFFDIO_ZEROPAGE`
@@ -193,22 +194,20 @@ pub unsafe extern "C" fn postcopy_rs_place_page_zero(
     boundary("postcopy_rs_place_page_zero", || {
         // SAFETY: NULL or a readable view (contract).
         let view = unsafe { try_ref(block, "block") }?;
-        if host.is_null() {
-            return Err(Error::Null("host"));
-        }
+        let host = host_addr(host, "host")?;
         // SAFETY: as in place_pages_impl.
         let b = unsafe { block_from_view(view) }?;
         // Bad arguments are named before a bad fd.
-        b.offset_of(host as u64, 1)?;
+        b.offset_of(host.get(), 1)?;
         // SAFETY: open for the call (contract).
         let uffd = unsafe { try_fd(uffd, "placement (bad userfaultfd)") }?;
-        placement::place_zero(uffd, &b, host as u64)
+        placement::place_zero(uffd, &b, host)
     })
 }
 
 // The fault thread.
 
-/// Where a fault address lies, filled in by `PostcopyRsFaultOps::resolve`.
+/// Where a fault address lies, filled in by `PostcopyRsFaultOps.resolve`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct PostcopyRsFaultTarget {
@@ -299,13 +298,31 @@ pub struct PostcopyRsFaultConfig {
 
 static_assertions::assert_eq_size!(PostcopyRsFaultConfig, [u64; 14]);
 static_assertions::assert_eq_align!(PostcopyRsFaultConfig, u64);
-static_assertions::assert_eq_size!(crate::fault_thread::PostcopyRsFaultThreadState, c_int);
-static_assertions::assert_eq_align!(crate::fault_thread::PostcopyRsFaultThreadState, c_int);
-static_assertions::assert_eq_size!(PostcopyRsLogLevel, c_int);
-static_assertions::assert_eq_align!(PostcopyRsLogLevel, c_int);
 
-/// A running fault thread (opaque), and the `opaque` of its ops.
-pub struct PostcopyRsFaultThread(pub(super) FaultThread, pub(super) *mut c_void);
+/// What the thread is doing (`postcopy_rs_fault_thread_state()`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostcopyRsFaultThreadState {
+    /// Serving faults.
+    Running = 0,
+    /// Waiting for resume (or stop) after a failed request.
+    Paused = 1,
+    /// Gone: stopped, or ended by a fatal error.
+    Exited = 2,
+}
+
+static_assertions::assert_eq_size!(PostcopyRsFaultThreadState, c_int);
+static_assertions::assert_eq_align!(PostcopyRsFaultThreadState, c_int);
+
+impl From<ThreadState> for PostcopyRsFaultThreadState {
+    fn from(s: ThreadState) -> Self {
+        match s {
+            ThreadState::Running => Self::Running,
+            ThreadState::Paused => Self::Paused,
+            ThreadState::Exited => Self::Exited,
+        }
+    }
+}
 
 struct COps(PostcopyRsFaultOps);
 
@@ -332,7 +349,7 @@ impl FaultHandler for COps {
         self.notify(self.0.thread_exit);
     }
 
-    fn resolve(&mut self, addr: u64) -> Result<Resolved> {
+    fn resolve(&mut self, addr: HostAddr) -> Result<Resolved> {
         let f = self.0.resolve.ok_or(Error::Null("ops.resolve"))?;
         let mut out = PostcopyRsFaultTarget {
             block: std::ptr::null_mut(),
@@ -346,7 +363,7 @@ impl FaultHandler for COps {
             },
         };
         // SAFETY: callback contract; `out` is a live struct of the declared type.
-        let r = unsafe { f(self.0.opaque, addr, &mut out) };
+        let r = unsafe { f(self.0.opaque, addr.get(), &mut out) };
         if r < 0 {
             return Err(Error::Callback {
                 name: "resolve",
@@ -357,22 +374,22 @@ impl FaultHandler for COps {
         // is stopped; the thread drops every Block before it ends.
         let block = unsafe { block_from_view(&out.view) }?;
         Ok(Resolved {
-            handle: out.block as usize,
+            handle: block_handle(out.block),
             block,
         })
     }
 
-    fn fault(&mut self, handle: usize, addr: u64, tid: u32) {
+    fn fault(&mut self, handle: BlockHandle, addr: HostAddr, tid: u32) {
         if let Some(f) = self.0.fault {
             // SAFETY: callback contract.
-            unsafe { f(self.0.opaque, handle as *mut c_void, addr, tid) }
+            unsafe { f(self.0.opaque, block_ptr(handle), addr.get(), tid) }
         }
     }
 
-    fn request_page(&mut self, handle: usize, offset: u64, addr: u64) -> Result<()> {
+    fn request_page(&mut self, handle: BlockHandle, offset: u64, addr: HostAddr) -> Result<()> {
         let f = self.0.request_page.ok_or(Error::Null("ops.request_page"))?;
         // SAFETY: callback contract.
-        let r = unsafe { f(self.0.opaque, handle as *mut c_void, offset, addr) };
+        let r = unsafe { f(self.0.opaque, block_ptr(handle), offset, addr.get()) };
         if r < 0 {
             return Err(Error::Callback {
                 name: "request_page",
@@ -398,8 +415,10 @@ impl FaultHandler for COps {
         self.notify(self.0.resumed);
     }
 
-    fn fatal(&mut self, err: &Error, addr: u64) {
+    fn fatal(&mut self, err: &Error, addr: Option<HostAddr>) {
         if let Some(f) = self.0.fatal {
+            // 0: the error is not about a fault.
+            let addr = addr.map_or(0, HostAddr::get);
             // SAFETY: callback contract.
             unsafe { f(self.0.opaque, err.to_neg_errno(), addr) }
         }
@@ -532,7 +551,9 @@ pub extern "C" fn postcopy_rs_fault_thread_notify(t: *mut PostcopyRsFaultThread)
 #[no_mangle]
 pub extern "C" fn postcopy_rs_fault_thread_state(t: *const PostcopyRsFaultThread) -> c_int {
     boundary("postcopy_rs_fault_thread_state", || {
-        handles::with_live(t, |t| Ok(t.0.state() as c_int))
+        handles::with_live(t, |t| {
+            Ok(PostcopyRsFaultThreadState::from(t.0.state()) as c_int)
+        })
     })
 }
 

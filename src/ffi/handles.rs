@@ -9,10 +9,14 @@
 //! a later start may reuse the address; the registry catches the common
 //! mistake, not an embedder that keeps stale handles forever.
 
-use super::dest::PostcopyRsFaultThread;
 use crate::error::{Error, Result};
+use crate::fault_thread::FaultThread;
 use std::collections::BTreeSet;
+use std::os::raw::c_void;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// A running fault thread (opaque), and the `opaque` of its ops.
+pub struct PostcopyRsFaultThread(pub(super) FaultThread, pub(super) *mut c_void);
 
 static LIVE: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
 

@@ -4,9 +4,12 @@
 //! and `PostcopyRsFaultOps` keep their size: a caller built against an
 //! older header is never read past.
 
-use super::{boundary, copy_out, handles};
+use super::boundary::boundary;
+use super::convert::{block_ptr, copy_out};
+use super::handles::{self, PostcopyRsFaultThread};
+use crate::addr::{BlockHandle, HostAddr};
 use crate::error::{Error, Result};
-use crate::prepage::{self, PostcopyRsPrepageStats, RangeRequester, Settings};
+use crate::prepage::{self, RangeRequester, Settings};
 use std::os::raw::{c_int, c_void};
 
 /// Largest pre-paging window, in host pages, that
@@ -18,6 +21,61 @@ static_assertions::const_assert_eq!(POSTCOPY_RS_PREPAGE_MAX_PAGES, prepage::MAX_
 /// whatever the window (one page ahead on 2 MiB hugepages).
 pub const POSTCOPY_RS_PREPAGE_MAX_BYTES: u64 = 2_097_152;
 static_assertions::const_assert_eq!(POSTCOPY_RS_PREPAGE_MAX_BYTES, prepage::MAX_PREPAGE_BYTES);
+
+/// Pre-paging counters (`postcopy_rs_get_prepage_stats`).  Pages are
+/// host pages.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PostcopyRsPrepageStats {
+    /// Page requests that carried pre-paged pages (more than one page).
+    pub requests: u64,
+    /// Pages pre-paged: requested beyond the faulting pages.
+    pub pages: u64,
+    /// Pre-paged pages a thread then faulted on while still in flight.
+    pub hits_in_flight: u64,
+    /// Pre-paged pages of runs the guest walked past (the stream's next
+    /// fault was the first missing page after the run), not counted as
+    /// in-flight hits: used most likely, but not observed page by page.
+    pub hits_walked_past: u64,
+    /// Pre-paged pages of runs dropped with no hit (stream replaced, or
+    /// the fault thread paused): perhaps used without a fault, perhaps
+    /// wasted.
+    pub unconfirmed: u64,
+    /// Streams started (faults that continued no stream).
+    pub streams: u64,
+    /// Times a window doubled.
+    pub window_grows: u64,
+    /// The largest window reached, in pages (a maximum, not a sum).
+    pub max_window: u64,
+}
+
+static_assertions::assert_eq_size!(PostcopyRsPrepageStats, [u64; 8]);
+static_assertions::assert_eq_align!(PostcopyRsPrepageStats, u64);
+
+impl From<prepage::Stats> for PostcopyRsPrepageStats {
+    fn from(s: prepage::Stats) -> Self {
+        let prepage::Stats {
+            requests,
+            pages,
+            hits_in_flight,
+            hits_walked_past,
+            unconfirmed,
+            streams,
+            window_grows,
+            max_window,
+        } = s;
+        PostcopyRsPrepageStats {
+            requests,
+            pages,
+            hits_in_flight,
+            hits_walked_past,
+            unconfirmed,
+            streams,
+            window_grows,
+            max_window,
+        }
+    }
+}
 
 /// Ask the source for `len` bytes of `block` from block offset `offset`
 /// in one request (QEMU: one `MIG_RP_MSG_REQ_PAGES` of that length).  The
@@ -52,9 +110,15 @@ struct CRange {
 unsafe impl Send for CRange {}
 
 impl RangeRequester for CRange {
-    fn request_range(&mut self, handle: usize, offset: u64, len: u64, addr: u64) -> Result<u64> {
+    fn request_range(
+        &mut self,
+        handle: BlockHandle,
+        offset: u64,
+        len: u64,
+        addr: HostAddr,
+    ) -> Result<u64> {
         // SAFETY: callback contract (PostcopyRsRequestRangeFn).
-        let r = unsafe { (self.f)(self.opaque, handle as *mut c_void, offset, len, addr) };
+        let r = unsafe { (self.f)(self.opaque, block_ptr(handle), offset, len, addr.get()) };
         if r < 0 {
             return Err(Error::Callback {
                 name: "request_range",
@@ -75,9 +139,9 @@ impl RangeRequester for CRange {
 /// being hit is dropped, so random faults request one page each).  Pre-paged
 /// pages are in flight: only the first fault on one requests it again,
 /// alone.  A request asks for at most `POSTCOPY_RS_PREPAGE_MAX_BYTES`
-/// after the faulting page, one page ahead on 2 MiB hugepages.  See the
-/// `prepage` module of the crate for the policy, and
-/// `postcopy_rs_get_prepage_stats()` for the counters.
+/// after the faulting page, one page ahead on 2 MiB hugepages.  The
+/// policy is described in src/prepage.rs of the library's source;
+/// `postcopy_rs_get_prepage_stats()` gives the counters.
 ///
 /// `max_pages` 0 or 1, or a NULL `request_range`, turns it off: the
 /// default, which requests exactly what QEMU's own thread does.  It
@@ -93,7 +157,7 @@ impl RangeRequester for CRange {
 /// under way), and must not call back into the fault-thread API.
 #[no_mangle]
 pub unsafe extern "C" fn postcopy_rs_fault_thread_set_prepage(
-    t: *mut super::PostcopyRsFaultThread,
+    t: *mut PostcopyRsFaultThread,
     max_pages: u32,
     request_range: PostcopyRsRequestRangeFn,
 ) -> c_int {
@@ -132,6 +196,12 @@ pub unsafe extern "C" fn postcopy_rs_get_prepage_stats(
 ) -> c_int {
     boundary("postcopy_rs_get_prepage_stats", || {
         // SAFETY: NULL or writable for `size` bytes (contract).
-        unsafe { copy_out(out, size, &prepage::snapshot()) }
+        unsafe {
+            copy_out(
+                out,
+                size,
+                &PostcopyRsPrepageStats::from(prepage::snapshot()),
+            )
+        }
     })
 }

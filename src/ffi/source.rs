@@ -1,13 +1,21 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! Source-side exports: host-page canonicalisation and the discard bitmap.
 
-use super::{boundary, try_cstr, try_ref, try_slice_mut};
+use super::boundary::boundary;
+use super::convert::{try_cstr, try_ref, try_slice_mut};
 use crate::bitmap::{bits_to_longs, Word};
 use crate::discard::{self, DiscardSink, HostRatio};
 use crate::error::{Error, Result};
 use crate::source::{self, Blocks, DiscardHost, RamBlock};
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int, c_ulong, c_void};
+
+/// Largest host-page / target-page ratio accepted (16 GiB over 4 KiB pages).
+pub const POSTCOPY_RS_MAX_HOST_RATIO: u64 = 4_194_304;
+/// Largest host page size accepted, in bytes (16 GiB).
+pub const POSTCOPY_RS_MAX_HOST_PAGE_SIZE: u64 = 17_179_869_184;
+static_assertions::const_assert_eq!(POSTCOPY_RS_MAX_HOST_RATIO, discard::MAX_HOST_RATIO);
+static_assertions::const_assert_eq!(POSTCOPY_RS_MAX_HOST_PAGE_SIZE, discard::MAX_HOST_PAGE_SIZE);
 
 /// Canonicalise a RAMBlock's dirty bitmap to host pages: every host page
 /// with any dirty target page becomes wholly dirty.
@@ -47,7 +55,7 @@ pub unsafe extern "C" fn postcopy_chunk_hostpages(
     })
 }
 
-/// One RAMBlock, filled in by `PostcopyRsDiscardOps::next_block`.
+/// One RAMBlock, filled in by `PostcopyRsDiscardOps.next_block`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct PostcopyRsDiscardBlock {
@@ -55,10 +63,10 @@ pub struct PostcopyRsDiscardBlock {
     /// previous block on entry to `next_block` (NULL: none yet), this one
     /// on return.  Never NULL for a block.
     pub block: *mut c_void,
-    /// The block's name (`RAMBlock::idstr`), NUL-terminated; NULL reads as
+    /// The block's name (`RAMBlock.idstr`), NUL-terminated; NULL reads as
     /// "".
     pub name: *const c_char,
-    /// The block's dirty bitmap (`RAMBlock::bmap`), one bit per target
+    /// The block's dirty bitmap (`RAMBlock.bmap`), one bit per target
     /// page of `used_length`; may be NULL only if `used_length` is 0.
     pub bmap: *mut c_ulong,
     /// The block's host page size in bytes (`qemu_ram_pagesize()`).

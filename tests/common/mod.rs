@@ -3,6 +3,7 @@
 //! regions, hugepage reservations, page patterns, loud skips.
 #![allow(dead_code)]
 
+use postcopy_rs::addr::HostAddr;
 use postcopy_rs::placement::Block;
 use postcopy_rs::receivedmap::ReceivedMap;
 use postcopy_rs::uffd::{Userfaultfd, UFFD_FEATURE_THREAD_ID};
@@ -111,7 +112,7 @@ impl Region {
 
     pub fn block(&self) -> Block {
         Block::new(
-            self.base,
+            HostAddr::new(self.base),
             self.len,
             self.page_size,
             12,
@@ -144,7 +145,11 @@ impl Region {
 #[allow(dead_code)]
 pub fn release_all(fd: impl AsFd, b: &Block) {
     for i in 0..b.len / b.page_size {
-        let _ = postcopy_rs::placement::place_zero(fd.as_fd(), b, b.host + i * b.page_size);
+        let _ = postcopy_rs::placement::place_zero(
+            fd.as_fd(),
+            b,
+            HostAddr::new(b.host + i * b.page_size),
+        );
     }
     let _ = postcopy_rs::uffd::wake(fd.as_fd(), b.host, b.len);
 }
@@ -161,7 +166,7 @@ pub fn place(
     // valid u8, alignment 1.  (No copy: a copy of a 2 MiB page in a debug
     // build is slow enough to make the fault thread ask again.)
     let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), buf.len() * 8) };
-    postcopy_rs::placement::place_pages(fd.as_fd(), b, host, bytes, npages)
+    postcopy_rs::placement::place_pages(fd.as_fd(), b, HostAddr::new(host), bytes, npages)
 }
 
 impl Drop for Region {
