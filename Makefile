@@ -17,8 +17,12 @@ TARGET_DIR = $(shell cargo metadata --format-version 1 --no-deps | \
 
 all: build
 
-build:
-	cargo build --release
+build: Cargo.lock
+	cargo build --release --locked
+
+# The pinned crate versions (scripts/cargo-lock.sh says why a template).
+Cargo.lock: scripts/Cargo.lock.pinned
+	scripts/cargo-lock.sh
 
 # install -C copies only what changed and leaves the rest untouched: a new
 # timestamp on the header would make QEMU's ninja recompile every file that

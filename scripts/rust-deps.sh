@@ -24,3 +24,6 @@ if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 
     command -v rustup >/dev/null 2>&1 || die "clippy/rustfmt missing and no rustup to add them"
     rustup component add clippy rustfmt || die "rustup component add clippy rustfmt failed"
 fi
+
+# The crate versions every build uses (Cargo.lock is not committed).
+"$PCRS_ROOT/scripts/cargo-lock.sh"
