@@ -25,7 +25,7 @@ from postcopy_demo.qmp_venv import use_qmp_venv  # noqa: E402
 
 use_qmp_venv()
 from postcopy_demo.procs import SignalGuard, cleanup_all  # noqa: E402
-from postcopy_demo.scenarios import blocktime, pagesizes  # noqa: E402
+from postcopy_demo.scenarios import blocktime_bench, e2e  # noqa: E402
 
 
 def main() -> int:
@@ -35,7 +35,7 @@ def main() -> int:
                         "qemu-system-x86_64)" % (kind, kind))
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("test")
-    t.add_argument("--only", nargs="*", default=[], choices=list(pagesizes.TESTS))
+    t.add_argument("--only", nargs="*", default=[], choices=list(e2e.TESTS))
     b = sub.add_parser("blocktime")
     b.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
@@ -48,8 +48,8 @@ def main() -> int:
     with SignalGuard():
         try:
             if a.cmd == "test":
-                return pagesizes.run_tests(set(a.only), binaries["patched"], out)
-            return blocktime.run_blocktime(a.runs, binaries, out)
+                return e2e.run_tests(set(a.only), binaries["patched"], out)
+            return blocktime_bench.run_blocktime(a.runs, binaries, out)
         except KeyboardInterrupt:
             return 130
         finally:

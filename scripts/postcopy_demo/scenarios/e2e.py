@@ -1,16 +1,20 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""End-to-end postcopy scenarios QEMU's qtests lack, on QEMU's own boot
-block guest (guests.BootBlockGuest), which keeps dirtying memory through
-precopy and the switch (leaving partly dirty host pages on hugepage-backed
-RAM): hugepage-backed guest RAM (host page != target page), two RAM blocks
-of different page sizes, and mismatched page sizes between source and
-destination (and, from straypage.py, a page filled behind the
-destination's back; from urgent.py, the source serving a page request
-when the rate limit is exceeded; from preempthit.py, precopy finishing a
-requested page it is sending without a rate-limit wait; from
-preemptrange.py, the return path sending only the first page of a range
-request).  Each returns a
-detail line or raises Failure/Skip."""
+"""The end-to-end tests (scripts/e2e.py test): their registry (TESTS,
+MAY_SKIP) and runner (run_tests), the settings and Session every one of
+them starts from (Context, options, session), and the page-size scenarios
+themselves.
+
+All run QEMU's own boot block guest (guests.BootBlockGuest), which keeps
+dirtying memory through precopy and the switch (leaving partly dirty host
+pages on hugepage-backed RAM).  Here: hugepage-backed guest RAM (host page
+!= target page), two RAM blocks of different page sizes, and mismatched
+page sizes between source and destination.  Registered from their own
+modules: a page filled behind the destination's back (straypage.py), the
+source serving a page request when the rate limit is exceeded
+(urgent.py), precopy finishing a requested page it is sending without a
+rate-limit wait (preempthit.py), the return path sending only the first
+page of a range request (preemptrange.py).  Each returns a detail line or
+raises Failure/Skip."""
 
 import os
 import time
