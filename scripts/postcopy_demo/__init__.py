@@ -10,8 +10,8 @@ library, qemu.qmp (installed in a venv by scripts/demo-deps.sh).
   qmp_venv     re-run an entry point under the venv that holds qemu.qmp
   qmp          the QMP session with one QEMU (qemu.qmp)
   console      the guest's serial console
-  guests       what a VM runs: the Linux workload guest or QEMU's boot
-               block, and the accelerator for it
+  guests       what a VM runs: the Linux workload guest, QEMU's boot
+               block or nothing (the firmware), and the accelerator for it
   vm           one QEMU: the one place that starts QEMU; reading its
                stderr and trace events
   hugepages    hugepage reservations, given back
@@ -31,12 +31,17 @@ library, qemu.qmp (installed in a venv by scripts/demo-deps.sh).
                  netcut, cutter  network cuts mid-postcopy, recovered
                  libvirt_demo    the demo under libvirt
                  e2e             the end-to-end tests' registry and runner
-                                 (scripts/e2e.py test), and the page-size
-                                 scenarios
+                                 (scripts/e2e.py test, check), and the
+                                 page-size scenarios
                  straypage, urgent, preempthit, preemptrange
                                  end-to-end scenarios of their own
                  blocktime_bench postcopy-blocktime, patched vs unpatched
                                  (scripts/e2e.py blocktime)
+                 pagesize_error, latency_accounting
+                                 qemu-test.sh's checks between two given
+                                 builds (scripts/e2e.py check): the error
+                                 of a page-size mismatch; QEMU's blocktime
+                                 and latency accounting
                  bench           make bench-e2e's runs
   cli          scripts/migrate.py's command line
 
