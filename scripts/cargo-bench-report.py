@@ -154,7 +154,8 @@ def main():
             out.append(f"Missing criterion results ({len(missing)}): "
                        + ", ".join(f"`{m}`" for m in missing) + ".")
         if not runs:
-            out.append(f"Missing run counts: {runs_path} (written at the end of the discard bench).")
+            out.append(f"Missing run counts: {runs_path} "
+                       "(written at the end of the discard bench).")
         if est:
             times = [t for _, t in est.values()]
             fmt = "%Y-%m-%d %H:%M"

@@ -136,9 +136,10 @@ wait || true
 if [ "$QTEST_RETRIES" -gt 0 ]; then
     for i in "${!TESTS[@]}"; do
         r=$LOGDIR/.result-$i
-        [ -f "$r" ] && grep -q '^FAIL' "$r" && ! grep -q 'not in migration-test' "$r" || continue
-        step "retry ${TESTS[$i]} alone (its first log: *.first.log)"
-        run_one "$i" "${TESTS[$i]}" retry
+        if [ -f "$r" ] && grep -q '^FAIL' "$r" && ! grep -q 'not in migration-test' "$r"; then
+            step "retry ${TESTS[$i]} alone (its first log: *.first.log)"
+            run_one "$i" "${TESTS[$i]}" retry
+        fi
     done
 fi
 

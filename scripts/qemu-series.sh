@@ -104,7 +104,12 @@ EOF
             sed -e '1s/^From [0-9a-f]\{40\} /From 0000000000000000000000000000000000000000 /' \
                 "$f" >"$SERIES/$(basename "$f")"
         done
-        (cd "$SERIES" && ls [0-9]*.patch | grep -v '^0000-') >"$SERIES/series"
+        (cd "$SERIES" && for f in [0-9]*.patch; do
+            case $f in
+                0000-*) ;;
+                *) printf '%s\n' "$f" ;;
+            esac
+        done) >"$SERIES/series"
         rm -rf "$out"
         cat "$SERIES/series"
         ! grep -q '\*\*\* SUBJECT HERE \*\*\*' "$SERIES/0000-cover-letter.patch" ||
@@ -187,8 +192,8 @@ EOF
         fi
 
         step "patch -p1 onto Debian's source"
-        dsc=$(ls "$DL"/qemu_"$VERSION"+ds-*.dsc 2>/dev/null | sort -V | tail -n1)
-        [ -n "$dsc" ] || die "no Debian source for $VERSION in $DL: run scripts/qemu-fetch.sh"
+        dsc=$(printf '%s\n' "$DL"/qemu_"$VERSION"+ds-*.dsc | sort -V | tail -n1)
+        [ -e "$dsc" ] || die "no Debian source for $VERSION in $DL: run scripts/qemu-fetch.sh"
         dpkg-source -x "$dsc" "$work/deb" >/dev/null 2>&1 || die "dpkg-source -x $dsc failed"
         ok=1
         for p in "${patches[@]}"; do

@@ -298,6 +298,14 @@ interop() {
     [ "${n:-0}" -gt 0 ]
 }
 
+# pagesize LABEL ARGS...: scripts/e2e.py check pagesize, its logs by label.
+pagesize() {
+    local label=$1
+    shift
+    timed pagesize python3 scripts/e2e.py check pagesize --label "$label" \
+        --workdir "$B/pagesize-logs/${label// /_}" "$@"
+}
+
 vm_tests() {
     local v d
     export QTEST_TRACE=$TRACE
@@ -322,12 +330,6 @@ vm_tests() {
     for v in "${VERSIONS[@]}"; do
         d=$(vdir "$v")
         step "QEMU $v: mismatched page sizes (4 KiB -> 2 MiB hugetlbfs)"
-        pagesize() {
-            local label=$1
-            shift
-            timed pagesize python3 scripts/e2e.py check pagesize --label "$label" \
-                --workdir "$B/pagesize-logs/${label// /_}" "$@"
-        }
         check "$v" "QEMU $v: patched -> patched, postcopy-page-size-report on both: the source names both page sizes" \
             pagesize "QEMU $v patched+cap -> patched+cap" --src "$d/patched/qemu-system-x86_64" \
             --dst "$d/patched/qemu-system-x86_64" --src-cap --dst-cap --expect words

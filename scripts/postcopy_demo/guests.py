@@ -24,7 +24,7 @@ import re
 import time
 from typing import List, Tuple
 
-from .options import MigrateError, ROOT, repo_path
+from .options import ROOT, MigrateError, repo_path
 
 MEM_START, MEM_END, PAGE = 1 << 20, 100 << 20, 4096   # the boot block's range
 
