@@ -53,7 +53,7 @@ demo:
 bench:
 	cargo bench --bench discard
 	cargo bench --bench fault
-	python3 scripts/bench-report.py > docs/BENCHMARKS.generated.md
+	python3 scripts/cargo-bench-report.py > docs/BENCHMARKS.generated.md
 	@echo "docs/BENCHMARKS.generated.md written; merge it into docs/BENCHMARKS.md"
 
 # Postcopy end to end, patched against unpatched QEMU 10.2.2 on the demo's

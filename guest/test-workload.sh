@@ -125,7 +125,7 @@ wait_done() {
     local end=$((SECONDS + 30))
     while :; do
         stalls_snapshot "$1"
-        [ "$(field done "$TOTAL")" = "$1/$1" ] && return 0
+        [ "$(field 'done' "$TOTAL")" = "$1/$1" ] && return 0
         [ "$SECONDS" -lt "$end" ] || fail "the sweep did not finish within 30 s: $TOTAL"
         sleep 0.2
     done
@@ -241,7 +241,7 @@ for p in random-write seq-write random-read seq mix; do
     send verify
     expect '^VERIFY (OK|FAIL)'
     [ "$MATCH" = "VERIFY OK pages=16384" ] || fail "verify after $p: $MATCH"
-    ok "pattern $p: $(field accesses "$TOTAL") accesses, p50 $(field p50_us "$TOTAL") us, p99 $(field p99_us "$TOTAL") us, worst $(field worst_us "$TOTAL") us, done $(field done "$TOTAL"), verify OK"
+    ok "pattern $p: $(field accesses "$TOTAL") accesses, p50 $(field p50_us "$TOTAL") us, p99 $(field p99_us "$TOTAL") us, worst $(field worst_us "$TOTAL") us, done $(field 'done' "$TOTAL"), verify OK"
 done
 
 # Armed at rate 0 (the benchmark driver's way round the switch): nothing
@@ -250,7 +250,7 @@ send "pattern random-read 0"
 expect '^PATTERN name=random-read rate=0 threads=2$'
 sleep 0.3
 stalls_snapshot 2
-[ "$(field accesses "$TOTAL")" -eq 0 ] && [ "$(field done "$TOTAL")" = 0/2 ] ||
+{ [ "$(field accesses "$TOTAL")" -eq 0 ] && [ "$(field 'done' "$TOTAL")" = 0/2 ]; } ||
     fail "pattern at rate 0 touched pages: $TOTAL"
 send "stalls reset"
 send "rate max"
@@ -333,7 +333,8 @@ send "rate 0"
 expect '^RATE 0$'
 sleep 0.1
 stalls_snapshot "$cpus"
-[ "$(field pattern "$TOTAL")" = seq ] && [ "$(field passes "$TOTAL")" -ge 1 ] || fail "workload.pattern=seq: $TOTAL"
+{ [ "$(field pattern "$TOTAL")" = seq ] && [ "$(field passes "$TOTAL")" -ge 1 ]; } ||
+    fail "workload.pattern=seq: $TOTAL"
 send verify
 expect '^VERIFY (OK|FAIL)'
 [ "$MATCH" = "VERIFY OK pages=4096" ] || fail "verify: $MATCH"

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from postcopy_demo.qmp_venv import use_qmp_venv  # noqa: E402
 
 use_qmp_venv()
-from postcopy_demo import benchreport  # noqa: E402
+from postcopy_demo import bench_e2e_report  # noqa: E402
 from postcopy_demo.options import ROOT  # noqa: E402
 from postcopy_demo.procs import SignalGuard, cleanup_all  # noqa: E402
 from postcopy_demo.scenarios import bench  # noqa: E402
@@ -90,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
                     "(x-postcopy-prepage-pages; default 0: off); reported in its own "
                     "block of the document")
     ap.add_argument("--postcopy-bandwidth", type=int,
-                    default=benchreport.DEFAULT_POSTCOPY_BANDWIDTH, metavar="MiB/s",
+                    default=bench_e2e_report.DEFAULT_POSTCOPY_BANDWIDTH, metavar="MiB/s",
                     help="max-postcopy-bandwidth of both builds (default %(default)s; 0: "
                     "none). On a local socket the background stream otherwise sends the "
                     "whole guest in about a second and the guest barely faults; a cap "
@@ -183,7 +183,7 @@ def main() -> int:
             finally:
                 cleanup_all()
     first = recs[0] if recs else {}
-    meta = dict(benchreport.machine())
+    meta = dict(bench_e2e_report.machine())
     meta.update({
         "date": (recs[-1]["started"] if a.report_from and recs else
                  time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())),
@@ -211,7 +211,7 @@ def main() -> int:
         with open(meta_path) as f:
             meta.update({k: v for k, v in json.load(f).items()
                          if v is not None and not (k == "caveat" and a.caveat)})
-    section = benchreport.render(recs, meta)
+    section = bench_e2e_report.render(recs, meta)
     os.makedirs(outdir, exist_ok=True)
     if not a.report_from:
         with open(meta_path, "w") as f:
@@ -221,13 +221,13 @@ def main() -> int:
     print("\n" + section)
     if not a.no_doc:
         doc = a.doc if os.path.isabs(a.doc) else os.path.join(ROOT, a.doc)
-        benchreport.write_doc(doc, section, a.block or benchreport.block_name(meta))
+        bench_e2e_report.write_doc(doc, section, a.block or bench_e2e_report.block_name(meta))
         print("bench-e2e: %s updated (between its bench-e2e markers)" % os.path.relpath(doc, ROOT))
     failed = [r for r in recs if not r.get("ok")]
     for r in failed:
         print("FAILED run %d (%s, %s): %s" % (r["seq"], r["cell"], r["kind"],
                                              (r.get("error") or "?").splitlines()[0]))
-    miss = benchreport.missing(recs)
+    miss = bench_e2e_report.missing(recs)
     for m in miss:
         print("MISSING figure: " + m)
     print("bench-e2e: %d run(s), %d failed, %d figure(s) missing; report %s"

@@ -9,6 +9,8 @@
 #     Debian's python3 at $PCRS_QMP_VENV (default
 #     ~/.cache/postcopy-rs/qmp-venv); scripts/migrate.py and scripts/e2e.py
 #     re-run themselves with its python;
+#   - the linters of scripts/test.sh: ruff==$RUFF_VERSION in the same
+#     venv, and Debian's shellcheck;
 #   - with --libvirt: Debian's libvirt daemon for QEMU and virsh
 #     (libvirt-daemon-driver-qemu, libvirt-daemon, libvirt-clients), and
 #     the system user libvirt-qemu the QEMU driver looks up at start-up.
@@ -20,9 +22,10 @@
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 QEMU_QMP_VERSION=0.0.6
+RUFF_VERSION=0.17.6
 PCRS_QMP_VENV=${PCRS_QMP_VENV:-$PCRS_CACHE/qmp-venv}
 
-APT_PKGS=(python3 python3-venv iproute2 util-linux)
+APT_PKGS=(python3 python3-venv iproute2 util-linux shellcheck)
 if [ "${1:-}" = --libvirt ]; then
     # The monolithic libvirtd (libvirt-daemon) runs the QEMU driver
     # (libvirt-daemon-driver-qemu); virsh is in libvirt-clients.
@@ -56,23 +59,25 @@ if [ "${1:-}" = --libvirt ] && ! getent passwd libvirt-qemu >/dev/null; then
         die "could not create the system user libvirt-qemu"
 fi
 
-step "venv with qemu.qmp==$QEMU_QMP_VERSION at $PCRS_QMP_VENV"
+step "venv with qemu.qmp==$QEMU_QMP_VERSION and ruff==$RUFF_VERSION at $PCRS_QMP_VENV"
 # Debian's python3 explicitly (python3-venv belongs to it), not whatever
 # python3 comes first in PATH.
 PY=/usr/bin/python3
 [ -x "$PY" ] || die "/usr/bin/python3 not found"
-have=$("$PCRS_QMP_VENV/bin/python3" -c \
-    'import importlib.metadata as m; print(m.version("qemu.qmp"))' 2>/dev/null || true)
-if [ "$have" = "$QEMU_QMP_VERSION" ]; then
-    echo "venv already has qemu.qmp $have"
+want="$QEMU_QMP_VERSION $RUFF_VERSION"
+have=$("$PCRS_QMP_VENV/bin/python3" -c 'import importlib.metadata as m
+print(m.version("qemu.qmp"), m.version("ruff"))' 2>/dev/null || true)
+if [ "$have" = "$want" ]; then
+    echo "venv already has qemu.qmp and ruff: $have"
 else
     if [ ! -x "$PCRS_QMP_VENV/bin/python3" ]; then
         mkdir -p "$(dirname "$PCRS_QMP_VENV")"
         "$PY" -m venv "$PCRS_QMP_VENV" || die "could not create venv at $PCRS_QMP_VENV"
     fi
-    "$PCRS_QMP_VENV/bin/python3" -m pip install -q "qemu.qmp==$QEMU_QMP_VERSION" ||
-        die "pip install qemu.qmp==$QEMU_QMP_VERSION failed"
+    "$PCRS_QMP_VENV/bin/python3" -m pip install -q "qemu.qmp==$QEMU_QMP_VERSION" \
+        "ruff==$RUFF_VERSION" || die "pip install of qemu.qmp and ruff ($want) failed"
     "$PCRS_QMP_VENV/bin/python3" -c 'import qemu.qmp.legacy' ||
         die "qemu.qmp does not import in $PCRS_QMP_VENV"
+    "$PCRS_QMP_VENV/bin/ruff" --version || die "ruff does not run in $PCRS_QMP_VENV"
 fi
-echo "python: $PCRS_QMP_VENV/bin/python3 (qemu.qmp $QEMU_QMP_VERSION)"
+echo "python: $PCRS_QMP_VENV/bin/python3 (qemu.qmp $QEMU_QMP_VERSION), $PCRS_QMP_VENV/bin/ruff"

@@ -7,10 +7,24 @@ RAM blocks of 4 KiB and 2 MiB, mismatched page sizes both ways (the
 source's error names both, its RAM stays intact, a retry works), a page
 filled behind the destination's back (postcopy pauses on EEXIST), a page
 request served at once by a source whose rate limit is exceeded; plus a
-blocktime benchmark, patched against unpatched QEMU.
+blocktime benchmark, patched against unpatched QEMU; and the checks
+scripts/qemu-test.sh makes between given builds.
 
   e2e.py test [--only NAME ...]     the scenarios; "N passed, N failed"
   e2e.py blocktime [--runs N]       postcopy-blocktime, patched vs unpatched
+  e2e.py check pagesize --src BIN --dst BIN [--src-cap] [--dst-cap]
+                        --expect {words,sibling} [--workdir DIR] [--label TEXT]
+                                    a 4 KiB -> 2 MiB postcopy migration must
+                                    fail with the error --expect names
+                                    (scenarios/pagesize_error.py)
+  e2e.py check blocktime --src BIN --dst BIN --bootblock HEADER
+                         [--workdir DIR] [--label TEXT]
+                                    QEMU 10.1+'s blocktime and latency
+                                    accounting add up to the faults
+                                    (scenarios/latency_accounting.py)
+
+A check prints its figures and a "PASS"/"FAIL" line per criterion, and
+exits 1 if any fails.
 
 Needs root (hugepage reservations), KVM where /dev/kvm works (else TCG).
 Every QEMU started is killed on every exit path; hugepage reservations are
@@ -25,7 +39,12 @@ from postcopy_demo.qmp_venv import use_qmp_venv  # noqa: E402
 
 use_qmp_venv()
 from postcopy_demo.procs import SignalGuard, cleanup_all  # noqa: E402
-from postcopy_demo.scenarios import blocktime, pagesizes  # noqa: E402
+from postcopy_demo.scenarios import (  # noqa: E402
+    blocktime_bench,
+    e2e,
+    latency_accounting,
+    pagesize_error,
+)
 
 
 def main() -> int:
@@ -35,9 +54,26 @@ def main() -> int:
                         "qemu-system-x86_64)" % (kind, kind))
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("test")
-    t.add_argument("--only", nargs="*", default=[], choices=list(pagesizes.TESTS))
+    t.add_argument("--only", nargs="*", default=[], choices=list(e2e.TESTS))
     b = sub.add_parser("blocktime")
     b.add_argument("--runs", type=int, default=3)
+    c = sub.add_parser("check").add_subparsers(dest="check", required=True)
+    for name in ("pagesize", "blocktime"):
+        p = c.add_parser(name)
+        p.add_argument("--src", required=True, help="the source's qemu-system-x86_64")
+        p.add_argument("--dst", required=True, help="the destination's qemu-system-x86_64")
+        p.add_argument("--workdir", help="logs here (emptied first)")
+        p.add_argument("--label", default=name, help="names the check in its output")
+        if name == "blocktime":
+            p.add_argument("--bootblock", required=True,
+                           help="QEMU's tests/qtest/migration/i386/a-b-bootblock.h")
+        else:
+            p.add_argument("--src-cap", action="store_true",
+                           help="postcopy-page-size-report on the source")
+            p.add_argument("--dst-cap", action="store_true",
+                           help="postcopy-page-size-report on the destination")
+            p.add_argument("--expect", choices=list(pagesize_error.EXPECTATIONS),
+                           required=True, help="what the error must say")
     a = ap.parse_args()
     binaries = {k: getattr(a, k) or os.path.join("build", "qemu-" + k, "qemu-system-x86_64")
                 for k in ("patched", "unpatched")}
@@ -48,8 +84,16 @@ def main() -> int:
     with SignalGuard():
         try:
             if a.cmd == "test":
-                return pagesizes.run_tests(set(a.only), binaries["patched"], out)
-            return blocktime.run_blocktime(a.runs, binaries, out)
+                return e2e.run_tests(set(a.only), binaries["patched"], out)
+            if a.cmd == "check" and a.check == "pagesize":
+                return e2e.run_check(a.check, a.label, a.workdir, lambda logdir: (
+                    pagesize_error.check(a.label, a.src, a.dst, a.src_cap, a.dst_cap,
+                                         a.expect, logdir, out)), out)
+            if a.cmd == "check":
+                return e2e.run_check(a.check, a.label, a.workdir, lambda logdir: (
+                    latency_accounting.check(a.label, a.src, a.dst, a.bootblock, logdir,
+                                             out)), out)
+            return blocktime_bench.run_blocktime(a.runs, binaries, out)
         except KeyboardInterrupt:
             return 130
         finally:

@@ -117,7 +117,12 @@ EOF
         # The new names go into the old series' slots, so that its comments
         # and its end-of-fixes marker stay after as many patches as before.
         touch "$SERIES/series"
-        (cd "$SERIES" && ls [0-9]*.patch | grep -v '^0000-') >"$out/names"
+        (cd "$SERIES" && for f in [0-9]*.patch; do
+            case $f in
+                0000-*) ;;
+                *) printf '%s\n' "$f" ;;
+            esac
+        done) >"$out/names"
         python3 - "$SERIES/series" "$out/names" <<'PY'
 import sys
 old = open(sys.argv[1]).read().splitlines()
@@ -230,8 +235,8 @@ PY
         fi
 
         step "patch -p1 onto Debian's source"
-        dsc=$(ls "$DL"/qemu_"$VERSION"+ds-*.dsc 2>/dev/null | sort -V | tail -n1)
-        [ -n "$dsc" ] || die "no Debian source for $VERSION in $DL: run scripts/qemu-fetch.sh"
+        dsc=$(printf '%s\n' "$DL"/qemu_"$VERSION"+ds-*.dsc | sort -V | tail -n1)
+        [ -e "$dsc" ] || die "no Debian source for $VERSION in $DL: run scripts/qemu-fetch.sh"
         dpkg-source -x "$dsc" "$work/deb" >/dev/null 2>&1 || die "dpkg-source -x $dsc failed"
         ok=1
         for p in "${patches[@]}"; do

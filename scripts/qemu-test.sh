@@ -26,11 +26,11 @@
 #      version, patched source to unpatched destination and back; across
 #      versions, patched 10.0.13 to patched 10.2.2 on the 10.0 machine type
 #      (pc-q35-10.0) and back;
-#   6. mismatched page sizes (scripts/qemu-check.py pagesize): with
+#   6. mismatched page sizes (scripts/e2e.py check pagesize): with
 #      postcopy-page-size-report on both patched sides the source's error
 #      names both page sizes; without it, or with an unpatched peer either
 #      way, QEMU's old error and nothing new on the wire;
-#   7. from 10.1 on (blocktime rework), scripts/qemu-check.py blocktime on the
+#   7. from 10.1 on (blocktime rework), scripts/e2e.py check blocktime on the
 #      unpatched and on the patched build: after a postcopy migration with
 #      postcopy-blocktime on, the destination's latency is non-zero and
 #      its latency histogram adds up to the faults it accounted.
@@ -101,6 +101,8 @@ timed() {
 
 step "QEMU build dependencies"
 timed deps scripts/qemu-deps.sh
+# The page-size and blocktime checks run on qemu.qmp (scripts/e2e.py).
+timed deps scripts/demo-deps.sh
 
 step "install the library under build/prefix"
 timed library make --no-print-directory install PREFIX="$PREFIX" >/dev/null ||
@@ -312,6 +314,14 @@ interop() {
     [ "${n:-0}" -gt 0 ]
 }
 
+# pagesize LABEL ARGS...: scripts/e2e.py check pagesize, its logs by label.
+pagesize() {
+    local label=$1
+    shift
+    timed pagesize python3 scripts/e2e.py check pagesize --label "$label" \
+        --workdir "$B/pagesize-logs/${label// /_}" "$@"
+}
+
 vm_tests() {
     local v d
     export QTEST_TRACE=$TRACE
@@ -341,12 +351,6 @@ vm_tests() {
     for v in "${VERSIONS[@]}"; do
         d=$(vdir "$v")
         step "QEMU $v: mismatched page sizes (4 KiB -> 2 MiB hugetlbfs)"
-        pagesize() {
-            local label=$1
-            shift
-            timed pagesize python3 scripts/qemu-check.py pagesize --label "$label" \
-                --workdir "$B/pagesize-logs/${label// /_}" "$@"
-        }
         check "$v" "QEMU $v: patched -> patched, postcopy-page-size-report on both: the source names both page sizes" \
             pagesize "QEMU $v patched+cap -> patched+cap" --src "$d/patched/qemu-system-x86_64" \
             --dst "$d/patched/qemu-system-x86_64" --src-cap --dst-cap --expect words
@@ -368,7 +372,7 @@ vm_tests() {
         step "QEMU $v: postcopy blocktime and latency accounting"
         for kind in unpatched patched; do
             check "$v" "QEMU $v $kind: postcopy latency and histogram add up to the faults accounted" \
-                timed blocktime python3 scripts/qemu-check.py blocktime \
+                timed blocktime python3 scripts/e2e.py check blocktime \
                 --src "$d/$kind/qemu-system-x86_64" --dst "$d/$kind/qemu-system-x86_64" \
                 --bootblock "$d/src/tests/qtest/migration/i386/a-b-bootblock.h" \
                 --workdir "$B/blocktime-logs/$v-$kind" --label "QEMU $v $kind"

@@ -5,6 +5,7 @@
 # a C compiler (the C harness and the cc crate) and valgrind (memcheck run of
 # the C harness), plus rustfmt/clippy for the toolchain.  Idempotent.
 
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 APT_PKGS=(build-essential pkg-config valgrind)

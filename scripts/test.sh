@@ -3,7 +3,8 @@
 #
 # The test command (`make test`; .ci/run calls it).  From a fresh clone on
 # a fresh Debian machine, as root, it installs what it needs and runs:
-#   1. rustfmt and clippy (-D warnings);
+#   1. rustfmt and clippy (-D warnings); over scripts/ and guest/,
+#      ruff check (ruff.toml) and shellcheck;
 #   2. cargo test: unit and property tests, the header drift check, the C
 #      harness (plain, valgrind memcheck, AddressSanitizer; the standalone
 #      example linked with the README's line), and the tests on real
@@ -49,6 +50,16 @@ cargo fmt --all -- --check || die "code is not rustfmt-clean: run cargo fmt"
 step "clippy"
 cargo clippy --all-targets -- -D warnings
 
+step "the scripts' tools: qemu.qmp and ruff (a venv), shellcheck"
+scripts/demo-deps.sh
+PY_VENV=${PCRS_QMP_VENV:-$PCRS_CACHE/qmp-venv}
+
+step "ruff check: the Python of scripts/ and guest/"
+"$PY_VENV/bin/ruff" check --no-cache scripts guest || die "ruff check found problems"
+
+step "shellcheck: the shell of scripts/ and guest/"
+shellcheck -x scripts/*.sh guest/*.sh guest/init || die "shellcheck found problems"
+
 step "cargo test"
 rm -f "$skipped"
 cargo test
@@ -74,8 +85,7 @@ step "the guest workload, on this host"
 guest/test-workload.sh
 
 step "the scripts' Python unit tests (in the qemu.qmp venv)"
-scripts/demo-deps.sh
-"${PCRS_QMP_VENV:-$PCRS_CACHE/qmp-venv}/bin/python3" -m unittest discover -s scripts/tests -v
+"$PY_VENV/bin/python3" -m unittest discover -s scripts/tests -v
 
 step "the docs name only what the tree has (scripts/docs-check.py)"
 scripts/docs-check.py

@@ -118,6 +118,25 @@ class Console:
                 return (self.lines + [self.partial + " <no newline yet>"])[-n:]
             return self.lines[-n:]
 
+    def count(self, text: str) -> int:
+        """How often text came so far, the unfinished line included (the
+        boot block's 'B' per pass ends no line)."""
+        with self.cond:
+            return sum(ln.count(text) for ln in self.lines) + self.partial.count(text)
+
+    def wait_count(self, text: str, more_than: int, timeout: float) -> bool:
+        """Wait until count(text) > more_than; False on timeout or a closed
+        console."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                if self.count(text) > more_than:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed:
+                    return False
+                self.cond.wait(min(left, 0.5))
+
     def last(self, pattern: str) -> Optional[str]:
         rx = re.compile(pattern)
         with self.cond:

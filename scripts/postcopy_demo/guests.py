@@ -12,6 +12,8 @@
                   pass; its RAM is checked as migration-test's
                   check_guests_ram() does (pmemsave, then one value per page
                   with at most one step down where the guest was stopped).
+  FirmwareGuest   nothing to boot: the firmware alone, for a check that
+                  needs a running VM and not what it runs (or its RAM).
 
 A guest gives QEMU arguments, waits until it runs, and verifies itself; the
 VM (vm.py) is the one place that starts QEMU."""
@@ -22,7 +24,7 @@ import re
 import time
 from typing import List, Tuple
 
-from .options import MigrateError, ROOT, repo_path
+from .options import ROOT, MigrateError, repo_path
 
 MEM_START, MEM_END, PAGE = 1 << 20, 100 << 20, 4096   # the boot block's range
 
@@ -41,6 +43,15 @@ def kvm_usable() -> Tuple[bool, str]:
     finally:
         os.close(fd)
     return True, "/dev/kvm works"
+
+
+def kvm_if_usable(requested: str) -> Tuple[str, str]:
+    """(accel, note) for a guest that runs on any KVM (kvm-pvm included),
+    as a boot sector or the firmware alone do: auto is KVM where usable."""
+    if requested != "auto":
+        return requested, requested.upper() + " (asked for)"
+    ok, why = kvm_usable()
+    return ("kvm", "KVM") if ok else ("tcg", "TCG: %s" % why)
 
 
 class LinuxGuest:
@@ -139,14 +150,19 @@ class BootBlockGuest:
     HEADER = os.path.join("tests", "qtest", "migration", "i386", "a-b-bootblock.h")
 
     def __init__(self, opts, workdir: str):
-        # Either fetched tree has it (the patch series does not touch it).
-        trees = [os.path.join(ROOT, "build", t) for t in ("qemu-src", "qemu-src-patched")]
-        found = [os.path.join(t, self.HEADER) for t in trees
-                 if os.path.exists(os.path.join(t, self.HEADER))]
-        if not found:
-            raise MigrateError("%s missing from build/qemu-src{,-patched}: run "
-                               "scripts/qemu-fetch.sh first" % self.HEADER)
-        header = found[0]
+        if opts.bootblock:
+            header = repo_path(opts.bootblock)
+            if not os.path.exists(header):
+                raise MigrateError("boot block header %s is missing" % header)
+        else:
+            # Either fetched tree has it (the patch series does not touch it).
+            trees = [os.path.join(ROOT, "build", t) for t in ("qemu-src", "qemu-src-patched")]
+            found = [os.path.join(t, self.HEADER) for t in trees
+                     if os.path.exists(os.path.join(t, self.HEADER))]
+            if not found:
+                raise MigrateError("%s missing from build/qemu-src{,-patched}: run "
+                                   "scripts/qemu-fetch.sh first" % self.HEADER)
+            header = found[0]
         with open(header) as f:
             text = f.read()
         body = text[text.index("{") + 1:text.index("}")]
@@ -159,11 +175,7 @@ class BootBlockGuest:
         self.workdir = workdir
 
     def choose_accel(self, requested: str) -> Tuple[str, str]:
-        # A boot sector runs fine on any KVM (kvm-pvm included).
-        if requested != "auto":
-            return requested, requested.upper() + " (asked for)"
-        ok, why = kvm_usable()
-        return ("kvm", "KVM") if ok else ("tcg", "TCG: %s" % why)
+        return kvm_if_usable(requested)
 
     def boot_timeout(self, accel: str) -> float:
         return 30.0
@@ -212,6 +224,35 @@ class BootBlockGuest:
         return {"ok": True, "line": "RAM OK pages=%d" % pages, "error": None}
 
 
+class FirmwareGuest:
+    """No boot device: the firmware finds nothing to boot and halts (QEMU's
+    default reboot-timeout is -1: it does not retry), the VM running."""
+    name = "none"
+
+    def __init__(self, opts):
+        self.opts = opts
+
+    def choose_accel(self, requested: str) -> Tuple[str, str]:
+        return kvm_if_usable(requested)
+
+    def boot_timeout(self, accel: str) -> float:
+        return 30.0
+
+    def qemu_args(self, accel: str) -> List[str]:
+        return []
+
+    def wait_ready(self, vm, timeout: float) -> str:
+        state = vm.run_state()
+        if state != "running":
+            raise MigrateError("%s: the VM is %s, not running (%s)"
+                               % (vm.name, state, vm.why_not_ready("no answer")))
+        return "no guest: the firmware alone"
+
+    def verify(self, vm, timeout: float) -> dict:
+        return {"ok": False, "line": None,
+                "error": "%s: no guest, nothing to verify" % vm.name}
+
+
 def parse_stalls(line: str) -> dict:
     """One STALLS line: its key=value fields (numbers as float), "hist" as
     {bucket: count}."""
@@ -236,4 +277,6 @@ def make_guest(opts, workdir: str):
         return LinuxGuest(opts)
     if opts.guest == "bootblock":
         return BootBlockGuest(opts, workdir)
-    raise MigrateError("unknown guest %r (linux or bootblock)" % opts.guest)
+    if opts.guest == "none":
+        return FirmwareGuest(opts)
+    raise MigrateError("unknown guest %r (linux, bootblock or none)" % opts.guest)

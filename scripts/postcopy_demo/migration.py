@@ -19,24 +19,39 @@ FINAL = ("completed", "failed", "cancelled")
 
 # A patched QEMU's capability (qemu-patches/*/0007): with it on both sides
 # a page-size mismatch names both sides' sizes on the source.  Stock QEMU
-# does not know it, so it is asked for only where the QEMU accepts it.
+# does not know it, so it is asked for only where the QEMU accepts it
+# (unless Options.optional_capabilities is off).
 PAGE_SIZE_REPORT = "postcopy-page-size-report"
+OPTIONAL_CAPABILITIES = (PAGE_SIZE_REPORT,)
 
 
-def set_capabilities(vm, caps, optional=(PAGE_SIZE_REPORT,)):
+def set_capabilities(vm, caps, optional=OPTIONAL_CAPABILITIES):
     """Turn on caps, and each of optional that this QEMU knows."""
     def send(names):
         vm.qmp.cmd("migrate-set-capabilities", {"capabilities": [
-            {"capability": c, "state": True} for c in names]})
+            {"capability": c, "state": True} for c in dict.fromkeys(names)]})
+    if not optional:
+        send(caps)
+        return
     try:
         send(list(caps) + list(optional))
     except QMPError:
         send(list(caps))
 
 
+def side_capabilities(session, side: str, caps):
+    """set_capabilities() of one side ("src"/"dst"): caps, then the
+    Options' for both sides and for that side."""
+    o = session.opts
+    return (list(caps) + o.capabilities
+            + (o.src_capabilities if side == "src" else o.dst_capabilities),
+            OPTIONAL_CAPABILITIES if o.optional_capabilities else ())
+
+
 def listen(session, dst):
     """Capabilities on a new destination, then migrate-incoming."""
-    set_capabilities(dst, ["postcopy-ram", "postcopy-blocktime"] + session.opts.capabilities)
+    set_capabilities(dst, *side_capabilities(session, "dst",
+                                             ["postcopy-ram", "postcopy-blocktime"]))
     if session.net:
         dst.port = 4440 + session.ndst
         uri = "tcp:%s:%d" % (session.net.addr["dst"], dst.port)
@@ -49,7 +64,7 @@ def listen(session, dst):
 
 def configure_source(session, src):
     o = session.opts
-    set_capabilities(src, ["postcopy-ram"] + o.capabilities)
+    set_capabilities(src, *side_capabilities(session, "src", ["postcopy-ram"]))
     params = {}
     if o.max_bandwidth:
         params["max-bandwidth"] = o.max_bandwidth * MiB

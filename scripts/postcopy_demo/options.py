@@ -46,6 +46,8 @@ class Options:
     dst_binary: str = DEFAULT_BINARY
     accel: str = "auto"              # auto | kvm | tcg
     guest: str = "linux"             # linux (guest-build.sh) | bootblock (QEMU's)
+    #                                  | none (the firmware alone, nothing booted)
+    bootblock: Optional[str] = None  # QEMU's a-b-bootblock.h (default: the fetched tree's)
     kernel: str = os.path.join("build", "guest", "vmlinuz")
     initrd: str = os.path.join("build", "guest", "initramfs.cpio.gz")
     logdir: Optional[str] = None     # default build/migrate-runs/<stamp>
@@ -62,6 +64,9 @@ class Options:
     guest_args: List[str] = dataclasses.field(default_factory=list)  # kernel command line
     capabilities: List[str] = dataclasses.field(default_factory=list)  # both sides, e.g.
     #                                  postcopy-preempt, events
+    src_capabilities: List[str] = dataclasses.field(default_factory=list)  # one side only
+    dst_capabilities: List[str] = dataclasses.field(default_factory=list)
+    optional_capabilities: bool = True  # also migration.OPTIONAL_CAPABILITIES, where known
     quiet: bool = False              # no output at all (API use)
 
 

@@ -10,7 +10,8 @@ import subprocess
 import time
 from typing import Optional
 
-from qemu.qmp import ConnectError, ExecuteError, QMPError as LibQMPError
+from qemu.qmp import ConnectError, ExecuteError
+from qemu.qmp import QMPError as LibQMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from .options import MigrateError

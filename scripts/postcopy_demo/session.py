@@ -24,8 +24,7 @@ from . import migration
 from .guests import make_guest
 from .hugepages import HugePages
 from .netns import NetPair
-from .options import (ROOT, MigrateError, Options, parse_ram_spec, ram_spec_str,
-                      repo_path, side_ram)
+from .options import ROOT, MigrateError, Options, parse_ram_spec, ram_spec_str, repo_path, side_ram
 from .procs import SignalGuard, register_cleanup, unregister_cleanup
 from .report import Out
 from .vm import VM

@@ -14,7 +14,7 @@ per thread), then `verify`.  QEMU's view comes from query-migrate on the
 destination (postcopy-blocktime capability: blocktime total and per vCPU,
 and from 10.1 on the fault latency) and on the source (page requests,
 downtime, total time), the postcopy phase from both sides' MIGRATION
-events (capability events).  Every run is one JSON line (results.jsonl); benchreport.py turns
+events (capability events).  Every run is one JSON line (results.jsonl); bench_e2e_report.py turns
 them into ratios."""
 
 import dataclasses

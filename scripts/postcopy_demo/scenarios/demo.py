@@ -5,7 +5,7 @@ migrate with postcopy, check it on the destination."""
 import os
 import time
 
-from ..options import MigrateError, Options, ROOT
+from ..options import ROOT, MigrateError, Options
 from ..qmp import QMPError
 from ..session import Session
 

@@ -29,7 +29,7 @@ from xml.sax.saxutils import escape
 
 from ..console import Console
 from ..libvirt import HostPair
-from ..options import MiB, PAGE_SIZES, MigrateError, Options, ROOT, ram_spec_str
+from ..options import PAGE_SIZES, ROOT, MiB, MigrateError, Options, ram_spec_str
 from ..procs import kill_proc, spawn
 from ..qmp import QMPError
 from ..report import fmt_bytes

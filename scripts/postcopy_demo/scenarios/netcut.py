@@ -46,13 +46,20 @@ import os
 import time
 
 from .. import migration
-from ..options import MiB, MigrateError, Options, ROOT, ram_spec_str
+from ..options import ROOT, MiB, MigrateError, Options, ram_spec_str
 from ..qmp import QMPError
 from ..report import fmt_bytes
 from ..session import Session
 from ..vm import VM, trace_events
-from .cutter import (DEFAULT_POSTCOPY_BANDWIDTH, PAUSED, TCP_SETTINGS, TRACE_ARGS, Cutter,
-                     both, cut_points)
+from .cutter import (
+    DEFAULT_POSTCOPY_BANDWIDTH,
+    PAUSED,
+    TCP_SETTINGS,
+    TRACE_ARGS,
+    Cutter,
+    both,
+    cut_points,
+)
 
 
 def run(s: Session, src, dst, res: dict) -> dict:

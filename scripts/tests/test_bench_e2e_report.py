@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Unit tests of make bench-e2e's report (postcopy_demo/benchreport.py):
+"""Unit tests of make bench-e2e's report (postcopy_demo/bench_e2e_report.py):
 what --quick fails on, the table, and the document section between the
 markers.  Run: python3 -m unittest discover -s scripts/tests."""
 
@@ -9,7 +9,7 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from postcopy_demo import benchreport as br  # noqa: E402
+from postcopy_demo import bench_e2e_report as br  # noqa: E402
 from postcopy_demo import benchstats as bs  # noqa: E402
 
 

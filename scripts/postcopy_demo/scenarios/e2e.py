@@ -1,21 +1,30 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""End-to-end postcopy scenarios QEMU's qtests lack, on QEMU's own boot
-block guest (guests.BootBlockGuest), which keeps dirtying memory through
-precopy and the switch (leaving partly dirty host pages on hugepage-backed
-RAM): hugepage-backed guest RAM (host page != target page), two RAM blocks
-of different page sizes, and mismatched page sizes between source and
-destination (and, from straypage.py, a page filled behind the
-destination's back; from urgent.py, the source serving a page request
-when the rate limit is exceeded; from preempthit.py, precopy finishing a
-requested page it is sending without a rate-limit wait; from
-preemptrange.py, the return path sending only the first page of a range
-request).  Each returns a
-detail line or raises Failure/Skip."""
+"""The end-to-end tests (scripts/e2e.py test): their registry (TESTS,
+MAY_SKIP) and runner (run_tests), the settings and Session every one of
+them starts from (Context, options, session), and the page-size scenarios
+themselves.
+
+All run QEMU's own boot block guest (guests.BootBlockGuest), which keeps
+dirtying memory through precopy and the switch (leaving partly dirty host
+pages on hugepage-backed RAM).  Here: hugepage-backed guest RAM (host page
+!= target page), two RAM blocks of different page sizes, and mismatched
+page sizes between source and destination.  Registered from their own
+modules: a page filled behind the destination's back (straypage.py), the
+source serving a page request when the rate limit is exceeded
+(urgent.py), precopy finishing a requested page it is sending without a
+rate-limit wait (preempthit.py), the return path sending only the first
+page of a range request (preemptrange.py).  Each returns a detail line or
+raises Failure/Skip.
+
+run_check runs one of scripts/qemu-test.sh's checks between two given
+builds (scripts/e2e.py check): pagesize_error.py, latency_accounting.py."""
 
 import os
+import shutil
 import time
 
-from ..options import HugepagesUnavailable, MigrateError, Options, ROOT
+from ..options import ROOT, HugepagesUnavailable, MigrateError, Options
+from ..qmp import QMPError
 from ..session import Session
 from . import Failure, Skip, migrate_verified, preempthit, preemptrange, straypage, urgent
 
@@ -74,9 +83,8 @@ def postcopy_on(ctx, name, ram: str, need_bits_set: bool) -> str:
 
 # The source's own setup can fail on the socket the failing destination
 # closes before its return path reads MIG_RP_MSG_PAGE_SIZES, and QEMU keeps
-# the first error (about one run in seven in qemu-check.py pagesize): a run
-# whose source error lacks the page sizes is tried again, this many times
-# in all.
+# the first error (about one run in seven): a run whose source error lacks
+# the page sizes is tried again, this many times in all.
 MISMATCH_ATTEMPTS = 3
 
 
@@ -168,3 +176,24 @@ def run_tests(only, binary: str, out=print) -> int:
     out("%d passed, %d failed%s (logs: %s)" % (passed, failed,
         ", %d skipped" % skipped if skipped else "", os.path.relpath(logroot)))
     return 1 if failed else 0
+
+
+def run_check(name: str, label: str, workdir, check, out=print) -> int:
+    """One check between two given builds: check(logdir) returns
+    [(criterion, met)]; "PASS/FAIL  label: criterion" for each; 1 if any
+    is not met, or the check could not run.  The logs go to workdir (made
+    afresh), else to build/e2e-runs/NAME-<time>."""
+    if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+        logdir = workdir
+    else:
+        logdir = os.path.join(ROOT, "build", "e2e-runs",
+                              "%s-%s" % (name, time.strftime("%Y%m%d-%H%M%S")))
+    try:
+        checks = check(logdir)
+    except (Failure, Skip, MigrateError, QMPError) as e:
+        out("FAIL  %s: %s (logs in %s)" % (label, e, logdir))
+        return 1
+    for what, met in checks:
+        out("%s  %s: %s" % ("PASS" if met else "FAIL", label, what))
+    return 0 if all(met for _, met in checks) else 1

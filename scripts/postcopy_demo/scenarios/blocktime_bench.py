@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""postcopy-blocktime, patched against unpatched QEMU, on 4 KiB and 2 MiB
-backed RAM (the boot block guest; runs of each, median and spread)."""
+"""scripts/e2e.py blocktime: a benchmark of postcopy-blocktime, patched
+against unpatched QEMU, on 4 KiB and 2 MiB backed RAM (the boot block
+guest; runs of each, median and spread)."""
 
 import os
 import statistics
@@ -8,7 +9,7 @@ import time
 
 from ..options import ROOT
 from . import Failure
-from .pagesizes import GUEST_MB, HUMAN, Context, session
+from .e2e import GUEST_MB, HUMAN, Context, session
 
 
 def run_blocktime(runs: int, binaries: dict, out=print) -> int:

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Turn the benchmark results into the markdown of docs/BENCHMARKS.md.
+"""make bench's report: the cargo benchmarks' results (criterion's `discard`,
+the `fault` harness) as the markdown of docs/BENCHMARKS.md (make bench-e2e
+writes its own, scripts/bench-e2e.py).
 
 Reads, under the cargo target directory ($CARGO_TARGET_DIR, else ./target
 next to this script's parent):
@@ -152,7 +154,8 @@ def main():
             out.append(f"Missing criterion results ({len(missing)}): "
                        + ", ".join(f"`{m}`" for m in missing) + ".")
         if not runs:
-            out.append(f"Missing run counts: {runs_path} (written at the end of the discard bench).")
+            out.append(f"Missing run counts: {runs_path} "
+                       "(written at the end of the discard bench).")
         if est:
             times = [t for _, t in est.values()]
             fmt = "%Y-%m-%d %H:%M"
