@@ -9,8 +9,8 @@
 # Why a template, not a committed Cargo.lock: cargo writes the registry's
 # address into every package's `source` line, and this project names no
 # registry host in what it commits.  The template has a placeholder there;
-# this script asks cargo for the address it uses for crates.io (the source
-# line of a scratch crate's lockfile) and puts it in.
+# this script asks cargo for the address of its default registry (the
+# source line of a scratch crate's lockfile) and puts it in.
 #
 # Usage: scripts/cargo-lock.sh          write Cargo.lock unless it matches
 #        scripts/cargo-lock.sh update   after a dependency change: run
@@ -22,9 +22,9 @@
 cd "$PCRS_ROOT" || exit 1
 
 TEMPLATE=scripts/Cargo.lock.pinned
-PLACEHOLDER=@CRATES_IO_SOURCE@
+PLACEHOLDER=@REGISTRY_SOURCE@
 
-crates_io_source() {
+registry_source() {
     local scratch
     scratch=$(mktemp -d "${TMPDIR:-/tmp}/pcrs-lock.XXXXXX")
     mkdir -p "$scratch/src"
@@ -39,7 +39,8 @@ crates_io_source() {
 case ${1:-} in
     "")
         step "Cargo.lock from $TEMPLATE"
-        src=$(crates_io_source) && [ -n "$src" ] || die "cargo could not resolve a crate from crates.io"
+        src=$(registry_source)
+        [ -n "$src" ] || die "cargo could not resolve a crate from its default registry"
         want=$(sed "s|$PLACEHOLDER|$src|" "$TEMPLATE")
         if [ "$(cat Cargo.lock 2>/dev/null)" = "$want" ]; then
             echo "Cargo.lock already pinned"
@@ -50,7 +51,8 @@ case ${1:-} in
         ;;
     update)
         step "refresh $TEMPLATE from Cargo.lock"
-        src=$(crates_io_source) && [ -n "$src" ] || die "cargo could not resolve a crate from crates.io"
+        src=$(registry_source)
+        [ -n "$src" ] || die "cargo could not resolve a crate from its default registry"
         sed "s|^source = \"$src\"\$|source = \"$PLACEHOLDER\"|" Cargo.lock >"$TEMPLATE"
         ! grep -q '^source = "registry+' "$TEMPLATE" || die "a package comes from another registry"
         echo "$TEMPLATE refreshed"
