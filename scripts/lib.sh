@@ -18,6 +18,8 @@
 #   relink_if_library_changed BUILDDIR ARCHIVE
 #                      make ninja relink BUILDDIR's QEMU only when the
 #                      library archive changed since its last link
+#   reserve_hugepages_probe SIZE_KB N
+#                      can N more hugepages of SIZE_KB be reserved now?
 #   with_vm_lock CMD...
 #                      run CMD holding the machine lock $PCRS_VM_LOCK
 #                      (default /tmp/pcrs-vm.lock), as everything that
@@ -158,6 +160,18 @@ relink_if_library_changed() {
     # next build relinks anyway.
     mkdir -p "$builddir"
     printf '%s\n' "$sum" >"$stamp"
+}
+
+# reserve_hugepages_probe SIZE_KB N: can N more hugepages of SIZE_KB be
+# reserved now?  Reserves them, reads what the kernel granted, and gives
+# them back whatever happened.
+reserve_hugepages_probe() {
+    local f=/sys/kernel/mm/hugepages/hugepages-$1kB/nr_hugepages prev got
+    prev=$(cat "$f" 2>/dev/null) || return 1
+    echo $((prev + $2)) >"$f" 2>/dev/null || { echo "$prev" >"$f" 2>/dev/null; return 1; }
+    got=$(cat "$f")
+    echo "$prev" >"$f"
+    [ "$got" -ge $((prev + $2)) ]
 }
 
 # One run that boots VMs (or qtests, hugepages, namespaces) at a time on a
