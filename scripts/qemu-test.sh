@@ -8,11 +8,13 @@
 #   1. install QEMU's build dependencies; install the library under
 #      build/prefix (static library, header, pkg-config file): ONE
 #      libpostcopy_rs.a, which every patched QEMU below links;
-#   2. per version V, fetch Debian's source package twice:
-#      build/qemu-V/src (unpatched) and build/qemu-V/src-patched (a fresh
-#      tree whenever the series changes), and build both (only
-#      qemu-system-x86_64 and migration-test, with gnutls for the TLS
-#      tests) into build/qemu-V/unpatched and build/qemu-V/patched;
+#   2. per version V, fetch Debian's source package three times:
+#      build/qemu-V/src (unpatched), build/qemu-V/src-fixes (the series'
+#      stock fixes alone) and build/qemu-V/src-patched (the whole series;
+#      a series change rewrites only the files it changes), and build them
+#      (only qemu-system-x86_64 and migration-test, with gnutls for the TLS
+#      tests) into build/qemu-V/{unpatched,fixes,patched}, the fixes
+#      without the library on PKG_CONFIG_PATH;
 #   3. check that Rust is really in: each patched binary exports the
 #      library's symbols, and the replaced C functions are gone; and that
 #      each series is what a maintainer can take (scripts/qemu-series.sh
@@ -20,16 +22,20 @@
 #   4. under the machine lock (/tmp/pcrs-vm.lock): per version, every
 #      postcopy qtest migration-test lists (TLS included) and one precopy
 #      qtest on the patched build, 4 at a time, with the library's trace
-#      events on; check that the library sent discard runs and placed pages
+#      events on, and the same on the stock-fixes build; each test runs
+#      once; check that the library sent discard runs and placed pages
 #      during postcopy/plain;
 #   5. interoperability, with migration-test's own guest RAM check: per
 #      version, patched source to unpatched destination and back; across
 #      versions, patched 10.0.13 to patched 10.2.2 on the 10.0 machine type
 #      (pc-q35-10.0) and back;
-#   6. mismatched page sizes (scripts/e2e.py check pagesize): with
-#      postcopy-page-size-report on both patched sides the source's error
-#      names both page sizes; without it, or with an unpatched peer either
-#      way, QEMU's old error and nothing new on the wire;
+#   6. mismatched page sizes (scripts/e2e.py check pagesize): a patched
+#      destination's error-desc names both page sizes in words, whichever
+#      the source; the source's error is stock QEMU's (nothing new on the
+#      wire); an unpatched destination gives QEMU's old error; and the
+#      stock fixes: each fix's e2e test sees its bug on unpatched QEMU
+#      (e2e.py test --expect-bug) and passes on the build with the stock
+#      fixes alone;
 #   7. from 10.1 on (blocktime rework), scripts/e2e.py check blocktime on the
 #      unpatched and on the patched build: after a postcopy migration with
 #      postcopy-blocktime on, the destination's latency is non-zero and
@@ -351,18 +357,25 @@ vm_tests() {
     for v in "${VERSIONS[@]}"; do
         d=$(vdir "$v")
         step "QEMU $v: mismatched page sizes (4 KiB -> 2 MiB hugetlbfs)"
-        check "$v" "QEMU $v: patched -> patched, postcopy-page-size-report on both: the source names both page sizes" \
-            pagesize "QEMU $v patched+cap -> patched+cap" --src "$d/patched/qemu-system-x86_64" \
-            --dst "$d/patched/qemu-system-x86_64" --src-cap --dst-cap --expect words
-        check "$v" "QEMU $v: patched -> patched, capability off: the old error, nothing new on the wire" \
+        check "$v" "QEMU $v: patched -> patched: the destination names both page sizes, the source fails as stock does" \
             pagesize "QEMU $v patched -> patched" --src "$d/patched/qemu-system-x86_64" \
-            --dst "$d/patched/qemu-system-x86_64" --expect sibling
-        check "$v" "QEMU $v: patched (capability on) -> unpatched: the old error" \
-            pagesize "QEMU $v patched+cap -> unpatched" --src "$d/patched/qemu-system-x86_64" \
-            --dst "$d/unpatched/qemu-system-x86_64" --src-cap --expect sibling
-        check "$v" "QEMU $v: unpatched -> patched: the old error" \
+            --dst "$d/patched/qemu-system-x86_64" --expect words
+        check "$v" "QEMU $v: unpatched -> patched: the destination names both page sizes, the source fails as stock does" \
             pagesize "QEMU $v unpatched -> patched" --src "$d/unpatched/qemu-system-x86_64" \
-            --dst "$d/patched/qemu-system-x86_64" --expect sibling
+            --dst "$d/patched/qemu-system-x86_64" --expect words
+        check "$v" "QEMU $v: patched -> unpatched: QEMU's old errors on both sides" \
+            pagesize "QEMU $v patched -> unpatched" --src "$d/patched/qemu-system-x86_64" \
+            --dst "$d/unpatched/qemu-system-x86_64" --expect old
+
+        step "QEMU $v: each stock fix's test fails on stock QEMU and passes with the fix"
+        for t in urgent-requests-4K preempt-hit-2M; do
+            check "$v" "QEMU $v unpatched: $t sees the bug its fix removes" \
+                timed "stock fixes" python3 scripts/e2e.py \
+                --patched "$d/unpatched/qemu-system-x86_64" test --expect-bug --only "$t"
+            check "$v" "QEMU $v with the stock fixes alone: $t passes" \
+                timed "stock fixes" python3 scripts/e2e.py \
+                --patched "$d/fixes/qemu-system-x86_64" test --only "$t"
+        done
     done
 
     for v in "${VERSIONS[@]}"; do

@@ -17,41 +17,23 @@ from .vm import has_trace_event, trace_events, why_paused
 
 FINAL = ("completed", "failed", "cancelled")
 
-# A patched QEMU's capability (qemu-patches/*/0007): with it on both sides
-# a page-size mismatch names both sides' sizes on the source.  Stock QEMU
-# does not know it, so it is asked for only where the QEMU accepts it
-# (unless Options.optional_capabilities is off).
-PAGE_SIZE_REPORT = "postcopy-page-size-report"
-OPTIONAL_CAPABILITIES = (PAGE_SIZE_REPORT,)
-
-
-def set_capabilities(vm, caps, optional=OPTIONAL_CAPABILITIES):
-    """Turn on caps, and each of optional that this QEMU knows."""
-    def send(names):
-        vm.qmp.cmd("migrate-set-capabilities", {"capabilities": [
-            {"capability": c, "state": True} for c in dict.fromkeys(names)]})
-    if not optional:
-        send(caps)
-        return
-    try:
-        send(list(caps) + list(optional))
-    except QMPError:
-        send(list(caps))
+def set_capabilities(vm, caps):
+    vm.qmp.cmd("migrate-set-capabilities", {"capabilities": [
+        {"capability": c, "state": True} for c in dict.fromkeys(caps)]})
 
 
 def side_capabilities(session, side: str, caps):
-    """set_capabilities() of one side ("src"/"dst"): caps, then the
-    Options' for both sides and for that side."""
+    """One side's ("src"/"dst") capabilities: caps, then the Options' for
+    both sides and for that side."""
     o = session.opts
     return (list(caps) + o.capabilities
-            + (o.src_capabilities if side == "src" else o.dst_capabilities),
-            OPTIONAL_CAPABILITIES if o.optional_capabilities else ())
+            + (o.src_capabilities if side == "src" else o.dst_capabilities))
 
 
 def listen(session, dst):
     """Capabilities on a new destination, then migrate-incoming."""
-    set_capabilities(dst, *side_capabilities(session, "dst",
-                                             ["postcopy-ram", "postcopy-blocktime"]))
+    set_capabilities(dst, side_capabilities(session, "dst",
+                                            ["postcopy-ram", "postcopy-blocktime"]))
     if session.net:
         dst.port = 4440 + session.ndst
         uri = "tcp:%s:%d" % (session.net.addr["dst"], dst.port)
@@ -64,7 +46,7 @@ def listen(session, dst):
 
 def configure_source(session, src):
     o = session.opts
-    set_capabilities(src, *side_capabilities(session, "src", ["postcopy-ram"]))
+    set_capabilities(src, side_capabilities(session, "src", ["postcopy-ram"]))
     params = {}
     if o.max_bandwidth:
         params["max-bandwidth"] = o.max_bandwidth * MiB

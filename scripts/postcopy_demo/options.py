@@ -66,7 +66,6 @@ class Options:
     #                                  postcopy-preempt, events
     src_capabilities: List[str] = dataclasses.field(default_factory=list)  # one side only
     dst_capabilities: List[str] = dataclasses.field(default_factory=list)
-    optional_capabilities: bool = True  # also migration.OPTIONAL_CAPABILITIES, where known
     quiet: bool = False              # no output at all (API use)
 
 

@@ -8,6 +8,12 @@ class Failure(Exception):
     """A test scenario failed: the message says why."""
 
 
+class BugSeen(Failure):
+    """A test scenario saw the very bug it is there to catch (not merely
+    a run it could not judge): what a stock QEMU without the fix must
+    show, for `e2e.py test --expect-bug`."""
+
+
 class Skip(Exception):
     """A test scenario cannot run here: the message says why."""
 

@@ -44,7 +44,7 @@ def options(src: str, dst: str, bootblock: str, logdir: str) -> Options:
     return Options(
         guest="bootblock", bootblock=bootblock, smp=1, src_ram=RAM, dst_ram=RAM,
         src_binary=src, dst_binary=dst,
-        capabilities=["postcopy-blocktime"], optional_capabilities=False,
+        capabilities=["postcopy-blocktime"],
         qemu_args=["-trace", "enable=postcopy_blocktime_*"],
         # Precopy must not converge before the switch: the destination is
         # to fault on pages it does not have.  After it, the background

@@ -17,7 +17,7 @@ time is measured."""
 import re
 from typing import Dict, Iterable
 
-from . import Failure, preempt_migrations
+from . import BugSeen, Failure, preempt_migrations
 
 # MiB/s: a window (100 ms) carries less than a 2 MiB page, so precopy
 # sleeps inside every huge page it sends.
@@ -61,7 +61,7 @@ def preempt_hit(ctx, name: str, session, start, ram: str, host_page: int) -> str
                                                    POSTCOPY_BANDWIDTH, args,
                                                    lambda f: count_hits(f, host_page)):
         if c["waited"]:
-            raise Failure("precopy slept out its rate-limit window inside %d of the %d host "
+            raise BugSeen("precopy slept out its rate-limit window inside %d of the %d host "
                           "pages the return path left it (%s, migration %d): the destination "
                           "waited a window for each" % (c["waited"], c["served"], c, attempt))
         if total["served"] >= MIN_SERVED:

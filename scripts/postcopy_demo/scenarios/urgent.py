@@ -19,7 +19,7 @@ repeats are expected."""
 
 from typing import Dict, Iterable
 
-from . import Failure, migrate_verified
+from . import BugSeen, Failure, migrate_verified
 
 # MiB/s: the background stream uses up each 100 ms window in a few
 # milliseconds, so nearly every request finds the rate exceeded.
@@ -59,7 +59,7 @@ def urgent_requests(ctx, name: str, session, start) -> str:
             raise Failure("too few requests woke the source to tell (%s): is the rate limit "
                           "binding, and are the trace events compiled in?" % c)
         if c["spins"]:
-            raise Failure("the source's migration thread woke for a request %d times without "
+            raise BugSeen("the source's migration thread woke for a request %d times without "
                           "dequeuing one (%s): requests wait for the next rate-limit window"
                           % (c["spins"], c))
         return "%s; %d wake-ups by a request, each followed by a dequeue (%d pages dequeued)" % (
