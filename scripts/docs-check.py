@@ -116,6 +116,23 @@ def make_targets():
     return targets
 
 
+def help_options(script, words, depth=0):
+    """The --options of `script WORDS... --help`, and of each of its
+    subcommands (argparse's "{a,b}" in the usage line), two levels deep."""
+    r = subprocess.run([sys.executable, script, *words, "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60, check=False)
+    if r.returncode != 0:
+        sys.exit(f"docs-check: {os.path.relpath(script, ROOT)} {' '.join(words)} --help "
+                 f"failed (exit {r.returncode}):\n{r.stderr.strip()}")
+    opts = set(OPTION.findall(r.stdout))
+    usage = r.stdout.split("\n\n", 1)[0]
+    m = re.search(r"\{([a-z0-9_,-]+)\}", usage)
+    if m and depth < 2:
+        for sub in m.group(1).split(","):
+            opts |= help_options(script, [*words, sub], depth + 1)
+    return opts
+
+
 def script_options():
     """Every --option the scripts take: the --help of each Python script,
     and each shell script's case patterns."""
@@ -123,12 +140,7 @@ def script_options():
     for p in sorted(glob.glob(os.path.join(ROOT, "scripts", "*.py"))):
         if p == os.path.abspath(__file__):
             continue
-        r = subprocess.run([sys.executable, p, "--help"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=60, check=False)
-        if r.returncode != 0:
-            sys.exit(f"docs-check: {os.path.relpath(p, ROOT)} --help failed "
-                     f"(exit {r.returncode}):\n{r.stderr.strip()}")
-        opts.update(OPTION.findall(r.stdout))
+        opts.update(help_options(p, []))
     for p in sorted(glob.glob(os.path.join(ROOT, "scripts", "*.sh"))):
         for m in re.finditer(r"^\s*((?:--[a-z0-9-]+\|?)+)\)", read(p), re.MULTILINE):
             opts.update(m.group(1).split("|"))

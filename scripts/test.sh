@@ -17,7 +17,9 @@
 #   3. the QEMU stage (scripts/qemu-test.sh): Debian's QEMU 10.0.13 and
 #      10.2.2, each with its patch series and the one library, every
 #      postcopy qtest (TLS included), interoperability both ways and
-#      across the two versions, the page-size report, 10.2's blocktime;
+#      across the two versions, the stock fixes alone (qtests, and each
+#      fix's test failing on stock QEMU), mismatched page sizes, 10.2's
+#      blocktime;
 #   4. the main command, `make demo`, at default settings: a real Linux
 #      guest live-migrated with postcopy between two patched QEMUs; it
 #      fails unless the guest verifies every page of its memory;
@@ -26,7 +28,8 @@
 #      --live --postcopy, then virsh migrate-postcopy; the guest's VERIFY OK;
 #   6. end-to-end scenarios QEMU lacks (scripts/e2e.py): hugepage-backed
 #      RAM (2 MiB, 1 GiB where granted), two blocks of different page
-#      sizes, mismatched page sizes both ways with a retry, a page filled
+#      sizes, mismatched page sizes both ways (then a matching
+#      destination), a page filled
 #      behind the destination's back (postcopy pauses, EEXIST), a page
 #      request served past the source's exceeded rate limit, a requested
 #      huge page precopy is sending finished without a rate-limit wait;
