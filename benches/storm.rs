@@ -458,6 +458,9 @@ unsafe impl Sync for SharedView {}
 struct Embedder {
     view: PostcopyRsBlockView,
     sock: RawFd,
+    /// Place each page at once on the fault thread (the userfaultfd and a
+    /// source page), instead of sending a request.
+    place_now: Option<(RawFd, u64)>,
     /// The fault thread's CPU clock at `thread_enter`, then its CPU time
     /// at `thread_exit`.
     cpu: AtomicU64,
@@ -505,7 +508,13 @@ unsafe extern "C" fn cb_resolve(
 
 unsafe extern "C" fn cb_request(opaque: *mut c_void, _b: *mut c_void, off: u64, _a: u64) -> c_int {
     // SAFETY: the opaque given at start.
-    if send_req(unsafe { embedder(opaque) }.sock, off, PS) {
+    let e = unsafe { embedder(opaque) };
+    if let Some((uffd, src)) = e.place_now {
+        let host = (e.view.host as u64 + off) as *mut c_void;
+        // SAFETY: the view's memory is live; src holds a page.
+        return unsafe { postcopy_rs_place_pages(uffd, &e.view, host, src as *const c_void, 1) };
+    }
+    if send_req(e.sock, off, PS) {
         0
     } else {
         -libc::EPIPE
@@ -520,10 +529,42 @@ unsafe extern "C" fn cb_range(
     _a: u64,
 ) -> i64 {
     // SAFETY: the opaque given at start.
-    if send_req(unsafe { embedder(opaque) }.sock, off, len) {
+    let e = unsafe { embedder(opaque) };
+    if let Some((uffd, src)) = e.place_now {
+        // The pages after the first are missing (the planner saw them so).
+        let host = (e.view.host as u64 + off) as *mut c_void;
+        // SAFETY: the view's memory is live; src holds PREPAGE pages.
+        let r =
+            unsafe { postcopy_rs_place_pages(uffd, &e.view, host, src as *const c_void, len / PS) };
+        return i64::from(r);
+    }
+    if send_req(e.sock, off, len) {
         0
     } else {
         -i64::from(libc::EPIPE)
+    }
+}
+
+/// The fault thread's configuration, with `emb` as `opaque`.
+fn lib_config(uffd: RawFd, emb: &Embedder) -> PostcopyRsFaultConfig {
+    PostcopyRsFaultConfig {
+        uffd,
+        nr_shared_fds: 0,
+        shared_fds: std::ptr::null(),
+        ops: PostcopyRsFaultOps {
+            opaque: std::ptr::from_ref(emb).cast_mut().cast(),
+            thread_enter: Some(cb_enter),
+            thread_exit: Some(cb_exit),
+            resolve: Some(cb_resolve),
+            fault: None,
+            request_page: Some(cb_request),
+            paused: None,
+            resumed: None,
+            fatal: None,
+            shared_fault: None,
+            check_pause: None,
+        },
+        name: std::ptr::null(),
     }
 }
 
@@ -543,27 +584,10 @@ fn run_lib(uffd: RawFd, threads: usize, pages: usize, src: u64, seed: u64, pp: b
     let emb = Embedder {
         view,
         sock: fault_sock.as_raw_fd(),
+        place_now: None,
         cpu: AtomicU64::new(0),
     };
-    let cfg = PostcopyRsFaultConfig {
-        uffd,
-        nr_shared_fds: 0,
-        shared_fds: std::ptr::null(),
-        ops: PostcopyRsFaultOps {
-            opaque: std::ptr::from_ref(&emb).cast_mut().cast(),
-            thread_enter: Some(cb_enter),
-            thread_exit: Some(cb_exit),
-            resolve: Some(cb_resolve),
-            fault: None,
-            request_page: Some(cb_request),
-            paused: None,
-            resumed: None,
-            fatal: None,
-            shared_fault: None,
-            check_pause: None,
-        },
-        name: std::ptr::null(),
-    };
+    let cfg = lib_config(uffd, &emb);
     let ss = source_sock.as_raw_fd();
     let shared = SharedView(view);
     let (wall, source_cpu) = std::thread::scope(|s| {
@@ -617,6 +641,161 @@ fn run_lib(uffd: RawFd, threads: usize, pages: usize, src: u64, seed: u64, pp: b
         fault_ns: emb.cpu.load(Ordering::Relaxed) as f64 / n as f64,
         source_ns: source_cpu as f64 / n as f64,
     }
+}
+
+// ---------------------------------------------------------------------------
+// The fault thread's own CPU per fault, without the kernel's fault path:
+// fault messages for every page of a region, in a random order, wait in a
+// pipe read as the userfaultfd, and each fault's page is placed at once, on
+// the fault thread (a real UFFDIO_COPY into the registered region, which
+// nothing touches).  The thread's CPU time over the faults is the
+// read()s, the copies, and (lib) the library's per-fault and placement
+// work.
+
+/// A non-blocking pipe holding a fault message for each page of `region`,
+/// in a random order: (read end, write end).
+fn fault_pipe(region: &Region, seed: u64) -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    assert_eq!(r, 0, "pipe2");
+    // SAFETY: fresh descriptors that nothing else owns.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let pages = region.len / PS;
+    let bytes = pages as usize * std::mem::size_of::<UffdMsg>();
+    // SAFETY: F_SETPIPE_SZ only resizes our own pipe.
+    let size = unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, bytes as c_int) };
+    assert!(
+        size >= bytes as c_int,
+        "F_SETPIPE_SZ {bytes}: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut order: Vec<u64> = (0..pages).collect();
+    let mut x = seed | 1;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let msgs: Vec<UffdMsg> = order
+        .iter()
+        .map(|&i| UffdMsg {
+            event: UFFD_EVENT_PAGEFAULT,
+            address: region.addr + i * PS + 8,
+            ptid: 1000 + (i % 8) as u32,
+            ..UffdMsg::default()
+        })
+        .collect();
+    // SAFETY: writing a live array of plain structs to our own pipe.
+    let n = unsafe { libc::write(wr.as_raw_fd(), msgs.as_ptr().cast(), bytes) };
+    assert_eq!(n, bytes as isize, "filling the fault pipe");
+    (rd, wr)
+}
+
+/// Wait until the pipe is empty (the fault thread read every message).
+fn drained(rd: RawFd) {
+    loop {
+        let mut left: c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        let r = unsafe { libc::ioctl(rd, libc::FIONREAD, &mut left) };
+        assert_eq!(r, 0, "FIONREAD");
+        if left == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// The fault thread's CPU per fault, ns, for variant `v` (0 raw, 1 lib,
+/// 2 lib+pp) over `pages` faults.
+fn thread_cpu_per_fault(uffd: RawFd, v: usize, pages: usize, src: u64, seed: u64) -> f64 {
+    let region = Region::new(uffd, pages as u64 * PS);
+    let (rd, _wr) = fault_pipe(&region, seed);
+    let cpu = if v == 0 {
+        let stop = eventfd();
+        let (pipe, ev) = (rd.as_raw_fd(), stop.as_raw_fd());
+        std::thread::scope(|s| {
+            let t = s.spawn(move || {
+                let t0 = thread_cpu_ns();
+                let mut msgs = [UffdMsg::default(); BATCH];
+                let sz = std::mem::size_of::<UffdMsg>();
+                loop {
+                    let mut pfd = [
+                        libc::pollfd {
+                            fd: pipe,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        },
+                        libc::pollfd {
+                            fd: ev,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        },
+                    ];
+                    // SAFETY: two live pollfds.
+                    if unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) } < 0 {
+                        continue;
+                    }
+                    if pfd[1].revents != 0 {
+                        return thread_cpu_ns() - t0;
+                    }
+                    // SAFETY: reading whole messages into a live array.
+                    let n = unsafe { libc::read(pipe, msgs.as_mut_ptr().cast(), BATCH * sz) };
+                    if n <= 0 {
+                        continue;
+                    }
+                    for m in &msgs[..n as usize / sz] {
+                        if m.event == UFFD_EVENT_PAGEFAULT {
+                            raw_copy(uffd, m.address & !(PS - 1), src, PS);
+                        }
+                    }
+                }
+            });
+            drained(pipe);
+            let one = 1u64;
+            // SAFETY: 8 bytes from a live u64 to our eventfd.
+            unsafe {
+                libc::write(ev, std::ptr::from_ref(&one).cast(), 8);
+            }
+            t.join().expect("raw pipe thread")
+        })
+    } else {
+        let map: Vec<AtomicU64> = (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        let emb = Embedder {
+            view: PostcopyRsBlockView {
+                host: region.addr as *mut c_void,
+                used_length: region.len,
+                page_size: PS,
+                receivedmap: map.as_ptr().cast_mut().cast(),
+                target_page_bits: 12,
+                flags: POSTCOPY_RS_BLOCK_ZEROPAGE,
+            },
+            sock: -1,
+            place_now: Some((uffd, src)),
+            cpu: AtomicU64::new(0),
+        };
+        let cfg = lib_config(rd.as_raw_fd(), &emb);
+        let mut ft: *mut PostcopyRsFaultThread = std::ptr::null_mut();
+        // SAFETY: cfg and its callbacks, and emb, live until the stop below.
+        let r = unsafe { postcopy_rs_fault_thread_start(&cfg, &mut ft) };
+        assert_eq!(r, 0, "postcopy_rs_fault_thread_start");
+        if v == 2 {
+            // SAFETY: cb_range may be called with emb until the stop.
+            let rc = unsafe { postcopy_rs_fault_thread_set_prepage(ft, PREPAGE, Some(cb_range)) };
+            assert_eq!(rc, 0, "postcopy_rs_fault_thread_set_prepage");
+        }
+        drained(rd.as_raw_fd());
+        assert_eq!(postcopy_rs_fault_thread_stop(ft), 0, "fault thread stop");
+        emb.cpu.load(Ordering::Relaxed)
+    };
+    // Every page was placed, once.
+    for i in 0..pages as u64 {
+        // SAFETY: inside the region, present now.
+        let b = unsafe { std::ptr::read_volatile((region.addr + i * PS) as *const u8) };
+        assert_eq!(b, FILL, "page {i} not placed");
+    }
+    cpu as f64 / pages as f64
 }
 
 // ---------------------------------------------------------------------------
@@ -733,6 +912,49 @@ fn main() {
         eprint!("{row}");
         out.push_str(&row);
     }
+    let (cpu_pages, cpu_reps) = if quick {
+        (256, 1)
+    } else {
+        (8192, env_usize("STORM_CPU_REPS").unwrap_or(15))
+    };
+    writeln!(
+        out,
+        "\n## The fault thread's CPU per fault\n\n{cpu_pages} fault messages for the pages \
+         of a registered region, in a random order, wait in a pipe the fault thread reads as \
+         its userfaultfd; each fault's page is placed at once on the fault thread (raw: \
+         UFFDIO_COPY; lib: `postcopy_rs_place_pages` from `request_page`).  No thread \
+         faults, so this is the fault thread's own work without the kernel's fault and wake \
+         path.  Thread CPU time per fault, ns, median of {cpu_reps} rotating reps; lib-raw is \
+         per rep, median [min-max].\n\n\
+         | raw | lib | lib+pp | lib-raw | lib+pp-raw |\n|---:|---:|---:|---|---|"
+    )
+    .unwrap();
+    let mut cpu: [Vec<f64>; VARIANTS] = Default::default();
+    for rep in 0..cpu_reps + usize::from(!quick) {
+        for k in 0..VARIANTS {
+            let v = (rep + k) % VARIANTS;
+            let ns = thread_cpu_per_fault(fd, v, cpu_pages, src, 0x5eed + rep as u64);
+            // The first round warms up.
+            if quick || rep > 0 {
+                cpu[v].push(ns);
+            }
+        }
+    }
+    let diff = |v: usize| -> String {
+        let d: Vec<f64> = (0..cpu[0].len()).map(|i| cpu[v][i] - cpu[0][i]).collect();
+        let (lo, hi) = min_max(&d);
+        format!("{:.0} [{lo:.0} to {hi:.0}]", median(&d))
+    };
+    let row = format!(
+        "| {:.0} | {:.0} | {:.0} | {} | {} |\n",
+        median(&cpu[0]),
+        median(&cpu[1]),
+        median(&cpu[2]),
+        diff(1),
+        diff(2)
+    );
+    eprint!("{row}");
+    out.push_str(&row);
     writeln!(
         out,
         "\n{} variants: {}.  Whole bench: {:.0} s.",
