@@ -817,8 +817,9 @@ impl Loop<'_> {
             1
         } else {
             let st = &self.inflight[b];
-            self.prepage
-                .plan(r.handle, &block, page, |p| st.live_page(p, now, again))
+            self.prepage.plan(r.handle, &block, page, msg.pf_ptid, |p| {
+                st.live_page(p, now, again)
+            })
         };
         let asked = loop {
             // The faulting page first: alone, or at the head of the range.
