@@ -159,7 +159,6 @@ fn issue(
     dst: u64,
     len: u64,
 ) -> std::result::Result<(), (i32, u64)> {
-    stats::add(Counter::PlaceIoctls, 1);
     let (res, progress) = match fill {
         Fill::Copy(src) => {
             let mut c = UffdioCopy {
@@ -187,6 +186,8 @@ fn issue(
             (r, z.zeropage)
         }
     };
+    // Counted after the ioctl, which wakes the faulting threads.
+    stats::add(Counter::PlaceIoctls, 1);
     match res {
         Ok(()) => Ok(()),
         Err(e) => Err((
