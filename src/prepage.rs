@@ -55,15 +55,15 @@
 //! # The gate, and streams per thread
 //!
 //! Random faults continue no stream, yet each scanned the table and
-//! replaced a stream.  So after [`CLOSE_AFTER`] faults in a row that
+//! replaced a stream.  So after `CLOSE_AFTER` faults in a row that
 //! continued no stream and hit no pre-paged page, the planner **closes**:
 //! a fault then only notes where its thread (the `uffd_msg`'s thread id)
 //! faulted, in a small direct-mapped table, and asks for one page.  It
 //! **opens** again when a thread's fault is the page after its previous
 //! one, on a hit on a pre-paged page still in flight, or when a probe (the
-//! full planner, every [`PROBE_EVERY`]th fault while closed) finds a
+//! full planner, every `PROBE_EVERY`th fault while closed) finds a
 //! stream continued.  Streams, windows and open runs are kept while
-//! closed.  [`CLOSE_AFTER`] is longer than the `mix` pattern's bursts of
+//! closed.  `CLOSE_AFTER` is longer than the `mix` pattern's bursts of
 //! random reads, so a sweep between them keeps its window.
 //!
 //! While open, each thread's latest stream is tried first, so a thread
@@ -123,9 +123,9 @@ pub const STREAMS: usize = 32;
 pub const MAX_PREPAGE_BYTES: u64 = 2 << 20;
 /// Faults in a row that continue no stream (and hit nothing pre-paged)
 /// after which the planner closes (see the module's comment).
-pub const CLOSE_AFTER: u32 = 256;
+const CLOSE_AFTER: u32 = 256;
 /// While closed, every this many faults run the full planner, as a probe.
-pub const PROBE_EVERY: u32 = 64;
+const PROBE_EVERY: u32 = 64;
 /// Slots of the per-thread tables (direct-mapped by thread id).
 const THREAD_SLOTS: usize = 64;
 
@@ -265,7 +265,7 @@ pub struct Prepager {
     /// Faults in a row that continued no stream and hit nothing.
     misses: u32,
     /// Faults since the planner closed (it is open while `misses` is
-    /// below [`CLOSE_AFTER`]).
+    /// below `CLOSE_AFTER`).
     closed_for: u32,
     threads: [ThreadSlot; THREAD_SLOTS],
 }
@@ -704,8 +704,8 @@ mod tests {
         (*x % (1 << 15)) * 2
     }
 
-    /// Random faults close the planner: past [`CLOSE_AFTER`] of them, only
-    /// one fault in [`PROBE_EVERY`] runs it (the stream clock moves only when
+    /// Random faults close the planner: past `CLOSE_AFTER` of them, only
+    /// one fault in `PROBE_EVERY` runs it (the stream clock moves only when
     /// it runs), and no stream is started in between.
     #[test]
     fn random_faults_close_the_planner() {
