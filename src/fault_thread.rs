@@ -32,7 +32,6 @@ use crate::placement::Block;
 use crate::prepage::{self, Prepager};
 use crate::stats::{self, Counter};
 use crate::uffd::{UffdMsg, UFFD_EVENT_PAGEFAULT};
-use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,9 +45,6 @@ pub const BATCH: usize = 64;
 /// its own, `MIGRATION_THREAD_DST_FAULT`, "mig/dst/fault"; older QEMUs
 /// called it "fault-default".)
 pub const DEFAULT_THREAD_NAME: &str = "fault-default";
-/// Requests remembered at most.  Past it the oldest is forgotten: at
-/// worst a later fault asks for that page again, which is harmless.
-const INFLIGHT_MAX: usize = 1 << 16;
 /// A fault on a page requested longer ago than this asks again.  QEMU's
 /// own thread asks on every fault; asking once per page bounds what a
 /// lost request (or a page discarded after placement) can cost; QEMU's
@@ -394,11 +390,10 @@ fn thread_main(
             shared: &shared,
             uffd: uffd.as_fd(),
             handler: handler.as_mut(),
-            inflight: HashMap::new(),
-            requested: VecDeque::new(),
+            inflight: Vec::new(),
             request_again_after: REQUEST_AGAIN_AFTER,
+            clock: Clock::new(),
             shared_fds: Vec::new(),
-            probes: 0,
             time_faults: true,
             read_at: 0,
             ranges: Vec::new(),
@@ -432,18 +427,12 @@ struct Loop<'a> {
     shared: &'a Shared,
     uffd: BorrowedFd<'a>,
     handler: &'a mut dyn FaultHandler,
-    /// Host pages requested and not yet seen received.
-    inflight: HashMap<u64, Request>,
-    /// The same requests in the order made (with stale duplicates), to
-    /// forget them by age without scanning: a receivedmap may be NULL, so
-    /// nothing else bounds the table.
-    requested: VecDeque<(u64, Instant)>,
+    /// Host pages requested and not yet seen received, per block.
+    inflight: Vec<InFlight>,
     /// See [`REQUEST_AGAIN_AFTER`]; a field so that tests can shorten it.
     request_again_after: Duration,
+    clock: Clock,
     shared_fds: Vec<SharedFd>,
-    /// Table entries examined while forgetting requests, for the test
-    /// that keeps that O(1) per fault.
-    probes: u64,
     /// Note first faults for the latency histogram (off in the unit tests
     /// below, whose pages are never placed).
     time_faults: bool,
@@ -469,18 +458,111 @@ enum Next {
     Quit,
 }
 
-/// A request in flight for one host page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Request {
-    at: Instant,
-    /// Asked for because a thread faulted on it, not pre-paged only.
-    faulted: bool,
+/// The fault thread's time, in milliseconds since it started, read once
+/// per `read()` batch: a fault's request time is that of the batch that
+/// brought it, as its latency start is.
+struct Clock {
+    epoch: Instant,
+    now: Option<u32>,
 }
 
-impl Request {
-    /// Still in flight: younger than `again` (see [`REQUEST_AGAIN_AFTER`]).
-    fn live(&self, again: Duration) -> bool {
-        self.at.elapsed() < again
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            epoch: Instant::now(),
+            now: None,
+        }
+    }
+
+    /// Now, as of the latest [`Clock::tick`]: 31 bits of milliseconds
+    /// from 1 (wrapping after 24 days: ages are taken modulo that), never
+    /// 0, which a stamp keeps for "none".
+    fn now(&mut self) -> u32 {
+        let epoch = self.epoch;
+        *self.now.get_or_insert_with(|| {
+            let t = (epoch.elapsed().as_millis() as u32).wrapping_add(1) & STAMP_MASK;
+            t.max(1)
+        })
+    }
+
+    /// Read the time again at the next [`Clock::now`].
+    fn tick(&mut self) {
+        self.now = None;
+    }
+}
+
+/// The requests in flight on one block: one stamp per host page, so that
+/// noting, looking up and dropping a request is an index, with no
+/// allocation and no hashing per fault.  A stamp is 0 (none), or the
+/// request's [`Clock`] time in its upper 31 bits with bit 0 set when a
+/// thread faulted on the page (not pre-paged only).  The fault thread is
+/// its only user, so it needs no atomics.  Allocated zeroed, so its memory
+/// is only touched where faults are (4 bytes per host page at most).
+struct InFlight {
+    handle: BlockHandle,
+    host: u64,
+    len: u64,
+    page_shift: u32,
+    stamps: Vec<u32>,
+}
+
+const FAULTED: u32 = 1;
+const STAMP_MASK: u32 = u32::MAX >> 1;
+
+impl InFlight {
+    fn new(handle: BlockHandle, block: &Block) -> Self {
+        let pages = (block.len >> block.page_size.trailing_zeros()) as usize;
+        InFlight {
+            handle,
+            host: block.host,
+            len: block.len,
+            page_shift: block.page_size.trailing_zeros(),
+            stamps: vec![0; pages],
+        }
+    }
+
+    fn is(&self, handle: BlockHandle, block: &Block) -> bool {
+        self.handle == handle
+            && self.host == block.host
+            && self.len == block.len
+            && 1u64 << self.page_shift == block.page_size
+    }
+
+    /// The index of host page `page` (in the block).
+    fn index(&self, page: u64) -> usize {
+        ((page - self.host) >> self.page_shift) as usize
+    }
+
+    /// Page `i`'s request, if one is in flight at `now`: younger than
+    /// `again_ms`.  Some(true) if a thread faulted on it.
+    fn live(&self, i: usize, now: u32, again_ms: u32) -> Option<bool> {
+        let st = self.stamps[i];
+        if st == 0 {
+            return None;
+        }
+        let age = now.wrapping_sub(st >> 1) & STAMP_MASK;
+        (age < again_ms).then_some(st & FAULTED != 0)
+    }
+
+    /// Whether a request for the page at host address `p` is in flight.
+    fn live_page(&self, p: u64, now: u32, again_ms: u32) -> bool {
+        p >= self.host
+            && p - self.host < self.len
+            && self.live(self.index(p), now, again_ms).is_some()
+    }
+
+    /// Note a request for page `i` at `now` (a [`Clock`] time: not 0).
+    fn note(&mut self, i: usize, now: u32, faulted: bool) {
+        self.stamps[i] = (now & STAMP_MASK) << 1 | u32::from(faulted);
+    }
+
+    fn forget(&mut self, i: usize) {
+        self.stamps[i] = 0;
+    }
+
+    /// Forget every request (the thread resumed after a pause).
+    fn clear(&mut self) {
+        self.stamps = vec![0; self.stamps.len()];
     }
 }
 
@@ -587,8 +669,8 @@ impl Loop<'_> {
         self.handler.resumed();
         // Requests sent before the break may be lost with the old channel:
         // let later faults ask again.
-        self.inflight.clear();
-        self.requested.clear();
+        self.inflight.iter_mut().for_each(InFlight::clear);
+        self.clock.tick();
         self.prepage.reset();
         Ok(true)
     }
@@ -621,6 +703,7 @@ impl Loop<'_> {
         if self.time_faults && latency::enabled() {
             self.read_at = latency::now_ns();
         }
+        self.clock.tick();
         stats::add(Counter::FaultReads, 1);
         stats::add(Counter::FaultsRead, count as u64);
         for msg in &buf[..count] {
@@ -706,34 +789,37 @@ impl Loop<'_> {
         };
         self.handler
             .fault(r.handle, HostAddr::new(addr), msg.pf_ptid);
+        let b = self.block_state(r.handle, &block);
+        let i = self.inflight[b].index(page);
         if block.is_received(offset) || self.first_fault_was_placed(&block, page, offset) {
-            self.inflight.remove(&page);
+            self.inflight[b].forget(i);
             stats::add(Counter::RequestsDeduped, 1);
             return Ok(Next::Go);
         }
+        let (now, again) = (self.clock.now(), self.again_ms());
         // A page that was only pre-paged, and that a thread now waits for,
         // is asked for again, alone: a source may leave pages of a range
         // unsent (QEMU 10.2's ram_save_queue_pages() with postcopy-preempt
         // counts a page that its background stream is sending as one of
         // the range's and does not move past it), and the waiting thread
         // never faults again to retry.
-        let demand = match self.inflight.get(&page) {
-            Some(req) if req.live(self.request_again_after) => {
+        let demand = match self.inflight[b].live(i, now, again) {
+            Some(faulted) => {
                 self.prepage.fault_in_flight(r.handle, page);
-                if req.faulted {
+                if faulted {
                     stats::add(Counter::RequestsDeduped, 1);
                     return Ok(Next::Go);
                 }
                 true
             }
-            _ => false,
+            None => false,
         };
-        let (inflight, again) = (&self.inflight, self.request_again_after);
         let npages = if demand {
             1
         } else {
-            self.prepage.plan(r.handle, &block, page, |p| {
-                inflight.get(&p).is_some_and(|req| req.live(again))
+            let st = &self.inflight[b];
+            self.prepage.plan(r.handle, &block, page, msg.pf_ptid, |p| {
+                st.live_page(p, now, again)
             })
         };
         let asked = loop {
@@ -766,22 +852,53 @@ impl Loop<'_> {
             self.prepage
                 .requested(r.handle, page, block.page_size, asked);
         }
-        for i in 0..asked {
-            self.remember(page + i * block.page_size, i == 0);
+        // After a pause the clock moved on: note the time of the request
+        // that went out.
+        let sent_at = self.clock.now();
+        let st = &mut self.inflight[b];
+        for k in 0..asked as usize {
+            st.note(i + k, sent_at, k == 0);
         }
         Ok(Next::Go)
+    }
+
+    /// [`Loop::request_again_after`] in [`Clock`] milliseconds.
+    fn again_ms(&self) -> u32 {
+        u32::try_from(self.request_again_after.as_millis()).unwrap_or(u32::MAX >> 1)
+    }
+
+    /// The index of the in-flight state of block `handle`, made on its
+    /// first fault.  A handle seen again with another geometry is a new
+    /// block: its state starts empty.
+    fn block_state(&mut self, handle: BlockHandle, block: &Block) -> usize {
+        if let Some(b) = self.inflight.iter().position(|s| s.is(handle, block)) {
+            return b;
+        }
+        let st = InFlight::new(handle, block);
+        if self.time_faults {
+            let range = (block.host, block.len);
+            if !self.ranges.contains(&range) {
+                self.ranges.push(range);
+            }
+        }
+        match self.inflight.iter().position(|s| s.handle == handle) {
+            Some(b) => {
+                self.inflight[b] = st;
+                b
+            }
+            None => {
+                self.inflight.push(st);
+                self.inflight.len() - 1
+            }
+        }
     }
 
     /// Note the first fault on `page` (not received when checked) for the
     /// latency; true if the page turns out received after all, placed
     /// between the check and the note, which then gives no sample.
-    fn first_fault_was_placed(&mut self, block: &Block, page: u64, offset: u64) -> bool {
+    fn first_fault_was_placed(&self, block: &Block, page: u64, offset: u64) -> bool {
         if !self.time_faults || !latency::begin(page, self.read_at) {
             return false;
-        }
-        let range = (block.host, block.len);
-        if !self.ranges.contains(&range) {
-            self.ranges.push(range);
         }
         if block.is_received(offset) {
             latency::cancel(page);
@@ -795,28 +912,6 @@ impl Loop<'_> {
         if let Some(PrepageChange(settings)) = take_pending(&self.shared.prepage) {
             self.prepage.configure(settings);
         }
-    }
-
-    /// Note a request for `page`, first forgetting requests old enough to
-    /// be made again anyway, and the oldest past [`INFLIGHT_MAX`]: O(1)
-    /// amortised, as each entry is queued once and dropped once.
-    fn remember(&mut self, page: u64, faulted: bool) {
-        let now = Instant::now();
-        while let Some(&(old, at)) = self.requested.front() {
-            if self.requested.len() < INFLIGHT_MAX
-                && now.duration_since(at) < self.request_again_after
-            {
-                break;
-            }
-            self.probes += 1;
-            self.requested.pop_front();
-            // Only if not asked again since (a newer entry is queued).
-            if self.inflight.get(&old).is_some_and(|req| req.at == at) {
-                self.inflight.remove(&old);
-            }
-        }
-        self.inflight.insert(page, Request { at: now, faulted });
-        self.requested.push_back((page, now));
     }
 }
 
@@ -876,11 +971,10 @@ mod tests {
             // Never read: handle() only does arithmetic on the addresses.
             uffd: shared.event.as_fd(),
             handler: h,
-            inflight: HashMap::new(),
-            requested: VecDeque::new(),
+            inflight: Vec::new(),
             request_again_after: REQUEST_AGAIN_AFTER,
+            clock: Clock::new(),
             shared_fds: Vec::new(),
-            probes: 0,
             time_faults: false,
             read_at: 0,
             ranges: Vec::new(),
@@ -888,19 +982,38 @@ mod tests {
         }
     }
 
-    /// With no receivedmap nothing is ever seen received: the table must
-    /// still stay bounded, and each fault cost O(1) table work (counted
-    /// as entries examined, not timed).
+    /// Requests in flight, counted from the stamps (for the tests).
+    fn live(l: &mut Loop<'_>) -> usize {
+        let (now, again) = (l.clock.now(), l.again_ms());
+        l.inflight
+            .iter()
+            .map(|st| {
+                (0..st.stamps.len())
+                    .filter(|&i| st.live(i, now, again).is_some())
+                    .count()
+            })
+            .sum()
+    }
+
+    /// With no receivedmap nothing is ever seen received: the state must
+    /// still stay bounded, the block's fixed array of stamps made once on
+    /// its first fault, with nothing allocated per fault.
     #[test]
-    fn inflight_table_stays_bounded_without_a_receivedmap() {
+    fn inflight_state_stays_bounded_without_a_receivedmap() {
         let sh = shared();
         let mut h = no_map();
         let mut l = new_loop(&sh, &mut h);
-        let n = INFLIGHT_MAX as u64 + 2_000;
+        let n = (1 << 16) + 2_000;
+        let mut array = None;
         for i in 0..n {
             assert!(matches!(l.handle(&fault(HOST + i * 4096)), Ok(Next::Go)));
+            let st = &l.inflight[0];
+            let now = (st.stamps.as_ptr(), st.stamps.capacity());
+            assert_eq!(*array.get_or_insert(now), now, "stamps reallocated");
         }
-        let (len, probes) = (l.inflight.len(), l.probes);
+        assert_eq!(l.inflight.len(), 1);
+        assert_eq!(l.inflight[0].stamps.len() as u64, PAGES);
+        assert_eq!(live(&mut l), n as usize);
         // A fault on a page still in flight is not requested again.
         assert!(matches!(
             l.handle(&fault(HOST + (n - 1) * 4096)),
@@ -908,14 +1021,6 @@ mod tests {
         ));
         drop(l);
         assert_eq!(h.requests, n);
-        assert!(
-            len <= INFLIGHT_MAX,
-            "{len} in-flight entries after {n} requests"
-        );
-        assert!(
-            probes <= 2 * n,
-            "{probes} table entries examined for {n} faults"
-        );
     }
 
     /// A fault on a pre-paged page still in flight asks for it again,
@@ -960,8 +1065,8 @@ mod tests {
         assert_eq!(ranges.lock().unwrap().len(), 1);
     }
 
-    /// Requests older than the re-request timeout are forgotten as new
-    /// ones are made, and a fault on such a page asks again.
+    /// Requests older than the re-request timeout are forgotten, and a
+    /// fault on such a page asks again, once.
     #[test]
     fn old_requests_are_forgotten() {
         let sh = shared();
@@ -973,17 +1078,42 @@ mod tests {
         for i in 0..1000 {
             assert!(matches!(l.handle(&fault(HOST + i * 4096)), Ok(Next::Go)));
         }
-        assert_eq!(l.inflight.len(), 1000);
+        assert_eq!(live(&mut l), 1000);
         // Still in flight: not asked again.
         assert!(matches!(l.handle(&fault(HOST)), Ok(Next::Go)));
         std::thread::sleep(Duration::from_millis(600));
-        // A new request sweeps out the 1000 old ones; page 0 is asked
-        // again (it was forgotten).
-        assert!(matches!(l.handle(&fault(HOST)), Ok(Next::Go)));
-        assert_eq!((l.inflight.len(), l.requested.len()), (1, 1));
-        assert_eq!(l.probes, 1000);
+        // As a new read() batch: the clock moves on.
+        l.clock.tick();
+        assert_eq!(live(&mut l), 0);
+        // Page 0 is asked again (it was forgotten), then in flight again.
+        for _ in 0..2 {
+            assert!(matches!(l.handle(&fault(HOST)), Ok(Next::Go)));
+        }
+        assert_eq!(live(&mut l), 1);
         drop(l);
         assert_eq!(h.requests, 1001);
+    }
+
+    /// The stamps' ages are taken modulo their 31 bits of milliseconds,
+    /// across the clock's wrap.
+    #[test]
+    fn stamps_age_across_the_wrap() {
+        let block = Block::new(HostAddr::new(HOST), 4 * 4096, 4096, 12, None, true).unwrap();
+        let mut st = InFlight::new(BlockHandle::new(1), &block);
+        let top = STAMP_MASK;
+        st.note(0, top - 100, true);
+        st.note(1, 1, false);
+        assert_eq!(st.live(0, top, 2000), Some(true));
+        assert_eq!(st.live(0, 1800, 2000), Some(true));
+        assert_eq!(st.live(0, 1900, 2000), None);
+        assert_eq!(st.live(1, 1, 2000), Some(false));
+        assert_eq!(st.live(1, 2001, 2000), None);
+        assert_eq!(st.live(2, 1, 2000), None);
+        st.forget(0);
+        assert_eq!(st.live(0, top, 2000), None);
+        assert!(st.live_page(HOST + 4096, 5, 2000));
+        assert!(!st.live_page(HOST + 4 * 4096, 5, 2000));
+        assert!(!st.live_page(HOST - 4096, 5, 2000));
     }
 
     /// A pipe's (read, write) ends, both non-blocking.

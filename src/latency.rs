@@ -203,32 +203,35 @@ pub fn begin(page: u64, t: u64) -> bool {
     if !enabled() {
         return false;
     }
-    let mut oldest: Option<(usize, u64, u64)> = None;
-    for s in slots(page) {
-        let k = KEYS[s].load(Ordering::Acquire);
-        if k == page {
+    // One pass over the keys: is the page pending, and where is the first
+    // free slot.  The start times are only read when the neighbourhood is
+    // full (below).
+    let mut first_free = None;
+    for (k, s) in slots(page).enumerate() {
+        let key = KEYS[s].load(Ordering::Acquire);
+        if key == page {
             return false;
         }
-        if k > BUSY {
-            let at = START_NS[s].load(Ordering::Relaxed);
-            if oldest.map_or(true, |(_, _, o)| at < o) {
-                oldest = Some((s, k, at));
-            }
+        if key == 0 && first_free.is_none() {
+            first_free = Some(k);
         }
     }
     let mut noted = false;
-    for s in slots(page) {
-        if KEYS[s]
-            .compare_exchange(0, BUSY, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            START_NS[s].store(t, Ordering::Relaxed);
-            KEYS[s].store(page, Ordering::Release);
-            PENDING.fetch_add(1, Ordering::Relaxed);
-            noted = true;
-            break;
+    if let Some(k) = first_free {
+        for s in slots(page).skip(k) {
+            if KEYS[s]
+                .compare_exchange(0, BUSY, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                START_NS[s].store(t, Ordering::Relaxed);
+                KEYS[s].store(page, Ordering::Release);
+                PENDING.fetch_add(1, Ordering::Relaxed);
+                noted = true;
+                break;
+            }
         }
     }
+    let oldest = if noted { None } else { oldest_entry(page) };
     if !noted {
         // Full: replace the oldest entry if it is stale (no sample for it).
         match oldest {
@@ -248,10 +251,28 @@ pub fn begin(page: u64, t: u64) -> bool {
             }
         }
     }
-    // Pairs with the fence in `end`: either this thread's re-check of the
-    // received bitmap sees the placement, or the placement sees the entry.
-    fence(Ordering::SeqCst);
+    if noted {
+        // Pairs with the fence in `end`: either this thread's re-check of
+        // the received bitmap sees the placement, or the placement sees
+        // the entry.  (Nothing to re-check when nothing was noted.)
+        fence(Ordering::SeqCst);
+    }
     noted
+}
+
+/// The oldest entry of `page`'s neighbourhood: (slot, key, start).
+fn oldest_entry(page: u64) -> Option<(usize, u64, u64)> {
+    let mut oldest: Option<(usize, u64, u64)> = None;
+    for s in slots(page) {
+        let k = KEYS[s].load(Ordering::Acquire);
+        if k > BUSY {
+            let at = START_NS[s].load(Ordering::Relaxed);
+            if oldest.map_or(true, |(_, _, o)| at < o) {
+                oldest = Some((s, k, at));
+            }
+        }
+    }
+    oldest
 }
 
 /// Take `page`'s entry back if it is in the table: its start, if this

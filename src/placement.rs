@@ -163,7 +163,6 @@ fn issue(
     dst: u64,
     len: u64,
 ) -> std::result::Result<(), (i32, u64)> {
-    stats::add(Counter::PlaceIoctls, 1);
     let (res, progress) = match fill {
         Fill::Copy(src) => {
             let mut c = UffdioCopy {
@@ -191,6 +190,8 @@ fn issue(
             (r, z.zeropage)
         }
     };
+    // Counted after the ioctl, which wakes the faulting threads.
+    stats::add(Counter::PlaceIoctls, 1);
     match res {
         Ok(()) => Ok(()),
         Err(e) => Err((

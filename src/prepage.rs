@@ -52,6 +52,24 @@
 //!   Half of the table stays for new streams, so grown streams that have
 //!   died cannot keep a new one from growing.
 //!
+//! # The gate, and streams per thread
+//!
+//! Random faults continue no stream, yet each scanned the table and
+//! replaced a stream.  So after `CLOSE_AFTER` faults in a row that
+//! continued no stream and hit no pre-paged page, the planner **closes**:
+//! a fault then only notes where its thread (the `uffd_msg`'s thread id)
+//! faulted, in a small direct-mapped table, and asks for one page.  It
+//! **opens** again when a thread's fault is the page after its previous
+//! one, on a hit on a pre-paged page still in flight, or when a probe (the
+//! full planner, every `PROBE_EVERY`th fault while closed) finds a
+//! stream continued.  Streams, windows and open runs are kept while
+//! closed.  `CLOSE_AFTER` is longer than the `mix` pattern's bursts of
+//! random reads, so a sweep between them keeps its window.
+//!
+//! While open, each thread's latest stream is tried first, so a thread
+//! walking its memory finds its stream in O(1); only faults that do not
+//! continue it scan the table.
+//!
 //! # What was taken from where
 //!
 //! - CRIU lazy-pages (`criu/uffd.c`): one table of requests in flight that
@@ -104,6 +122,13 @@ pub const STREAMS: usize = 32;
 /// (docs/BENCHMARKS.md).  More than one is left unmeasured against a
 /// stock source.
 pub const MAX_PREPAGE_BYTES: u64 = 2 << 20;
+/// Faults in a row that continue no stream (and hit nothing pre-paged)
+/// after which the planner closes (see the module's comment).
+const CLOSE_AFTER: u32 = 256;
+/// While closed, every this many faults run the full planner, as a probe.
+const PROBE_EVERY: u32 = 64;
+/// Slots of the per-thread tables (direct-mapped by thread id).
+const THREAD_SLOTS: usize = 64;
 
 /// Sends one page request for a range.
 pub trait RangeRequester: Send {
@@ -217,9 +242,30 @@ enum Close {
     Dropped,
 }
 
+/// Where a thread last faulted, and the stream it last used.
+#[derive(Debug, Clone, Copy)]
+struct ThreadSlot {
+    tid: u32,
+    handle: BlockHandle,
+    /// The page after its latest fault (0: none yet).
+    next: u64,
+    /// Index in `streams` of the thread's latest stream.
+    stream: Option<usize>,
+}
+
+impl Default for ThreadSlot {
+    fn default() -> Self {
+        ThreadSlot {
+            tid: 0,
+            handle: BlockHandle::new(0),
+            next: 0,
+            stream: None,
+        }
+    }
+}
+
 /// The fault thread's pre-paging state.  Off (every request one page)
 /// until [`Prepager::configure`] is given settings.
-#[derive(Default)]
 pub struct Prepager {
     settings: Option<Settings>,
     streams: Vec<Stream>,
@@ -227,7 +273,32 @@ pub struct Prepager {
     pending: HashSet<u64>,
     /// The stream [`Prepager::plan`] chose for the request being made.
     planned: Option<usize>,
+    /// [`Prepager::plan`] was closed for the request being made: it
+    /// opens no run.
+    gated: bool,
     clock: u64,
+    /// Faults in a row that continued no stream and hit nothing.
+    misses: u32,
+    /// Faults since the planner closed (it is open while `misses` is
+    /// below `CLOSE_AFTER`).
+    closed_for: u32,
+    threads: [ThreadSlot; THREAD_SLOTS],
+}
+
+impl Default for Prepager {
+    fn default() -> Self {
+        Prepager {
+            settings: None,
+            streams: Vec::new(),
+            pending: HashSet::new(),
+            planned: None,
+            gated: false,
+            clock: 0,
+            misses: 0,
+            closed_for: 0,
+            threads: [ThreadSlot::default(); THREAD_SLOTS],
+        }
+    }
 }
 
 impl Prepager {
@@ -259,6 +330,18 @@ impl Prepager {
         self.streams.clear();
         self.pending.clear();
         self.planned = None;
+        self.open();
+        self.threads = [ThreadSlot::default(); THREAD_SLOTS];
+    }
+
+    /// Whether the planner is open (see the module's comment).
+    pub fn is_open(&self) -> bool {
+        self.misses < CLOSE_AFTER
+    }
+
+    fn open(&mut self) {
+        self.misses = 0;
+        self.closed_for = 0;
     }
 
     /// A fault on `page` (block `handle`), which is in flight: a hit if it
@@ -267,6 +350,7 @@ impl Prepager {
         if !self.pending.remove(&page) {
             return;
         }
+        self.open();
         add(Counter::HitsInFlight, 1);
         self.clock += 1;
         let (clock, max) = (self.clock, self.max());
@@ -280,22 +364,44 @@ impl Prepager {
         }
     }
 
-    /// How many host pages to request for a fault on missing `page` of
-    /// `block` (`handle`): 1 without pre-paging, otherwise the faulting
-    /// page and the missing ones after it, up to the stream's window.
-    /// `in_flight` says whether a page is in flight.
+    /// How many host pages to request for a fault of thread `tid` (0 if
+    /// unknown) on missing `page` of `block` (`handle`): 1 without
+    /// pre-paging, otherwise the faulting page and the missing ones after
+    /// it, up to the stream's window.  `in_flight` says whether a page is
+    /// in flight.
     pub fn plan(
         &mut self,
         handle: BlockHandle,
         block: &Block,
         page: u64,
+        tid: u32,
         in_flight: impl Fn(u64) -> bool,
     ) -> u64 {
         self.planned = None;
+        self.gated = false;
         if self.settings.is_none() {
             return 1;
         }
         let ps = block.page_size;
+        let slot = tid as usize % THREAD_SLOTS;
+        let t = self.threads[slot];
+        let same_thread = t.tid == tid && t.handle == handle;
+        self.threads[slot] = ThreadSlot {
+            tid,
+            handle,
+            next: page + ps,
+            stream: if same_thread { t.stream } else { None },
+        };
+        if !self.is_open() {
+            self.closed_for += 1;
+            if same_thread && t.next == page {
+                // The thread walks forward: open, and plan.
+                self.open();
+            } else if self.closed_for % PROBE_EVERY != 0 {
+                self.gated = true;
+                return 1;
+            }
+        }
         let end = block.host + block.len;
         let present = |p: u64| {
             p < end
@@ -306,21 +412,32 @@ impl Prepager {
         };
         self.clock += 1;
         let max = self.max();
-        let found = self.streams.iter().position(|s| {
+        let continues = |s: &Stream| {
             s.handle == handle
                 && s.page_size == ps
                 && page >= s.next
                 && (page - s.next) / ps < u64::from(max)
                 && (s.next..page).step_by(ps as usize).all(&present)
-        });
+        };
+        // The thread's own latest stream first: O(1) for a thread walking
+        // its memory.
+        let found = self.threads[slot]
+            .stream
+            .filter(|&i| self.streams.get(i).is_some_and(continues))
+            .or_else(|| self.streams.iter().position(continues));
         let i = match found {
             Some(i) => {
+                self.open();
                 self.close(i, Close::WalkedPast);
                 grow(&mut self.streams[i], max);
                 i
             }
-            None => self.start_stream(handle, ps, page),
+            None => {
+                self.misses = self.misses.saturating_add(1);
+                self.start_stream(handle, ps, page)
+            }
         };
+        self.threads[slot].stream = Some(i);
         let s = &mut self.streams[i];
         s.used = self.clock;
         s.grown = false;
@@ -364,7 +481,7 @@ impl Prepager {
     /// The request for `npages` host pages from `page` went out: open the
     /// stream's new run.
     pub fn requested(&mut self, handle: BlockHandle, page: u64, page_size: u64, npages: u64) {
-        if self.settings.is_none() {
+        if self.settings.is_none() || std::mem::take(&mut self.gated) {
             return;
         }
         let i = match self.planned.take() {
@@ -500,6 +617,11 @@ mod tests {
 
         /// A fault on page `i`, as the fault thread handles it.
         fn fault(&mut self, handle: usize, i: u64) {
+            self.fault_by(handle, i, 0);
+        }
+
+        /// A fault of thread `tid` on page `i`.
+        fn fault_by(&mut self, handle: usize, i: u64, tid: u32) {
             let handle = BlockHandle::new(handle);
             let page = HOST + i * PS;
             if self.in_flight.contains(&page) {
@@ -507,7 +629,9 @@ mod tests {
                 return;
             }
             let inf = self.in_flight.clone();
-            let n = self.p.plan(handle, &self.block, page, |p| inf.contains(&p));
+            let n = self
+                .p
+                .plan(handle, &self.block, page, tid, |p| inf.contains(&p));
             let got = if n > 1 {
                 self.p
                     .request(handle, i * PS, n, PS, HostAddr::new(page))
@@ -554,7 +678,7 @@ mod tests {
         let block = Block::new(HostAddr::new(HOST), 64 * HUGE, HUGE, 12, None, false).unwrap();
         let (mut page, mut asked) = (HOST, Vec::new());
         for _ in 0..16 {
-            let n = p.plan(BlockHandle::new(1), &block, page, |_| false);
+            let n = p.plan(BlockHandle::new(1), &block, page, 0, |_| false);
             p.requested(BlockHandle::new(1), page, HUGE, n);
             asked.push(n);
             page += n * HUGE;
@@ -593,6 +717,80 @@ mod tests {
         assert!(s.ranges.lock().unwrap().is_empty());
         assert!(s.p.windows().iter().all(|&w| w == 1));
         assert!(s.p.streams.len() <= STREAMS);
+    }
+
+    /// xorshift: random even pages below 2^16 (no fault can continue
+    /// another by chance).
+    fn random_page(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        (*x % (1 << 15)) * 2
+    }
+
+    /// Random faults close the planner: past `CLOSE_AFTER` of them, only
+    /// one fault in `PROBE_EVERY` runs it (the stream clock moves only when
+    /// it runs), and no stream is started in between.
+    #[test]
+    fn random_faults_close_the_planner() {
+        let mut s = Sim::new(16, 1 << 16);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for k in 0..CLOSE_AFTER {
+            assert!(s.p.is_open(), "closed after {k} faults");
+            s.fault_by(1, random_page(&mut x), 1 + k % 8);
+        }
+        assert!(!s.p.is_open());
+        let clock = s.p.clock;
+        let n = 10 * PROBE_EVERY;
+        for k in 0..n {
+            // Nothing in flight: a page drawn twice is planned twice.
+            s.arrive();
+            s.fault_by(1, random_page(&mut x), 1 + k % 8);
+        }
+        assert!(!s.p.is_open());
+        assert_eq!(s.p.clock - clock, u64::from(n / PROBE_EVERY));
+        assert!(s.asked.iter().all(|&a| a == 1), "{:?}", s.asked);
+        assert!(s.ranges.lock().unwrap().is_empty());
+    }
+
+    /// A thread that walks forward opens a closed planner on its second
+    /// fault, and pre-pages from there as if it had never closed.
+    #[test]
+    fn a_sequential_thread_opens_the_planner() {
+        let mut s = Sim::new(16, 1 << 17);
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        for k in 0..CLOSE_AFTER + 5 {
+            s.fault_by(1, random_page(&mut x), 1 + k % 8);
+        }
+        assert!(!s.p.is_open());
+        let (before, mut i) = (s.asked.len(), 1 << 16);
+        while i < (1 << 16) + 200 {
+            s.fault_by(1, i, 42);
+            i += *s.asked.last().unwrap();
+            s.arrive();
+        }
+        assert!(s.p.is_open());
+        // One fault while closed, then as from a fresh start.
+        assert_eq!(&s.asked[before..before + 7], &[1, 1, 2, 4, 8, 16, 16]);
+        assert_eq!(s.p.windows()[0], 16);
+    }
+
+    /// Each thread's stream is found first: interleaved sweeps by two
+    /// threads both grow, each thread keeping its own stream.
+    #[test]
+    fn streams_are_found_per_thread() {
+        let mut s = Sim::new(8, 1 << 12);
+        let (mut a, mut b) = (0, 2048);
+        for _ in 0..10 {
+            s.fault_by(1, a, 11);
+            a += *s.asked.last().unwrap();
+            s.fault_by(1, b, 12);
+            b += *s.asked.last().unwrap();
+            s.arrive();
+        }
+        assert_eq!(s.p.windows(), vec![8, 8]);
+        let slot = |tid: u32| s.p.threads[tid as usize % THREAD_SLOTS];
+        assert_ne!(slot(11).stream, slot(12).stream);
     }
 
     #[test]
@@ -742,7 +940,7 @@ mod tests {
         assert!(s.p.windows().is_empty() && s.p.pending.is_empty());
         s.p.configure(None);
         assert!(!s.p.enabled());
-        let n = s.p.plan(BlockHandle::new(1), &s.block, HOST, |_| false);
+        let n = s.p.plan(BlockHandle::new(1), &s.block, HOST, 0, |_| false);
         assert_eq!(n, 1);
         // A window of one is no pre-paging: off too.
         s.p.configure(Some(Settings {
