@@ -11,7 +11,9 @@ hop; its series is its role and that point:
                               once it has: the one process of the chain
                               that booted the guest and never ran an
                               incoming migration, so no later source is
-                              like it (a series of one, never compared)
+                              like it (a series of one, never compared:
+                              it has, for one, no /dev/userfaultfd open,
+                              which QEMU opens once per process and keeps)
   source before               a source that came in by migration, before
                               its first migrate command of the hop
   source after                the same, once its migration completed

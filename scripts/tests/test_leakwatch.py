@@ -1,14 +1,19 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """The leak watch of migration chains (postcopy_demo/leakwatch.py): which
-samples are compared with which, what counts as growth, the memory bound."""
+samples are compared with which, what counts as growth, the memory bound;
+and the chain's plans and its reading of a cancel (scenarios/chain.py)."""
 
 import os
+import shutil
 import sys
+import tempfile
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from postcopy_demo import leakwatch  # noqa: E402
 from postcopy_demo.leakwatch import Sample  # noqa: E402
+from postcopy_demo.options import MigrateError  # noqa: E402
+from postcopy_demo.scenarios import chain  # noqa: E402
 
 MiB_KB = 1024
 
@@ -108,6 +113,11 @@ class Memory(unittest.TestCase):
         self.assertEqual(len(problems), 1, problems)
         self.assertIn("hop 4, destination end: dst4 VmRSS grew by 130 MiB", problems[0])
 
+    def test_the_bound_is_an_eighth_of_guest_ram_and_never_below_64_mib(self):
+        self.assertEqual(chain.rss_bound_kb(2048), 256 * MiB_KB)
+        self.assertEqual(chain.rss_bound_kb(512), 64 * MiB_KB)
+        self.assertEqual(chain.rss_bound_kb(128), 64 * MiB_KB)
+
 
 class Readings(unittest.TestCase):
     def test_fd_kinds_drop_what_makes_each_process_its_own(self):
@@ -128,6 +138,42 @@ class Readings(unittest.TestCase):
     def test_diff_names_what_changed(self):
         self.assertEqual(leakwatch.diff({"a": 1, "b": 2}, {"a": 1, "b": 1, "c": 1}),
                          "-1 b, +1 c")
+
+
+class Plans(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp)
+
+    def test_ten_hops_mix_every_kind_each_after_a_plain_hop(self):
+        plan = chain.default_plan(10)
+        self.assertEqual(plan, ["plain", "plain", "cut", "plain", "mismatch", "plain",
+                                "cancel", "plain", "plain", "plain"])
+
+    def test_a_short_chain_keeps_what_fits(self):
+        self.assertEqual(chain.default_plan(4), ["plain", "plain", "cut", "plain"])
+        self.assertEqual(chain.default_plan(1), ["plain"])
+
+    def test_the_states_after_the_last_cancel_are_read_from_the_trace(self):
+        path = os.path.join(self.tmp, "src.stderr.log")
+        with open(path, "w") as f:
+            f.write("1@1.0:migrate_set_state new state active\n"
+                    "1@2.0:migration_cancel \n"
+                    "1@2.1:migrate_set_state new state cancelling\n"
+                    "1@2.2:migrate_set_state new state cancelled\n"
+                    "1@5.0:migrate_set_state new state setup\n"
+                    "1@6.0:migration_cancel \n"
+                    "qemu-system-x86_64: failed to save SaveStateEntry\n"
+                    "1@6.1:migrate_set_state new state failed\n")
+        self.assertEqual(chain.states_after_cancel(path), ["failed"])
+        self.assertEqual(chain.states_after_cancel(path + ".missing"), [])
+
+    def test_a_plan_names_known_kinds_only(self):
+        self.assertEqual(chain.parse_plan("plain, cancel"), ["plain", "cancel"])
+        with self.assertRaises(MigrateError):
+            chain.parse_plan("plain,teleport")
 
 
 if __name__ == "__main__":
