@@ -60,6 +60,9 @@ CANCEL_AT_MIB = 16       # precopy sent when migrate_cancel goes out
 CANCEL_TIMEOUT = 30.0    # s for the source to say cancelled
 CUT_AFTER_MIB = 64       # default --cut-after for a cut hop
 HUMAN = {"4K": "4 KiB", "2M": "2 MiB", "1G": "1 GiB"}
+# The figures of a hop's result the summary shows, of the last hop.
+LAST_HOP_FIGURES = ("postcopy_started", "library_source", "library_destination",
+                    "library_latency", "blocktime_ms", "vcpu_blocktime_ms")
 # What a cancel did, as QEMU saw it (stock trace events).
 TRACE_ARGS = ["-trace", "migration_cancel", "-trace", "migrate_set_state"]
 
@@ -331,6 +334,9 @@ class Chain:
 def summary_lines(chain: Chain, bound_kb: int) -> list:
     """(label, text) lines: the hops, then the leak watch's table."""
     lines = []
+    if chain.hops and "result" in chain.hops[-1]:
+        lines.append(("figures above", "hop %d's (the last); each hop's below"
+                      % chain.hops[-1]["hop"]))
     for h in chain.hops:
         r = h.get("result") or {}
         extra = ""
@@ -410,10 +416,12 @@ def run_chain(opts: Options, plan: List[str]) -> dict:
                 "each hop from one to the other"
             try:
                 chain.run(src)
-                # every hop switched to postcopy (Chain.completed)
-                result.update(status="completed", postcopy_started=True,
-                              verify=chain.hops[-1]["verify"],
-                              verify_seconds=chain.hops[-1].get("verify_seconds"))
+                # Every hop switched to postcopy (Chain.completed); the
+                # summary's figures are the last hop's, as its verdict is.
+                last = chain.hops[-1]
+                result.update({k: last["result"].get(k) for k in LAST_HOP_FIGURES})
+                result.update(status="completed", verify=last["verify"],
+                              verify_seconds=last.get("verify_seconds"))
             except (MigrateError, QMPError) as e:
                 result["status"] = "failed"
                 result["error"] = "hop %d: %s" % (len(chain.hops), e) if not \
