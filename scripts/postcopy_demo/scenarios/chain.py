@@ -163,6 +163,11 @@ class Chain:
                              "wrong process" % (vm.name, pid, exe, vm.binary))
         return pid
 
+    @staticmethod
+    def role(hop: int) -> str:
+        """A hop's source's role (leakwatch.py: hop 1's never came in)."""
+        return "booted source" if hop == 1 else "source"
+
     def sample(self, hop: int, vm: VM, role: str, point: str) -> leakwatch.Sample:
         smp = leakwatch.take(self.pid(vm), hop, vm.name, role, point)
         self.samples.append(smp)
@@ -232,7 +237,7 @@ class Chain:
         rec["source_after_refusal"] = self.source_intact(src, what)
         self.s.out.say("hop %d: %s refused (%s); the source runs, %s"
                        % (n, bad.name, err or r["error"], rec["source_after_refusal"]))
-        self.sample(n, src, "source", "retry")
+        self.sample(n, src, self.role(n), "retry")
         return self.plain(n, src, rec)
 
     def cancel(self, n: int, src: VM, rec: dict) -> VM:
@@ -282,7 +287,7 @@ class Chain:
         rec["source_after_cancel"] = self.source_intact(src, what)
         self.s.out.say("hop %d: cancelled; the source runs, %s"
                        % (n, rec["source_after_cancel"]))
-        self.sample(n, src, "source", "retry")
+        self.sample(n, src, self.role(n), "retry")
         return self.plain(n, src, rec)
 
     def cut(self, n: int, src: VM, rec: dict) -> VM:
@@ -317,7 +322,7 @@ class Chain:
             rec = {"hop": n, "kind": kind, "source": src.name}
             self.hops.append(rec)
             t0 = time.monotonic()
-            role = "booted source" if n == 1 else "source"
+            role = self.role(n)
             self.sample(n, src, role, "before")
             dst = getattr(self, kind)(n, src, rec)
             rec["destination"] = dst.name
