@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Front door.  `make test` is the test command CI runs (.ci/run calls it).
-.PHONY: all build install header test bench bench-e2e clean demo
+.PHONY: all build install header test bench bench-e2e clean demo chain
 
 # Where `make install` puts the library, header and pkg-config file; QEMU's
 # build finds it with PKG_CONFIG_PATH=$(PREFIX)/lib/pkgconfig.
@@ -47,6 +47,12 @@ test:
 # Options for scripts/migrate.py go in ARGS, e.g. ARGS="--hugepages 2M".
 demo:
 	scripts/demo.sh $(ARGS)
+
+# A migration chain: the demo's guest along 10 hops, each to a new QEMU, one
+# cut mid-postcopy, one first refused (page sizes), one first cancelled; it
+# fails unless every hop verifies and no QEMU's fd or thread count grows.
+chain:
+	scripts/demo.sh --chain 10 $(ARGS)
 
 # Both benchmarks, then docs/BENCHMARKS.md from their results (run it on a
 # quiet machine: every figure is a ratio to a baseline of the same run).

@@ -22,7 +22,9 @@
 #      blocktime;
 #   4. the main command, `make demo`, at default settings: a real Linux
 #      guest live-migrated with postcopy between two patched QEMUs; it
-#      fails unless the guest verifies every page of its memory;
+#      fails unless the guest verifies every page of its memory; then with
+#      a network cut, and along a 4-hop chain (a cancel and a cut among
+#      the hops; fds and threads must not grow);
 #   5. the same demo under libvirt (`make demo ARGS=--libvirt`), at default
 #      settings: two libvirt daemons standing for two hosts, virsh migrate
 #      --live --postcopy, then virsh migrate-postcopy; the guest's VERIFY OK;
@@ -118,6 +120,11 @@ make --no-print-directory demo ARGS=--libvirt
 
 step "network cut mid-postcopy, recovered: make demo ARGS=\"--cut-after 64\""
 DEMO_SKIP_BUILD=1 make --no-print-directory demo ARGS="--cut-after 64"
+
+step "a migration chain of 4 hops, one cancelled and one cut: make demo ARGS=\"--chain-plan plain,plain,cancel,cut\""
+# `make chain` runs 10 hops; these 4 take about a minute.
+DEMO_SKIP_BUILD=1 with_vm_lock make --no-print-directory demo \
+    ARGS="--chain-plan plain,plain,cancel,cut"
 
 step "end-to-end: hugepages, mismatched page sizes, a stray page, urgent requests, preempt hits"
 python3 scripts/e2e.py test

@@ -20,6 +20,8 @@ library, qemu.qmp (installed in a venv by scripts/demo-deps.sh).
   session      a run's resources: VMs, hugepages, namespaces, logs
   migration    one postcopy migration over QMP and its figures
   report       progress line and summary
+  leakwatch    a QEMU's fds, threads and memory from /proc, and when
+               they grew (make chain)
   benchstats   statistics of make bench-e2e: ABAB pairs, ratios, median,
                bootstrap interval
   bench_e2e_report
@@ -43,6 +45,8 @@ library, qemu.qmp (installed in a venv by scripts/demo-deps.sh).
                                  of a page-size mismatch; QEMU's blocktime
                                  and latency accounting
                  bench           make bench-e2e's runs
+                 chain           one guest along N hops, a new QEMU each
+                                 (make chain, migrate.py --chain N)
   cli          scripts/migrate.py's command line
 
 Nothing is imported here, so that `python3 -m postcopy_demo.netns` (the

@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--recover-oob", action="store_true",
                    help="recover as when the destination's main thread is blocked: follow its "
                         "MIGRATION events, exec-oob migrate-recover on QEMU's own listener")
+    g = ap.add_argument_group("migration chains (scenarios/chain.py)")
+    g.add_argument("--chain", type=int, metavar="N",
+                   help="migrate the guest along N hops, each to a new destination QEMU, the "
+                        "last destination the next source; hop 3 cut mid-postcopy and "
+                        "recovered, hop 5 first to a destination of other page sizes (refused), "
+                        "hop 7 cancelled in precopy, each then done; the fds, threads and "
+                        "memory of every source watched for leaks")
+    g.add_argument("--chain-plan", metavar="KINDS",
+                   help="the hops' kinds instead, one per hop, of plain, cut, mismatch, "
+                        "cancel (e.g. plain,plain,cancel,plain)")
     ap.add_argument("--src-binary", default=d.src_binary,
                     help="source qemu-system-x86_64 (default %(default)s)")
     ap.add_argument("--dst-binary", default=d.dst_binary,
@@ -121,13 +131,29 @@ def main(argv=None) -> int:
     except MigrateError as e:
         ap.error(str(e))
     netcut = a.cut_after is not None or a.cut_random is not None
+    plan = None
+    if a.chain is not None or a.chain_plan:
+        from .scenarios import chain
+        try:
+            plan = chain.parse_plan(a.chain_plan) if a.chain_plan else \
+                chain.default_plan(a.chain)
+        except MigrateError as e:
+            ap.error(str(e))
+        if not plan or (a.chain is not None and a.chain != len(plan)):
+            ap.error("--chain N: N >= 1 hops, as many as --chain-plan names")
+        if a.libvirt:
+            ap.error("--libvirt and --chain do not go together (yet)")
     if netcut and a.libvirt:
         ap.error("--libvirt and network cuts do not go together (yet)")
     if netcut and a.cut_after is None:
         opts.cut_after = 0
     if netcut and (a.cuts < 1 or (a.cut_random is None and a.cut_after < 1)):
         ap.error("--cut-after MiB >= 1 and --cuts N >= 1")
-    if a.libvirt:
+    if plan:
+        def run(o):
+            return chain.run_chain(o, plan)
+        title = "postcopy migration chain summary (%d hops)" % len(plan)
+    elif a.libvirt:
         from .scenarios import libvirt_demo
         run, title = libvirt_demo.run_migration, "postcopy migration under libvirt"
     elif netcut:
