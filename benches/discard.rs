@@ -7,7 +7,7 @@
 //! - `qemu-algo`: QEMU 10.0's C algorithm (`find_next_bit` / `find_next_zero_bit`
 //!   runs and the `test_and_set_bit` host-page fix-up), transliterated.
 //!
-//! `scripts/bench-report.py` turns criterion's estimates into the ratios in
+//! `scripts/cargo-bench-report.py` turns criterion's estimates into the ratios in
 //! docs/BENCHMARKS.md.
 #![allow(missing_docs)]
 

@@ -23,7 +23,7 @@
 //! with one `place_pages(.., 16)` against sixteen `place_pages(.., 1)`.
 //!
 //! The tables go to stdout and to `target/fault-bench.md`, which
-//! `scripts/bench-report.py` appends to its report.  Without `--bench`
+//! `scripts/cargo-bench-report.py` appends to its report.  Without `--bench`
 //! (e.g. `cargo test --benches`) it only runs a quick smoke pass.
 //!
 //! Needs root (hugepages are reserved through
