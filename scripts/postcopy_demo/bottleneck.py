@@ -175,7 +175,7 @@ class Bottleneck(NetPair):
     def describe(self) -> str:
         """The shaper in words (for the report)."""
         if not self.rate_bps:
-            return "no shaper"
+            return "nothing shaped (a bfifo there only counts the bytes)"
         return "tc %s at %s (%.1f MB/s), %g ms of queue (%d bytes), burst %d bytes" % (
             self.kind, rate_text(self.rate_bps), self.rate_bps / 8e6, self.queue_ms,
             queue_bytes(self.rate_bps, self.queue_ms), burst_bytes(self.rate_bps))
