@@ -193,10 +193,12 @@ def _cap_line(meta: dict) -> str:
 
 
 def _wire_line(meta: dict) -> str:
-    return ("- **Bytes on the wire**: `tx_bytes` of the middle namespace's port toward the "
-            "destination, sampled every 0.1 s; per run, the mean over the source's postcopy "
+    return ("- **Bytes on the wire**: the counters of the qdisc on the middle namespace's "
+            "port toward the destination (`tc -s qdisc`, every TCP segment's headers "
+            "counted), sampled every 0.1 s; per run, the mean over the source's postcopy "
             "phase and the highest rate over any 1 s (or more) between two samples in it. A "
-            "run is *over* if such a stretch carried more than %s x its length%s. The counts "
+            "run is *over* if such a stretch carried more than %s x its longest possible "
+            "length (a sample's time is known to within the few ms tc took)%s. The counts "
             "include Ethernet, IP and TCP headers, which QEMU's cap does not count."
             % ("the link's rate" if meta.get("mode") == "link" else "the cap",
                " plus the shaper's burst (it lets that through by design)"
@@ -316,9 +318,10 @@ def render_short(recs: List[dict], meta: dict, detail: str) -> str:
     to the file with everything else (render's text), detail."""
     sums = cell_summaries(recs)
     lines = [_title(meta), "",
-             "Generated %s by `%s`, %d pair(s) per cell, alternated; median patched/unpatched "
-             "ratio [95 %% bootstrap CI]. Machine, link, and every figure per cell: [%s](%s)."
-             % (meta["date"], meta["command"], meta["runs"], detail, detail), ""]
+             "Generated %s by `%s`: %s, %d pair(s) per cell, %s; median patched/unpatched "
+             "ratio [95 %% bootstrap CI]. Machine, load, and every figure per cell: [%s](%s)."
+             % (meta["date"], meta["command"], meta.get("link") or "?", meta["runs"],
+                run_order(recs), detail, detail), ""]
     if meta.get("caveat"):
         lines += ["**%s**" % meta["caveat"], ""]
     lines += _overview(sums, meta)
