@@ -44,6 +44,13 @@ def _mbs(bps) -> Optional[float]:
     return None if bps is None else bps / 1e6
 
 
+def _queue_ms(r: dict) -> Optional[float]:
+    """The deepest backlog sampled at the shaper, as the time the link takes
+    to send it (what a page arriving behind it waits); links only."""
+    q, bps = (r.get("wire") or {}).get("backlog_max_bytes"), r.get("link_rate_bps")
+    return None if q is None or not bps else q * 8000.0 / bps
+
+
 def _numbers(xs) -> bool:
     return isinstance(xs, list) and bool(xs) and all(isinstance(x, (int, float)) for x in xs)
 
@@ -80,8 +87,10 @@ METRICS = [
      lambda r: _mbs(r.get("wire_mean_Bps"))),
     ("wire_peak", "bytes on the wire, highest 1 s in that phase", "MB/s",
      lambda r: _mbs(r.get("wire_peak_Bps"))),
+    ("queue", "deepest queue seen at the shaper in that phase, in time of the link", "ms",
+     lambda r: _queue_ms(r)),
 ]
-WIRE = ("wire_mean", "wire_peak")
+WIRE = ("wire_mean", "wire_peak", "queue")
 HEADLINE = "blocktime"
 # The overview's other columns: the issue's bound on total time, and the
 # one stall an operator remembers, which a median over pairs hides.
@@ -174,9 +183,10 @@ def _cap_line(meta: dict) -> str:
     bw = meta.get("postcopy_bandwidth")
     if meta.get("mode") == "link":
         return ("- **The link is the cap**: the QEMUs in two network namespaces joined "
-                "through a third, %s (shaper found on this kernel: %s). %s. A queue of that "
-                "depth in a hop of its own fills as a bottleneck router's buffer does "
-                "(postcopy_demo/bottleneck.py says why not on the source's own veth)."
+                "through a third, %s (shaper found on this kernel: %s). %s. The queue is in a "
+                "hop of its own, as a bottleneck router's buffer is: the flows fill it as far "
+                "as their TCP windows take them, not as far as the sending host's TCP Small "
+                "Queues would let them (postcopy_demo/bottleneck.py)."
                 % (meta.get("link") or "?", meta.get("shaper_probe") or "?",
                    "`max-postcopy-bandwidth` %d MiB/s on both builds as well" % bw if bw else
                    "No `max-postcopy-bandwidth` on either build"))
@@ -303,7 +313,7 @@ def render(recs: List[dict], meta: dict) -> str:
                   "| figure | unpatched | patched | ratio [95 % CI] | range | reading |",
                   "|---|---:|---:|---|---|---|"]
         for key, what, unit, _ in METRICS:
-            if key in WIRE and not c["wired"]:
+            if key in WIRE and not c["wired"] or key == "queue" and meta.get("mode") != "link":
                 continue
             s = c[key]
             lines.append("| %s | %s | %s | %s | %s | %s |" % (
@@ -346,7 +356,7 @@ def missing(recs: List[dict]) -> List[str]:
         # (records from before the byte counters have no "wire")
         out += ["%s run %d (%s): %s" % (r["cell"], r["seq"], r["kind"], key)
                 for key, _, _, f in METRICS
-                if f(r) is None and key not in ("latency", "source_postcopy")
+                if f(r) is None and key not in ("latency", "source_postcopy", "queue")
                 and not (key in WIRE and "wire" not in r)]
     return out
 
