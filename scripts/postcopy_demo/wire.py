@@ -109,7 +109,17 @@ class WireSampler:
                                    % self.path)
             time.sleep(0.05)
 
-    def stop(self) -> List[Tuple[float, int]]:
+    def wait_past(self, t: float, timeout: float = 5.0) -> bool:
+        """Wait for a sample read wholly after wall-clock time t."""
+        deadline = time.monotonic() + timeout
+        while not any(lo > t for lo, _, _ in self.samples()[-3:]):
+            if self.proc is None or self.proc.poll() is not None or \
+                    time.monotonic() > deadline:
+                return False
+            time.sleep(self.interval / 2)
+        return True
+
+    def stop(self) -> List[Tuple[float, float, int]]:
         if self.proc:
             kill_proc(self.proc)
             self.proc = None

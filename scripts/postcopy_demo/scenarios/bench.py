@@ -248,16 +248,18 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
                 dst = s.start_destination()
                 hooks = WorkloadHooks(s, pattern, rec)
                 r = s.migrate(src, dst, hooks=hooks)
+                # the destination's postcopy lasts until its last page is placed
+                rec["postcopy_ms"] = postcopy_ms(dst.qmp.events() if dst.qmp else [])
+                src_events = src.qmp.events() if src.qmp else []
+                # the bytes go out while the source is in postcopy
+                phase = postcopy_phase(src_events)
+                # migrate() may return within a sample of the end: one more
+                counted = not phase or sampler.wait_past(phase[1])
             finally:
                 sampler.stop()
             rec["accel"] = s.accel           # a failed KVM boot falls back to TCG
             rec["shaper_stats"] = s.net.shaper_stats()
-            # the destination's postcopy lasts until its last page is placed
-            rec["postcopy_ms"] = postcopy_ms(dst.qmp.events() if dst.qmp else [])
-            src_events = src.qmp.events() if src.qmp else []
             rec["source_postcopy_ms"] = postcopy_ms(src_events)
-            # the bytes go out while the source is in postcopy
-            phase = postcopy_phase(src_events)
             rows = sampler.rows()
             rec["wire"] = wire.wire_stats([r[:3] for r in rows], *phase, cfg.limits()) \
                 if phase else {}
@@ -269,6 +271,8 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
             rec["status"] = r["status"]
             if r["status"] != "completed" or r.get("error"):
                 rec["error"] = r.get("error") or "migration %s" % r["status"]
+            elif not counted:
+                rec["error"] = "no byte count after the end of postcopy (see %s)" % sampler.path
             elif hooks.error or not hooks.stalls:
                 rec["error"] = hooks.error or "no STALLS from the guest"
             else:
