@@ -208,7 +208,7 @@ def _wire_line(meta: dict) -> str:
             "counted), sampled every 0.1 s; per run, the mean over the source's postcopy "
             "phase and the highest rate over any 1 s (or more) between two samples in it. A "
             "run is *over* if such a stretch carried more than %s x its longest possible "
-            "length (a sample's time is known to within the few ms tc took)%s. The counts "
+            "length (a sample's time is known only to within its read)%s. The counts "
             "include Ethernet, IP and TCP headers, which QEMU's cap does not count."
             % ("the link's rate" if meta.get("mode") == "link" else "the cap",
                " plus the shaper's burst (it lets that through by design)"
