@@ -63,9 +63,11 @@ bench:
 	@echo "docs/BENCHMARKS.generated.md written; merge it into docs/BENCHMARKS.md"
 
 # Postcopy end to end, patched against unpatched QEMU 10.2.2 on the demo's
-# Linux guest; the report goes into docs/BENCHMARKS.md (scripts/bench-e2e.sh).
-# Options for scripts/bench-e2e.py in ARGS, e.g. ARGS="--patterns seq --runs 9";
-# ARGS=--quick is the smoke test `make test` runs.
+# Linux guest, by default over a link shaped at 512mbit with no QEMU cap
+# (ARGS="--mode qemu-cap": QEMU's max-postcopy-bandwidth instead); the report
+# goes into docs/BENCHMARKS.md (scripts/bench-e2e.sh). Options for
+# scripts/bench-e2e.py in ARGS, e.g. ARGS="--patterns seq --runs 9";
+# ARGS=--quick is the smoke test `make test` runs (the link mode, one cell).
 bench-e2e:
 	scripts/bench-e2e.sh $(ARGS)
 

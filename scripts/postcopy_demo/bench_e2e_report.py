@@ -23,15 +23,32 @@ def markers(name: str = "bench-e2e"):
 
 # make bench-e2e's max-postcopy-bandwidth, MiB/s (scripts/bench-e2e.py says why)
 DEFAULT_POSTCOPY_BANDWIDTH = 64
+# make bench-e2e's link in its default (link) mode
+DEFAULT_LINK_RATE = "512mbit"
 
 
 def block_name(meta: dict) -> str:
     """The document block a run writes by default: runs with pre-paging or
-    another postcopy bandwidth cap keep their own."""
+    another postcopy bandwidth cap keep their own, and the link mode's
+    blocks are named for the link (bench-e2e-link-512mbit...)."""
     cap = meta.get("postcopy_bandwidth") or 0
+    if meta.get("mode") == "link":
+        return "bench-e2e-link-%s" % meta.get("link_rate", "?") + \
+            ("-prepage" if meta.get("prepage") else "") + ("-capped-%d" % cap if cap else "")
     return "bench-e2e" + ("-prepage" if meta.get("prepage") else "") + \
         ("" if cap == DEFAULT_POSTCOPY_BANDWIDTH else
          "-uncapped" if not cap else "-capped-%d" % cap)
+
+
+def _mbs(bps) -> Optional[float]:
+    return None if bps is None else bps / 1e6
+
+
+def _queue_ms(r: dict) -> Optional[float]:
+    """The deepest backlog sampled at the shaper, as the time the link takes
+    to send it (what a page arriving behind it waits); links only."""
+    q, bps = (r.get("wire") or {}).get("backlog_max_bytes"), r.get("link_rate_bps")
+    return None if q is None or not bps else q * 8000.0 / bps
 
 
 def _numbers(xs) -> bool:
@@ -65,7 +82,15 @@ METRICS = [
     ("total", "total migration time", "ms", lambda r: r.get("total_time_ms")),
     ("guest_worst", "guest: worst access, worst thread", "µs", lambda r: r.get("guest_worst_us")),
     ("guest_p99", "guest: p99 access, worst thread", "µs", lambda r: r.get("guest_p99_us")),
+    # bytes on the wire (not better or worse lower: what the run took of the link)
+    ("wire_mean", "bytes on the wire, mean over the source's postcopy phase", "MB/s",
+     lambda r: _mbs(r.get("wire_mean_Bps"))),
+    ("wire_peak", "bytes on the wire, highest 1 s in that phase", "MB/s",
+     lambda r: _mbs(r.get("wire_peak_Bps"))),
+    ("queue", "deepest queue seen at the shaper in that phase, in time of the link", "ms",
+     lambda r: _queue_ms(r)),
 ]
+WIRE = ("wire_mean", "wire_peak", "queue")
 HEADLINE = "blocktime"
 # The overview's other columns: the issue's bound on total time, and the
 # one stall an operator remembers, which a median over pairs hides.
@@ -82,7 +107,11 @@ def cell_summaries(recs: List[dict]) -> Dict[str, dict]:
         ok = [r for r in rs if r.get("ok")]
         prs = bs.pairs(ok)
         c = {"pairs": len(prs), "runs": len(rs), "failed": len(rs) - len(ok),
-             "base": {}, "test": {}, "base_max": {}, "test_max": {}}
+             "base": {}, "test": {}, "base_max": {}, "test_max": {},
+             # runs of each build whose bytes on the wire went over a limit in some 1 s
+             "over": {side: sum(bool(p[i].get("wire_over")) for p in prs)
+                      for side, i in (("base", 0), ("test", 1))},
+             "wired": sum("wire" in p[0] and "wire" in p[1] for p in prs)}
         for key, _, _, f in METRICS:
             for side, i in (("base", 0), ("test", 1)):
                 vals = [f(p[i]) for p in prs if f(p[i]) is not None]
@@ -135,15 +164,100 @@ def run_order(recs: List[dict]) -> str:
     return "%s, each cell's pairs back to back" % first
 
 
+def _title(meta: dict) -> str:
+    pre = " with pre-paging" if meta.get("prepage") else ""
+    if meta.get("mode") == "link":
+        return ("## Postcopy end to end on a shaped link (%s): patched%s against unpatched "
+                "QEMU%s (`make bench-e2e`)" % (
+                    meta.get("link_rate", "?"), pre,
+                    ", both capped at %d MiB/s too" % meta["postcopy_bandwidth"]
+                    if meta.get("postcopy_bandwidth") else ""))
+    return "## Postcopy end to end: patched%s against unpatched QEMU%s%s (`make bench-e2e`)" % (
+        pre, ", postcopy bandwidth capped at %d MiB/s" % meta["postcopy_bandwidth"]
+        if meta.get("postcopy_bandwidth") else "",
+        " (QEMU-cap mode)" if meta.get("mode") == "qemu-cap" else "")
+
+
+def _cap_line(meta: dict) -> str:
+    """Where the cap is: the link, or QEMU's max-postcopy-bandwidth."""
+    bw = meta.get("postcopy_bandwidth")
+    if meta.get("mode") == "link":
+        return ("- **The link is the cap**: the QEMUs in two network namespaces joined "
+                "through a third, %s (shaper found on this kernel: %s). %s. The queue is in a "
+                "hop of its own, as a bottleneck router's buffer is: the flows fill it as far "
+                "as their TCP windows take them, not as far as the sending host's TCP Small "
+                "Queues would let them (postcopy_demo/bottleneck.py)."
+                % (meta.get("link") or "?", meta.get("shaper_probe") or "?",
+                   "`max-postcopy-bandwidth` %d MiB/s on both builds as well" % bw if bw else
+                   "No `max-postcopy-bandwidth` on either build"))
+    text = ("`max-postcopy-bandwidth` %d MiB/s on both builds: the background stream is "
+            "capped as on a shared link. QEMU sends requested pages past the cap, and "
+            "pre-paged pages ride in the same requests, so the patched build with pre-paging "
+            "may use more than the cap while the guest faults" % bw if bw else
+            "not capped: over the local socket the background stream sends the whole guest "
+            "in about a second")
+    if meta.get("mode") == "qemu-cap":
+        text += ("; the QEMUs in two network namespaces joined through a third, %s"
+                 % (meta.get("link") or "nothing shaped"))
+    return "- **Postcopy bandwidth**: %s." % text
+
+
+def _wire_line(meta: dict) -> str:
+    return ("- **Bytes on the wire**: the counters of the qdisc on the middle namespace's "
+            "port toward the destination (`tc -s qdisc`, every TCP segment's headers "
+            "counted), sampled every 0.1 s; per run, the mean over the source's postcopy "
+            "phase and the highest rate over any 1 s (or more) between two samples in it. A "
+            "run is *over* if such a stretch carried more than %s x its longest possible "
+            "length (a sample's time is known only to within its read)%s. The counts "
+            "include Ethernet, IP and TCP headers, which QEMU's cap does not count."
+            % ("the link's rate" if meta.get("mode") == "link" else "the cap",
+               " plus the shaper's burst (it lets that through by design)"
+               if meta.get("mode") == "link" else ""))
+
+
+def _limit_text(meta: dict) -> str:
+    lims = []
+    if meta.get("mode") == "link" and meta.get("link_rate_bps"):
+        lims.append("link %.1f" % (meta["link_rate_bps"] / 8e6))
+    if meta.get("postcopy_bandwidth"):
+        lims.append("cap %.1f" % (meta["postcopy_bandwidth"] * (1 << 20) / 1e6))
+    return ", ".join(lims) or "no limit"
+
+
+def _overview(sums: Dict[str, dict], meta: dict) -> List[str]:
+    wired = any(c["wired"] for c in sums.values())
+    head = ("| cell | pairs | blocktime unpatched (median) | blocktime patched (median) | "
+            "ratio [95 % CI] | reading | total time ratio [95 % CI] | "
+            "guest's worst access in any run, unpatched / patched |")
+    rule = "|---|---:|---:|---:|---|---|---|---|"
+    if wired:
+        head += (" wire MB/s (%s): mean, median / highest 1 s of any run; unpatched ; "
+                 "patched | runs over |" % _limit_text(meta))
+        rule += "---|---|"
+    lines = [head, rule]
+    for cell in sorted(sums):
+        c = sums[cell]
+        row = "| %s | %d%s | %s | %s | %s | %s | %s | %s / %s |" % (
+            cell, c["pairs"], " (%d failed)" % c["failed"] if c["failed"] else "",
+            _num(c["base"][HEADLINE], "ms"), _num(c["test"][HEADLINE], "ms"),
+            _ratio(c[HEADLINE]), bs.verdict(c[HEADLINE]), _ratio(c[TOTAL]),
+            _num(_ms(c["base_max"][STALL])), _num(_ms(c["test_max"][STALL]), "ms"))
+        if wired:
+            row += " %s / %s ; %s / %s | %d of %d / %d of %d |" % (
+                _num(c["base"]["wire_mean"]), _num(c["base_max"]["wire_peak"]),
+                _num(c["test"]["wire_mean"]), _num(c["test_max"]["wire_peak"]),
+                c["over"]["base"], c["pairs"], c["over"]["test"], c["pairs"])
+        lines.append(row)
+    return lines
+
+
 def render(recs: List[dict], meta: dict) -> str:
     """The Markdown section (without the markers)."""
     sums = cell_summaries(recs)
     accels = sorted({r.get("accel") or "?" for r in recs})
+    wired = any(c["wired"] for c in sums.values())
     lines = [
-        "## Postcopy end to end: patched%s against unpatched QEMU%s (`make bench-e2e`)"
-        % (" with pre-paging" if meta.get("prepage") else "",
-           ", postcopy bandwidth capped at %d MiB/s" % meta["postcopy_bandwidth"]
-           if meta.get("postcopy_bandwidth") else ""),
+        _title(meta),
         "",
         "Generated %s by `%s`." % (meta["date"], meta["command"]),
         "",
@@ -165,19 +279,17 @@ def render(recs: List[dict], meta: dict) -> str:
         "`migrate-start-postcopy` after %d MiB; after the switch every thread runs the "
         "pattern flat out over its own slice (guest/README.md)."
         % (meta["mem"], meta["smp"], meta["precopy_rate"], meta["switch_after"]),
-        "- **Postcopy bandwidth**: %s." % (
-            "`max-postcopy-bandwidth` %d MiB/s on both builds: the background stream is "
-            "capped as on a shared link. QEMU sends requested pages past the cap, and "
-            "pre-paged pages ride in the same requests, so the patched build with pre-paging "
-            "may use more than the cap while the guest faults" % meta["postcopy_bandwidth"]
-            if meta.get("postcopy_bandwidth") else
-            "not capped: over the local socket the background stream sends the whole guest "
-            "in about a second"),
+        _cap_line(meta),
+    ]
+    if wired:
+        lines.append(_wire_line(meta))
+    lines += [
         "- **Cells**: %d of the 16 (access pattern x page size x postcopy-preempt). "
-        "`make bench-e2e` runs the four patterns on 4 KiB pages with preempt and a %d MiB/s "
-        "cap by default (56 runs: 13 minutes on this 2-core TCG host when little else "
-        "runs); `ARGS=\"--pages 4k,2m --preempt off,on\"` is the whole matrix (224 runs, "
-        "about an hour)." % (len(sums), DEFAULT_POSTCOPY_BANDWIDTH),
+        "`make bench-e2e` runs the four patterns on 4 KiB pages with preempt by default, "
+        "on a %s link with no QEMU cap (`--mode qemu-cap`: on an unshaped link with "
+        "a %d MiB/s `max-postcopy-bandwidth` instead); `ARGS=\"--pages 4k,2m --preempt "
+        "off,on\"` is the whole matrix."
+        % (len(sums), DEFAULT_LINK_RATE, DEFAULT_POSTCOPY_BANDWIDTH),
         "- **Runs**: %d pair(s) per cell, %s; a pair is the two "
         "runs with the same workload seed. Ratio = patched / unpatched of the same pair; "
         "the table gives the median ratio and its 95 %% bootstrap interval (%d resamples of "
@@ -190,17 +302,7 @@ def render(recs: List[dict], meta: dict) -> str:
               "Trust an interval that excludes 1.0 on a quiet machine more than here.", ""]
     if meta.get("caveat"):
         lines += ["**%s**" % meta["caveat"], ""]
-    lines += ["| cell | pairs | blocktime unpatched (median) | blocktime patched (median) | "
-              "ratio [95 % CI] | reading | total time ratio [95 % CI] | "
-              "guest's worst access in any run, unpatched / patched |",
-              "|---|---:|---:|---:|---|---|---|---|"]
-    for cell in sorted(sums):
-        c = sums[cell]
-        lines.append("| %s | %d%s | %s | %s | %s | %s | %s | %s / %s |" % (
-            cell, c["pairs"], " (%d failed)" % c["failed"] if c["failed"] else "",
-            _num(c["base"][HEADLINE], "ms"), _num(c["test"][HEADLINE], "ms"),
-            _ratio(c[HEADLINE]), bs.verdict(c[HEADLINE]), _ratio(c[TOTAL]),
-            _num(_ms(c["base_max"][STALL])), _num(_ms(c["test_max"][STALL]), "ms")))
+    lines += _overview(sums, meta)
     lines += ["", "Every figure, per cell: median of each build, and the ratio's median [95 % "
               "CI]; *inside the noise* where the interval includes 1.0. The last column is "
               "the longest a guest thread waited for one access in any run of the cell: one "
@@ -211,11 +313,28 @@ def render(recs: List[dict], meta: dict) -> str:
                   "| figure | unpatched | patched | ratio [95 % CI] | range | reading |",
                   "|---|---:|---:|---|---|---|"]
         for key, what, unit, _ in METRICS:
+            if key in WIRE and not c["wired"] or key == "queue" and meta.get("mode") != "link":
+                continue
             s = c[key]
             lines.append("| %s | %s | %s | %s | %s | %s |" % (
                 what, _num(c["base"][key], unit), _num(c["test"][key], unit), _ratio(s),
                 "-" if s is None else "%.2f-%.2f" % (s["min"], s["max"]), bs.verdict(s)))
         lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_short(recs: List[dict], meta: dict, detail: str) -> str:
+    """The document's short block: the title, the overview table and a link
+    to the file with everything else (render's text), detail."""
+    sums = cell_summaries(recs)
+    lines = [_title(meta), "",
+             "Generated %s by `%s`: %s, %d pair(s) per cell, %s; median patched/unpatched "
+             "ratio [95 %% bootstrap CI]. Machine, load, and every figure per cell: [%s](%s)."
+             % (meta["date"], meta["command"], meta.get("link") or "?", meta["runs"],
+                run_order(recs), detail, detail), ""]
+    if meta.get("caveat"):
+        lines += ["**%s**" % meta["caveat"], ""]
+    lines += _overview(sums, meta)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -234,9 +353,11 @@ def missing(recs: List[dict]) -> List[str]:
         if not r.get("ok"):
             continue
         # (10.0 has no postcopy-latency; the source's events are a bonus)
+        # (records from before the byte counters have no "wire")
         out += ["%s run %d (%s): %s" % (r["cell"], r["seq"], r["kind"], key)
                 for key, _, _, f in METRICS
-                if f(r) is None and key not in ("latency", "source_postcopy")]
+                if f(r) is None and key not in ("latency", "source_postcopy", "queue")
+                and not (key in WIRE and "wire" not in r)]
     return out
 
 

@@ -55,8 +55,9 @@ class Render(unittest.TestCase):
         md = br.render(recs, dict(META))
         self.assertIn("| seq/4k/preempt-off | 2 | 10.0 ms | 12.5 ms | 1.25x [0.50, 2.00] | "
                       "inside the noise | 1.00x [1.00, 1.00] | 0.30 / 0.30 ms |", md)
-        for _, what, _, _ in br.METRICS:
-            self.assertIn("| %s |" % what, md)
+        for key, what, _, _ in br.METRICS:
+            # records without byte counters (before the link mode) have no such rows
+            (self.assertNotIn if key in br.WIRE else self.assertIn)("| %s |" % what, md)
 
 
     def test_one_long_stall_shows_though_no_median_moves(self):
@@ -91,6 +92,47 @@ class Render(unittest.TestCase):
         self.assertIn("taking turns going first", br.run_order(turns))
 
 
+def wired(seq, kind, blocktime, mean, peak, over=(), **kw):
+    return rec(seq, kind, blocktime, mode="link", wire={"mean_Bps": mean, "peak_Bps": peak},
+               wire_mean_Bps=mean, wire_peak_Bps=peak, wire_over=list(over), **kw)
+
+
+LINK = dict(META, mode="link", link_rate="512mbit", link_rate_bps=512 * 10 ** 6,
+            link="tc tbf at 512mbit", shaper_probe="tbf: yes")
+
+
+class Link(unittest.TestCase):
+    def test_the_mode_is_in_the_title_and_the_bytes_on_the_wire_in_the_table(self):
+        recs = [wired(0, "unpatched", 10, 40e6, 63e6), wired(1, "patched", 5, 50e6, 64e6),
+                wired(2, "unpatched", 10, 42e6, 63.5e6),
+                wired(3, "patched", 5, 52e6, 70e6, over=["link"])]
+        md = br.render(recs, dict(LINK))
+        self.assertIn("## Postcopy end to end on a shaped link (512mbit)", md)
+        self.assertIn("No `max-postcopy-bandwidth` on either build", md)
+        self.assertIn("tbf: yes", md)
+        self.assertIn("wire MB/s (link 64.0)", md)
+        self.assertIn("| 41.0 / 63.5 ; 51.0 / 70.0 | 0 of 2 / 1 of 2 |", md)
+        for _, what, _, _ in br.METRICS:
+            self.assertIn("| %s |" % what, md)
+        cap = br.render(recs, dict(META, mode="qemu-cap", postcopy_bandwidth=64))
+        self.assertIn("(QEMU-cap mode)", cap)
+        self.assertIn("wire MB/s (cap 67.1)", cap)
+
+    def test_missing_wire_figure(self):
+        recs = [wired(0, "unpatched", 10, 40e6, 63e6), wired(1, "patched", 5, 50e6, None)]
+        self.assertEqual(br.missing(recs), ["seq/4k/preempt-off run 1 (patched): wire_peak"])
+        # an older record without "wire" at all is not missing it
+        self.assertEqual(br.missing([rec(0, "unpatched", 1), rec(1, "patched", 1)]), [])
+
+    def test_short_block_links_the_detail(self):
+        recs = [wired(0, "unpatched", 10, 40e6, 63e6), wired(1, "patched", 5, 50e6, 64e6)]
+        md = br.render_short(recs, dict(LINK), "bench/x.md")
+        self.assertIn("[bench/x.md](bench/x.md)", md)
+        self.assertIn("| seq/4k/preempt-off | 1 |", md)
+        self.assertNotIn("### ", md)
+        self.assertLess(len(md.splitlines()), 10)
+
+
 class Doc(unittest.TestCase):
     def test_block_names(self):
         self.assertEqual(br.block_name({"postcopy_bandwidth": 64}), "bench-e2e")
@@ -101,6 +143,13 @@ class Doc(unittest.TestCase):
                          "bench-e2e-prepage-uncapped")
         self.assertEqual(br.block_name({"prepage": 0, "postcopy_bandwidth": 32}),
                          "bench-e2e-capped-32")
+        self.assertEqual(br.block_name({"mode": "qemu-cap", "postcopy_bandwidth": 64}),
+                         "bench-e2e")
+        self.assertEqual(br.block_name({"mode": "link", "link_rate": "512mbit"}),
+                         "bench-e2e-link-512mbit")
+        self.assertEqual(br.block_name({"mode": "link", "link_rate": "1gbit", "prepage": 16,
+                                        "postcopy_bandwidth": 64}),
+                         "bench-e2e-link-1gbit-prepage-capped-64")
 
 
     def test_section_replaced_rest_kept(self):

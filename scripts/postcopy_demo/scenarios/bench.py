@@ -15,7 +15,16 @@ destination (postcopy-blocktime capability: blocktime total and per vCPU,
 and from 10.1 on the fault latency) and on the source (page requests,
 downtime, total time), the postcopy phase from both sides' MIGRATION
 events (capability events).  Every run is one JSON line (results.jsonl); bench_e2e_report.py turns
-them into ratios."""
+them into ratios.
+
+The two QEMUs run in network namespaces joined through a third
+(bottleneck.py).  In the link mode (the default) the cap is the link: a
+shaper on that middle hop, and no max-postcopy-bandwidth unless asked for
+(then the same on both builds).  In the qemu-cap mode nothing is shaped
+and both builds get max-postcopy-bandwidth.  Either way a sampler reads
+the bytes leaving the middle hop toward the destination (wire.py), and
+each run records their mean and peak rate over the source's postcopy
+phase and whether any 1 s went over the link or the cap."""
 
 import dataclasses
 import json
@@ -24,9 +33,10 @@ import re
 import time
 from typing import Dict, List, Optional
 
-from .. import benchstats
+from .. import benchstats, wire
+from ..bottleneck import Bottleneck, burst_bytes
 from ..migration import Hooks
-from ..options import MigrateError, Options
+from ..options import MiB, MigrateError, Options
 from ..qmp import QMPError
 from ..session import Session
 
@@ -35,6 +45,7 @@ PAGES = {"4k": "4K", "2m": "2M"}
 PREEMPT = {"off": False, "on": True}
 KINDS = (benchstats.BASE, benchstats.TEST)   # the two builds
 ACTIVE_TIMEOUT = 60.0                   # s for the destination's postcopy-active
+MODES = ("link", "qemu-cap")            # where the cap is (see the module's doc)
 
 
 @dataclasses.dataclass
@@ -54,6 +65,23 @@ class Config:
     seed: int = 1
     prepage: int = 0      # x-postcopy-prepage-pages of the patched builds (0: off)
     postcopy_bandwidth: int = 0   # MiB/s, max-postcopy-bandwidth of both builds (0: none)
+    mode: str = "link"            # MODES
+    link_rate_bps: int = 512 * 10 ** 6   # the link mode's shaper, bits/s
+    link_queue_ms: float = 100.0  # its buffer, in ms of the rate
+    shaper: str = "tbf"           # tbf or htb (bottleneck.probe)
+
+    def shaped(self) -> bool:
+        return self.mode == "link"
+
+    def limits(self) -> dict:
+        """What the bytes on the wire are judged against: {name: (bytes/s,
+        allowance bytes)}."""
+        out = {}
+        if self.shaped():
+            out["link"] = (self.link_rate_bps / 8.0, float(burst_bytes(self.link_rate_bps)))
+        if self.postcopy_bandwidth:
+            out["cap"] = (float(self.postcopy_bandwidth * MiB), 0.0)
+        return out
 
     def cells(self):
         return [(p, pg, pe) for p in self.patterns for pg in self.pages for pe in self.preempt]
@@ -115,8 +143,9 @@ def armed(dst, mark: Optional[int]) -> bool:
         for rx in (r"^STALLS RESET\b", r"^RATE max\b"))
 
 
-def postcopy_ms(events) -> Optional[float]:
-    """From a side's MIGRATION events: postcopy-active to completed."""
+def postcopy_phase(events):
+    """From a side's MIGRATION events: (postcopy-active, completed) in
+    wall-clock seconds, or None."""
     ts = {}
     for ev in events:
         if ev.get("event") == "MIGRATION":
@@ -124,8 +153,14 @@ def postcopy_ms(events) -> Optional[float]:
             ts.setdefault(ev.get("data", {}).get("status"),
                           t.get("seconds", 0) + t.get("microseconds", 0) / 1e6)
     if "postcopy-active" in ts and "completed" in ts:
-        return round((ts["completed"] - ts["postcopy-active"]) * 1000.0, 1)
+        return ts["postcopy-active"], ts["completed"]
     return None
+
+
+def postcopy_ms(events) -> Optional[float]:
+    """From a side's MIGRATION events: postcopy-active to completed."""
+    ph = postcopy_phase(events)
+    return None if ph is None else round((ph[1] - ph[0]) * 1000.0, 1)
 
 
 def figures(rec: dict, r: dict, stalls: dict):
@@ -158,7 +193,8 @@ def figures(rec: dict, r: dict, stalls: dict):
 def missing_figures(rec: dict, smp: int) -> List[str]:
     """The figures a completed run must have (their values are not judged)."""
     miss = [k for k in ("blocktime_ms", "postcopy_requests", "postcopy_ms", "downtime_ms",
-                        "total_time_ms", "guest_worst_us", "guest_p99_us")
+                        "total_time_ms", "guest_worst_us", "guest_p99_us", "wire_mean_Bps",
+                        "wire_peak_Bps")
             if not isinstance(rec.get(k), (int, float))]
     vb = rec.get("vcpu_blocktime_ms")
     if not (isinstance(vb, list) and len(vb) == smp):
@@ -180,7 +216,9 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "loadavg_before": os.getloadavg()[0], "ok": False, "error": None,
            "prepage": cfg.prepage if kind == "patched" else 0,
-           "postcopy_bandwidth_mib": cfg.postcopy_bandwidth}
+           "postcopy_bandwidth_mib": cfg.postcopy_bandwidth, "mode": cfg.mode,
+           "link_rate_bps": cfg.link_rate_bps if cfg.shaped() else None,
+           "link_queue_ms": cfg.link_queue_ms if cfg.shaped() else None}
     caps = ["events"] + (["postcopy-preempt"] if PREEMPT[preempt] else [])
     opts = Options(mem=cfg.mem, smp=cfg.smp, rate=cfg.precopy_rate,
                    switch_after=cfg.switch_after, hugepages=None if page == "4k" else PAGES[page],
@@ -197,18 +235,44 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
     try:
         with Session(opts) as s:
             rec["logdir"], rec["accel"], rec["accel_note"] = s.logdir, s.accel, s.accel_note
-            src = s.start_source()
-            rec["workload"] = src.workload
-            dst = s.start_destination()
-            hooks = WorkloadHooks(s, pattern, rec)
-            r = s.migrate(src, dst, hooks=hooks)
+            # the Session's network: the VMs and the migration URI follow s.net
+            s.net = Bottleneck(s.out, s.logdir, cfg.link_rate_bps if cfg.shaped() else None,
+                               cfg.link_queue_ms, cfg.shaper)
+            s.net.setup()
+            rec["link"] = s.net.describe()
+            sampler = wire.WireSampler(*s.net.wire, path=os.path.join(s.logdir, "wire.log"))
+            sampler.start()
+            try:
+                src = s.start_source()
+                rec["workload"] = src.workload
+                dst = s.start_destination()
+                hooks = WorkloadHooks(s, pattern, rec)
+                r = s.migrate(src, dst, hooks=hooks)
+                # the destination's postcopy lasts until its last page is placed
+                rec["postcopy_ms"] = postcopy_ms(dst.qmp.events() if dst.qmp else [])
+                src_events = src.qmp.events() if src.qmp else []
+                # the bytes go out while the source is in postcopy
+                phase = postcopy_phase(src_events)
+                # migrate() may return within a sample of the end: one more
+                counted = not phase or sampler.wait_past(phase[1])
+            finally:
+                sampler.stop()
             rec["accel"] = s.accel           # a failed KVM boot falls back to TCG
-            # the destination's postcopy lasts until its last page is placed
-            rec["postcopy_ms"] = postcopy_ms(dst.qmp.events() if dst.qmp else [])
-            rec["source_postcopy_ms"] = postcopy_ms(src.qmp.events() if src.qmp else [])
+            rec["shaper_stats"] = s.net.shaper_stats()
+            rec["source_postcopy_ms"] = postcopy_ms(src_events)
+            rows = sampler.rows()
+            rec["wire"] = wire.wire_stats([r[:3] for r in rows], *phase, cfg.limits()) \
+                if phase else {}
+            if rec["wire"]:
+                rec["wire"].update(wire.backlog_stats(rows, *phase))
+            rec["wire_mean_Bps"] = rec["wire"].get("mean_Bps")
+            rec["wire_peak_Bps"] = rec["wire"].get("peak_Bps")
+            rec["wire_over"] = sorted(k for k, v in rec["wire"].get("over", {}).items() if v)
             rec["status"] = r["status"]
             if r["status"] != "completed" or r.get("error"):
                 rec["error"] = r.get("error") or "migration %s" % r["status"]
+            elif not counted:
+                rec["error"] = "no byte count after the end of postcopy (see %s)" % sampler.path
             elif hooks.error or not hooks.stalls:
                 rec["error"] = hooks.error or "no STALLS from the guest"
             else:
@@ -227,6 +291,10 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
     rec["run_s"] = round(time.monotonic() - t0, 1)
     rec["loadavg_after"] = os.getloadavg()[0]
     return rec
+
+
+def _mb(bps) -> str:
+    return "-" if bps is None else "%.1f" % (bps / 1e6)
 
 
 def run_bench(cfg: Config, out=print) -> List[dict]:
@@ -248,8 +316,11 @@ def run_bench(cfg: Config, out=print) -> List[dict]:
             out("[%d/%d] %s %s: %s" % (
                 seq, len(plan), cell_name(cell), kind,
                 "blocktime %s ms, requests %s, postcopy %s ms, guest worst %s us, "
-                "p99 %s us (%.0f s)" % (
+                "p99 %s us, wire mean/peak %s/%s MB/s%s (%.0f s)" % (
                     rec["blocktime_ms"], rec["postcopy_requests"], rec["postcopy_ms"],
-                    rec["guest_worst_us"], rec["guest_p99_us"], rec["run_s"])
+                    rec["guest_worst_us"], rec["guest_p99_us"], _mb(rec["wire_mean_Bps"]),
+                    _mb(rec["wire_peak_Bps"]),
+                    " OVER " + "+".join(rec["wire_over"]) if rec["wire_over"] else "",
+                    rec["run_s"])
                 if rec["ok"] else "FAILED: %s" % (rec["error"] or "?").splitlines()[0]))
     return recs
