@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="migrate under libvirt instead: two libvirt daemons standing for two "
                          "hosts, virsh migrate --live --postcopy, then virsh migrate-postcopy "
                          "(see README, 'The demo under libvirt')")
+    g = ap.add_argument_group("QEMU as an unprivileged user (unprivileged.py)")
+    g.add_argument("--unprivileged", action="store_true",
+                   help="run both QEMUs as the system user pcrs-qemu (created if missing, group "
+                        "kvm), with vm.unprivileged_userfaultfd=0 and /dev/kvm and "
+                        "/dev/userfaultfd root:kvm 0660; all restored afterwards")
     g = ap.add_argument_group("network cuts during postcopy (scenarios/netcut.py)")
     g.add_argument("--cut-after", type=int, metavar="MiB",
                    help="cut the link between two network namespaces every MiB of postcopy "
@@ -106,7 +111,7 @@ def options_from_args(a: argparse.Namespace) -> Options:
         kernel=a.kernel, initrd=a.initrd, qemu_args=a.qemu_arg,
         cut_after=a.cut_after, cuts=a.cuts, cut_random=a.cut_random, cut_hold=a.cut_hold,
         handshake_cut=a.handshake_cut, handshake_cuts=a.handshake_cuts,
-        recover_oob=a.recover_oob)
+        recover_oob=a.recover_oob, unprivileged=a.unprivileged)
 
 
 def main(argv=None) -> int:
