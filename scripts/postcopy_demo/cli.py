@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--unprivileged", action="store_true",
                    help="run both QEMUs as the system user pcrs-qemu (created if missing, group "
                         "kvm), with vm.unprivileged_userfaultfd=0 and /dev/kvm and "
-                        "/dev/userfaultfd root:kvm 0660; all restored afterwards")
+                        "/dev/userfaultfd root:kvm 0660; all restored afterwards. With "
+                        "--libvirt: libvirt runs QEMU as that user (qemu.conf user/group, "
+                        "dynamic_ownership, its private /dev listing /dev/userfaultfd)")
     g.add_argument("--deny-userfaultfd", action="store_true",
                    help="with --unprivileged: leave /dev/userfaultfd root:root 0600 as Debian "
                         "ships it; passes only if the migration is refused before the switch "
