@@ -27,7 +27,7 @@ from .netns import NetPair
 from .options import ROOT, MigrateError, Options, parse_ram_spec, ram_spec_str, repo_path, side_ram
 from .procs import SignalGuard, register_cleanup, unregister_cleanup
 from .report import Out
-from .unprivileged import Unprivileged
+from .unprivileged import HostPrivileges, Unprivileged
 from .vm import VM
 
 
@@ -93,6 +93,7 @@ class Session:
         self.accel, self.accel_note = self.guest.choose_accel(o.accel)
         # Leftovers of runs that were SIGKILLed (their QEMUs died with them).
         self.hugepages.release_stale()
+        HostPrivileges.restore_stale(self.out.say)
         if shutil.which("ip"):
             NetPair.remove_stale(self.out)
         if o.netem_delay is not None:
