@@ -26,6 +26,11 @@
 #   5. the same demo under libvirt (`make demo ARGS=--libvirt`), at default
 #      settings: two libvirt daemons standing for two hosts, virsh migrate
 #      --live --postcopy, then virsh migrate-postcopy; the guest's VERIFY OK;
+#      then a network cut mid-postcopy, recovered (ARGS="--cut-after 64");
+#      and QEMU as an unprivileged user, with vm.unprivileged_userfaultfd=0
+#      (ARGS=--unprivileged, plain and under libvirt: the guest's VERIFY
+#      OK; and with --deny-userfaultfd: refused before postcopy, the
+#      source running with its memory verified);
 #   6. end-to-end scenarios QEMU lacks (scripts/e2e.py): hugepage-backed
 #      RAM (2 MiB, 1 GiB where granted), two blocks of different page
 #      sizes, mismatched page sizes both ways (then a matching
@@ -118,6 +123,15 @@ make --no-print-directory demo ARGS=--libvirt
 
 step "network cut mid-postcopy, recovered: make demo ARGS=\"--cut-after 64\""
 DEMO_SKIP_BUILD=1 make --no-print-directory demo ARGS="--cut-after 64"
+
+step "QEMU as an unprivileged user: make demo ARGS=--unprivileged"
+DEMO_SKIP_BUILD=1 make --no-print-directory demo ARGS=--unprivileged
+
+step "no access to /dev/userfaultfd: make demo ARGS=\"--unprivileged --deny-userfaultfd\""
+DEMO_SKIP_BUILD=1 make --no-print-directory demo ARGS="--unprivileged --deny-userfaultfd"
+
+step "libvirt running QEMU unprivileged: make demo ARGS=\"--libvirt --unprivileged\""
+DEMO_SKIP_BUILD=1 make --no-print-directory demo ARGS="--libvirt --unprivileged"
 
 step "end-to-end: hugepages, mismatched page sizes, a stray page, urgent requests, preempt hits"
 python3 scripts/e2e.py test
