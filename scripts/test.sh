@@ -28,6 +28,11 @@
 #   5. the same demo under libvirt (`make demo ARGS=--libvirt`), at default
 #      settings: two libvirt daemons standing for two hosts, virsh migrate
 #      --live --postcopy, then virsh migrate-postcopy; the guest's VERIFY OK;
+#      then a network cut mid-postcopy, recovered (ARGS="--cut-after 64");
+#      and QEMU as an unprivileged user, with vm.unprivileged_userfaultfd=0
+#      (ARGS=--unprivileged, plain and under libvirt: the guest's VERIFY
+#      OK; and with --deny-userfaultfd: refused before postcopy, the
+#      source running with its memory verified);
 #   6. end-to-end scenarios QEMU lacks (scripts/e2e.py): hugepage-backed
 #      RAM (2 MiB, 1 GiB where granted), two blocks of different page
 #      sizes, mismatched page sizes both ways (then a matching
@@ -125,6 +130,15 @@ step "a migration chain of 4 hops, one cancelled and one cut: make demo ARGS=\"-
 # `make chain` runs 10 hops; these 4 take about a minute.
 DEMO_SKIP_BUILD=1 with_vm_lock make --no-print-directory demo \
     ARGS="--chain-plan plain,plain,cancel,cut"
+
+step "QEMU as an unprivileged user: make demo ARGS=--unprivileged"
+DEMO_SKIP_BUILD=1 make --no-print-directory demo ARGS=--unprivileged
+
+step "no access to /dev/userfaultfd: make demo ARGS=\"--unprivileged --deny-userfaultfd\""
+DEMO_SKIP_BUILD=1 make --no-print-directory demo ARGS="--unprivileged --deny-userfaultfd"
+
+step "libvirt running QEMU unprivileged: make demo ARGS=\"--libvirt --unprivileged\""
+DEMO_SKIP_BUILD=1 make --no-print-directory demo ARGS="--libvirt --unprivileged"
 
 step "end-to-end: hugepages, mismatched page sizes, a stray page, urgent requests, preempt hits"
 python3 scripts/e2e.py test

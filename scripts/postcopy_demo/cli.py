@@ -44,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="migrate under libvirt instead: two libvirt daemons standing for two "
                          "hosts, virsh migrate --live --postcopy, then virsh migrate-postcopy "
                          "(see README, 'The demo under libvirt')")
+    g = ap.add_argument_group("QEMU as an unprivileged user (unprivileged.py)")
+    g.add_argument("--unprivileged", action="store_true",
+                   help="run both QEMUs as the system user pcrs-qemu (created if missing, group "
+                        "kvm), with vm.unprivileged_userfaultfd=0 and /dev/kvm and "
+                        "/dev/userfaultfd root:kvm 0660; all restored afterwards. With "
+                        "--libvirt: libvirt runs QEMU as that user (qemu.conf user/group, "
+                        "dynamic_ownership, its private /dev listing /dev/userfaultfd)")
+    g.add_argument("--deny-userfaultfd", action="store_true",
+                   help="with --unprivileged: leave /dev/userfaultfd root:root 0600 as Debian "
+                        "ships it; passes only if the migration is refused before the switch "
+                        "to postcopy, with the source running and its memory intact")
     g = ap.add_argument_group("network cuts during postcopy (scenarios/netcut.py)")
     g.add_argument("--cut-after", type=int, metavar="MiB",
                    help="cut the link between two network namespaces every MiB of postcopy "
@@ -116,7 +127,8 @@ def options_from_args(a: argparse.Namespace) -> Options:
         kernel=a.kernel, initrd=a.initrd, qemu_args=a.qemu_arg,
         cut_after=a.cut_after, cuts=a.cuts, cut_random=a.cut_random, cut_hold=a.cut_hold,
         handshake_cut=a.handshake_cut, handshake_cuts=a.handshake_cuts,
-        recover_oob=a.recover_oob)
+        recover_oob=a.recover_oob, unprivileged=a.unprivileged,
+        uffd_access=not a.deny_userfaultfd)
 
 
 def main(argv=None) -> int:
@@ -149,10 +161,18 @@ def main(argv=None) -> int:
         opts.cut_after = 0
     if netcut and (a.cuts < 1 or (a.cut_random is None and a.cut_after < 1)):
         ap.error("--cut-after MiB >= 1 and --cuts N >= 1")
+    if a.deny_userfaultfd and not a.unprivileged:
+        ap.error("--deny-userfaultfd goes with --unprivileged")
+    if a.deny_userfaultfd and (a.libvirt or netcut or plan):
+        ap.error("--deny-userfaultfd is a run of its own: not with --libvirt, network cuts "
+                 "or a chain")
     if plan:
         def run(o):
             return chain.run_chain(o, plan)
         title = "postcopy migration chain summary (%d hops)" % len(plan)
+    elif a.deny_userfaultfd:
+        from .scenarios import unprivileged
+        run, title = unprivileged.run_denied, "postcopy refused: QEMU may not use userfaultfd"
     elif a.libvirt:
         from .scenarios import libvirt_demo
         run, title = libvirt_demo.run_migration, "postcopy migration under libvirt"

@@ -19,7 +19,12 @@ qemu.conf: QEMU runs as root (user/group "root"), security_driver "none",
 no dynamic ownership, no cgroups, no private /dev namespace: libvirt's
 defaults (QEMU as libvirt-qemu under AppArmor, with file ownership and
 cgroup rules set per domain) assume a system installation, here the
-patched QEMU runs from the build tree and the daemons are throwaway.  QEMU's
+patched QEMU runs from the build tree and the daemons are throwaway.  With
+--unprivileged, qemu.conf is closer to libvirt's defaults: user and group
+pcrs-qemu and kvm, dynamic_ownership = 1 (libvirt chowns what QEMU opens
+to that user for the domain's life, and back after), and QEMU in its own
+mount namespace with a private /dev, which must list /dev/userfaultfd
+(UNPRIVILEGED_DEVICE_ACL says why).  QEMU's
 stderr (the library's postcopy_rs_* trace) goes to the domain log file
 (stdio_handler "file", no virtlogd).
 
@@ -46,19 +51,30 @@ OVERLAID = {"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvi
 
 QEMU_CONF = """\
 # postcopy-rs demo: a throwaway daemon running the patched QEMU from the
-# build tree as root (see scripts/postcopy_demo/libvirt.py for why).
-user = "root"
-group = "root"
+# build tree as {user} (see scripts/postcopy_demo/libvirt.py for why).
+user = "{user}"
+group = "{group}"
 security_driver = "none"
-dynamic_ownership = 0
+dynamic_ownership = {dynamic_ownership}
 remember_owner = 0
 cgroup_controllers = [ ]
-namespaces = [ ]
-seccomp_sandbox = 0
+namespaces = [{namespaces}]
+{device_acl}seccomp_sandbox = 0
 stdio_handler = "file"
 lock_manager = "nop"
 migration_port_min = {port_min}
 migration_port_max = {port_max}
+"""
+
+# With --unprivileged QEMU gets libvirt's private /dev (namespaces
+# "mount", its default), populated from this list.  libvirt 9.0's built-in
+# list lacks /dev/userfaultfd (newer libvirt has it): without the last
+# entry QEMU cannot open the device and falls back to the syscall, which
+# vm.unprivileged_userfaultfd=0 refuses, and the destination refuses
+# postcopy at migrate-set-capabilities.
+UNPRIVILEGED_DEVICE_ACL = """\
+cgroup_device_acl = [ "/dev/null", "/dev/full", "/dev/zero", "/dev/random", "/dev/urandom",
+                      "/dev/ptmx", "/dev/kvm", "/dev/userfaultfd" ]
 """
 
 LIBVIRTD_CONF = """\
@@ -75,8 +91,10 @@ log_outputs = "3:file:{log}"
 class Daemon:
     """One libvirtd: a "host" named pcrs-<name>."""
 
-    def __init__(self, base: str, name: str, port_min: int):
+    def __init__(self, base: str, name: str, port_min: int, qemu_user: Optional[str] = None,
+                 qemu_group: Optional[str] = None):
         self.name = name
+        self.qemu_user, self.qemu_group = qemu_user, qemu_group
         self.hostname = "pcrs-" + name
         self.dir = os.path.join(base, name)
         self.dirs = {k: os.path.join(self.dir, k) for k in OVERLAID}
@@ -97,7 +115,12 @@ class Daemon:
     def write_config(self, hugetlbfs: Dict[str, str]):
         for d in list(self.dirs.values()) + [self.sock_dir]:
             os.makedirs(d, exist_ok=True)
-        conf = QEMU_CONF.format(port_min=self.port_min, port_max=self.port_min + 9)
+        conf = QEMU_CONF.format(port_min=self.port_min, port_max=self.port_min + 9,
+                                user=self.qemu_user or "root",
+                                group=self.qemu_group or "root",
+                                dynamic_ownership=1 if self.qemu_user else 0,
+                                namespaces=' "mount" ' if self.qemu_user else " ",
+                                device_acl=UNPRIVILEGED_DEVICE_ACL if self.qemu_user else "")
         if hugetlbfs:
             conf += "hugetlbfs_mount = [ %s ]\n" % ", ".join(
                 '"%s"' % p for p in hugetlbfs.values())
@@ -184,10 +207,11 @@ def kill_pids(pids: List[int]):
 class HostPair:
     """The two daemons of one run (source and destination) and their files."""
 
-    def __init__(self, hugetlbfs_sizes: List[str]):
+    def __init__(self, hugetlbfs_sizes: List[str], qemu_user: Optional[str] = None,
+                 qemu_group: Optional[str] = None):
         self.base = BASE_PREFIX + str(os.getpid())
-        self.src = Daemon(self.base, "src", 49152)
-        self.dst = Daemon(self.base, "dst", 49162)
+        self.src = Daemon(self.base, "src", 49152, qemu_user, qemu_group)
+        self.dst = Daemon(self.base, "dst", 49162, qemu_user, qemu_group)
         self.hugetlbfs = {ps: os.path.join(self.base, "hugepages-" + ps)
                           for ps in hugetlbfs_sizes}
         self.created_mountpoints: List[str] = []

@@ -67,6 +67,8 @@ class Options:
     src_capabilities: List[str] = dataclasses.field(default_factory=list)  # one side only
     dst_capabilities: List[str] = dataclasses.field(default_factory=list)
     quiet: bool = False              # no output at all (API use)
+    unprivileged: bool = False       # QEMUs run as an unprivileged user (unprivileged.py)
+    uffd_access: bool = True         # with unprivileged: may that user open /dev/userfaultfd
 
 
 @dataclasses.dataclass

@@ -226,5 +226,5 @@ def print_summary(r: dict, out=sys.stdout, title="postcopy migration summary"):
             if r.get(k):
                 print(r[k], file=out)
     print("", file=out)
-    print("VERIFY OK: postcopy migration preserved every guest page" if r.get("verify_ok")
-          else "FAILED", file=out)
+    print(r.get("verdict", "VERIFY OK: postcopy migration preserved every guest page")
+          if r.get("verify_ok") else "FAILED", file=out)

@@ -27,6 +27,7 @@ from .netns import NetPair
 from .options import ROOT, MigrateError, Options, parse_ram_spec, ram_spec_str, repo_path, side_ram
 from .procs import SignalGuard, register_cleanup, unregister_cleanup
 from .report import Out
+from .unprivileged import HostPrivileges, Unprivileged
 from .vm import VM
 
 
@@ -45,6 +46,7 @@ class Session:
         self._closed = False
         self.sockdir = None
         self.logdir = None
+        self.unpriv: Optional[Unprivileged] = None   # --unprivileged
 
     def __enter__(self):
         self._guard.__enter__()
@@ -83,9 +85,15 @@ class Session:
         # unix socket paths must be short: keep them out of the log dir
         self.sockdir = tempfile.mkdtemp(prefix="pcrs-mig-")
         self.guest = make_guest(o, self.logdir)
+        if o.unprivileged:
+            self.unpriv = Unprivileged(o.uffd_access, self.out.say)
+            self.unpriv.setup()
+            self.unpriv.give_dir(self.sockdir)
+            self.unpriv.check_files(self)
         self.accel, self.accel_note = self.guest.choose_accel(o.accel)
         # Leftovers of runs that were SIGKILLed (their QEMUs died with them).
         self.hugepages.release_stale()
+        HostPrivileges.restore_stale(self.out.say)
         if shutil.which("ip"):
             NetPair.remove_stale(self.out)
         if o.netem_delay is not None:
@@ -115,6 +123,8 @@ class Session:
             self.net.cleanup()
             unregister_cleanup(self.net.cleanup)
         self.hugepages.release()
+        if self.unpriv:
+            self.unpriv.restore()
         if self.sockdir:
             shutil.rmtree(self.sockdir, ignore_errors=True)
 

@@ -146,6 +146,7 @@ class VM:
         self.console_path = os.path.join(ld, name + ".console.log")
         self.port = None              # TCP port (netns) or None (unix socket)
         self.listen_uri = None
+        self.identity = None          # with --unprivileged: whom it runs as
 
     def argv(self) -> List[str]:
         o = self.session.opts
@@ -181,6 +182,9 @@ class VM:
             if b.pagesize != "4K":
                 s.hugepages.ensure(b.pagesize, b.pages, s.hugepages_run_total(b.pagesize))
         argv = self.argv()
+        unpriv = getattr(s, "unpriv", None)
+        if unpriv:
+            argv = unpriv.wrap(argv)
         if s.net:
             argv = s.net.wrap("src" if self.role == "source" else "dst", argv)
         with open(os.path.join(s.logdir, self.name + ".cmdline"), "w") as f:
@@ -192,6 +196,8 @@ class VM:
             self.console = Console(self.con_path, self.proc, self.name, self.console_path)
         except MigrateError as e:
             raise MigrateError("%s\n%s" % (e, self.stderr_excerpt()))
+        if unpriv:
+            self.identity = unpriv.check_process(self.proc.pid, self.name)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -33,6 +33,8 @@ def run_migration(opts: Options) -> dict:
                     return result
             dst = s.start_destination()
             result.update(s.migrate(src, dst))
+            if s.unpriv:
+                result["extra_summary"] = s.unpriv.summary(src, dst)
             if result["status"] == "completed":
                 v = s.verify(dst)
                 result.update(verify=v["line"], verify_ok=v["ok"],

@@ -34,6 +34,7 @@ from ..procs import kill_proc, spawn
 from ..qmp import QMPError
 from ..report import fmt_bytes
 from ..session import Session
+from ..unprivileged import KVM_GROUP
 from ..vm import TRACE_PATTERN, parse_latency, parse_trace, stderr_lines
 
 DOMAIN = "pcrs-demo"
@@ -76,13 +77,16 @@ def domain_xml(s: Session, blocks) -> str:
   <qemu:commandline>
     <qemu:arg value='-trace'/>
     <qemu:arg value='{trace}'/>
-  </qemu:commandline>
+{extra_trace}  </qemu:commandline>
 </domain>
 """.format(type="kvm" if kvm else "qemu", name=DOMAIN, uuid=uuid.uuid4(), mib=b.mib,
            backing=backing, smp=s.opts.smp, kernel=escape(s.guest.kernel),
            initrd=escape(s.guest.initrd), cmdline=escape(s.guest.cmdline()),
            cpu="  <cpu mode='host-passthrough'/>\n" if kvm else "",
-           emulator=escape(s.src_binary), console=CONSOLE, trace=TRACE_PATTERN)
+           emulator=escape(s.src_binary), console=CONSOLE, trace=TRACE_PATTERN,
+           # QEMU's word for how it got its userfaultfd (unprivileged.py).
+           extra_trace="    <qemu:arg value='-trace'/>\n"
+           "    <qemu:arg value='uffd_detect_open_mode'/>\n" if s.unpriv else "")
 
 
 class Domain:
@@ -94,6 +98,7 @@ class Domain:
         self.accel = accel
         self.console = None
         self.pages = None
+        self.identity = None          # with --unprivileged: whom QEMU runs as
         self.stderr_path = daemon.real_path(QEMU_LOG)
         self.console_log = os.path.join(logdir, "%s.console.log" % daemon.name)
 
@@ -275,7 +280,7 @@ def run_migration(opts: Options) -> dict:
                        % version)
             HostPair.remove_stale(s.out.say)
             huge = sorted({b.pagesize for b in s.src_ram if b.pagesize != "4K"})
-            hosts = HostPair(huge)
+            hosts = HostPair(huge, *((s.unpriv.user, KVM_GROUP) if s.unpriv else ()))
             try:
                 res.update(_run(s, hosts, res))
             finally:
@@ -315,6 +320,8 @@ def _run(s: Session, hosts: HostPair, res: dict) -> dict:
     src = Domain(hosts.src, s.accel, s.logdir)
     dst = Domain(hosts.dst, s.accel, s.logdir)
     src.connect_console(10)
+    if s.unpriv:
+        src.identity = s.unpriv.check_process(src.pid(), src.name)
     hosts.src.virsh("resume", DOMAIN)
     t0 = time.monotonic()
     res["workload"] = s.guest.wait_ready(src, s.opts.boot_timeout or s.guest.boot_timeout(s.accel))
@@ -335,6 +342,10 @@ def _run(s: Session, hosts: HostPair, res: dict) -> dict:
     s.out.say("migrating %s -> %s; virsh migrate-postcopy after %d MiB"
               % (hosts.src.hostname, hosts.dst.hostname, s.opts.switch_after))
     migrate(s, hosts, src, dst, res)
+    if s.unpriv:
+        if dst.alive():
+            dst.identity = s.unpriv.check_process(dst.pid(), dst.name)
+        res["extra_summary"] = s.unpriv.summary(src, dst)
     if res["status"] != "completed":
         res["source_stderr"] = src.stderr_excerpt()
         res["destination_stderr"] = dst.stderr_excerpt()
