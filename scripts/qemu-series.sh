@@ -19,6 +19,7 @@
 #       the series applies with `git am` to a fresh upstream tree, its
 #       first part (up to "#:end-of-stock-fixes" in `series`) is fixes to
 #       stock QEMU, each with a Fixes: tag and none naming postcopy-rs,
+#       no patch adds a return-path message or a migration capability,
 #       every patch passes QEMU's scripts/checkpatch.pl, and the whole series
 #       applies with `patch -p1` to Debian's source (dry run).
 #   scripts/qemu-series.sh build-each VERSION SRC BUILDDIR
@@ -214,6 +215,16 @@ PY
             echo "FAIL  $VERSION: stock fixes without a Fixes: tag:"
             grep -L '^Fixes: [0-9a-f]\{10,\} ("' "${fixes[@]}"
             fail=1
+        fi
+
+        step "nothing new on the wire"
+        # No private return-path message and no new migration capability:
+        # both need upstream's agreement first.
+        if grep -HnE '^\+[[:space:]]*MIG_RP_MSG_[A-Z0-9_]+[[:space:]]*(=[^,]*)?,|^\+.*DEFINE_PROP_MIG_CAP\(' "${patches[@]}"; then
+            echo "FAIL  $VERSION: a patch adds a return-path message or a migration capability"
+            fail=1
+        else
+            echo "PASS  $VERSION: no patch adds a return-path message or a migration capability"
         fi
 
         step "checkpatch.pl"
