@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 # Front door.  `make test` is the test command CI runs (.ci/run calls it).
-.PHONY: all build install header test bench bench-e2e clean demo chain
+.PHONY: all build install header test test-sanitizers bench bench-e2e clean demo chain
 
 # Where `make install` puts the library, header and pkg-config file; QEMU's
 # build finds it with PKG_CONFIG_PATH=$(PREFIX)/lib/pkgconfig.
@@ -41,6 +41,13 @@ header:
 
 test:
 	scripts/test.sh
+
+# The patched QEMU 10.2.2 built with ASan and UBSan (and the library with
+# ASan), through every postcopy qtest, the hugepage e2e scenarios and a
+# network cut; any sanitizer report fails it (scripts/test-sanitizers.sh).
+# Not part of `make test`: too long for its budget.
+test-sanitizers:
+	scripts/test-sanitizers.sh
 
 # The main command: build the library and a patched QEMU, boot a Linux guest,
 # live-migrate it with postcopy and show what happened (scripts/demo.sh).

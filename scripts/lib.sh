@@ -20,6 +20,9 @@
 #                      library archive changed since its last link
 #   reserve_hugepages_probe SIZE_KB N
 #                      can N more hugepages of SIZE_KB be reserved now?
+#   sync_tree NEW OLD  make OLD's content NEW's, rewriting only what differs
+#   series_tree VERSION SERIES TREE BUILDDIR [--fixes-only]
+#                      TREE: Debian's source of VERSION with SERIES applied
 #   with_vm_lock CMD...
 #                      run CMD holding the machine lock $PCRS_VM_LOCK
 #                      (default /tmp/pcrs-vm.lock), as everything that
@@ -186,4 +189,71 @@ with_vm_lock() {
     "$@" 9>&-
     flock -u 9
     exec 9>&-
+}
+
+# sync_tree NEW OLD: make OLD's content NEW's, rewriting only the files
+# whose content differs (their mtime changes, the others' does not).
+sync_tree() {
+    python3 - "$1" "$2" <<'PY'
+import filecmp, os, shutil, sys
+new, old = sys.argv[1], sys.argv[2]
+changed = removed = 0
+for root, dirs, files in os.walk(new):
+    rel = os.path.relpath(root, new)
+    oroot = os.path.join(old, rel)
+    os.makedirs(oroot, exist_ok=True)
+    for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+        n, o = os.path.join(root, name), os.path.join(oroot, name)
+        if os.path.islink(n):
+            if not (os.path.islink(o) and os.readlink(o) == os.readlink(n)):
+                if os.path.lexists(o):
+                    shutil.rmtree(o) if os.path.isdir(o) and not os.path.islink(o) else os.remove(o)
+                os.symlink(os.readlink(n), o)
+                changed += 1
+            continue
+        if os.path.isfile(o) and not os.path.islink(o) and filecmp.cmp(n, o, shallow=False):
+            if os.stat(n).st_mode != os.stat(o).st_mode:
+                os.chmod(o, os.stat(n).st_mode)
+            continue
+        if os.path.lexists(o):
+            shutil.rmtree(o) if os.path.isdir(o) and not os.path.islink(o) else os.remove(o)
+        shutil.copyfile(n, o)
+        os.chmod(o, os.stat(n).st_mode)
+        changed += 1
+for root, dirs, files in os.walk(old, topdown=False):
+    rel = os.path.relpath(root, old)
+    for name in files + dirs:
+        o = os.path.join(root, name)
+        if not os.path.lexists(os.path.join(new, rel, name)):
+            shutil.rmtree(o) if os.path.isdir(o) and not os.path.islink(o) else os.remove(o)
+            removed += 1
+print(f"{changed} files rewritten, {removed} removed in {old}")
+PY
+}
+
+# series_tree VERSION SERIES TREE BUILDDIR [--fixes-only]: TREE holds
+# Debian's source of VERSION with SERIES (or its stock fixes) applied, for
+# BUILDDIR (scripts/qemu-test.sh's build/qemu-V/src-patched and
+# src-fixes; scripts/test-sanitizers.sh shares the first).  When the series
+# changed, a fresh tree is made and only the files that differ are written
+# into the old one: ninja rebuilds what changed, not everything.
+series_tree() {
+    local v=$1 series=$2 tree=$3 builddir=$4 stamp
+    shift 4
+    stamp=$(cat "$series/series" "$series"/*.patch | sha256sum | cut -d' ' -f1)
+    stamp="$stamp $*"
+    if [ "$(cat "$tree/VERSION" 2>/dev/null)" = "$v" ] &&
+        [ "$(cat "$tree/.postcopy-rs-series" 2>/dev/null)" = "$stamp" ]; then
+        return 0
+    fi
+    env QEMU_VERSION="$v" "$PCRS_ROOT/scripts/qemu-fetch.sh" "$tree.next"
+    "$PCRS_ROOT/scripts/qemu-build.sh" "$tree.next" "$builddir" --patches "$series" "$@" --apply-only
+    echo "$stamp" >"$tree.next/.postcopy-rs-series"
+    if [ "$(cat "$tree/VERSION" 2>/dev/null)" = "$v" ]; then
+        sync_tree "$tree.next" "$tree"
+        rm -rf "$tree.next"
+    else
+        rm -rf "$tree"
+        mv "$tree.next" "$tree"
+    fi
 }

@@ -135,72 +135,6 @@ for pair in qemu-src:src qemu-src-patched:src-patched qemu-unpatched:unpatched \
     ln -s "$target" "$B/$name"
 done
 
-# sync_tree NEW OLD: make OLD's content NEW's, rewriting only the files
-# whose content differs (their mtime changes, the others' does not).
-sync_tree() {
-    python3 - "$1" "$2" <<'PY'
-import filecmp, os, shutil, sys
-new, old = sys.argv[1], sys.argv[2]
-changed = removed = 0
-for root, dirs, files in os.walk(new):
-    rel = os.path.relpath(root, new)
-    oroot = os.path.join(old, rel)
-    os.makedirs(oroot, exist_ok=True)
-    for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-        n, o = os.path.join(root, name), os.path.join(oroot, name)
-        if os.path.islink(n):
-            if not (os.path.islink(o) and os.readlink(o) == os.readlink(n)):
-                if os.path.lexists(o):
-                    shutil.rmtree(o) if os.path.isdir(o) and not os.path.islink(o) else os.remove(o)
-                os.symlink(os.readlink(n), o)
-                changed += 1
-            continue
-        if os.path.isfile(o) and not os.path.islink(o) and filecmp.cmp(n, o, shallow=False):
-            if os.stat(n).st_mode != os.stat(o).st_mode:
-                os.chmod(o, os.stat(n).st_mode)
-            continue
-        if os.path.lexists(o):
-            shutil.rmtree(o) if os.path.isdir(o) and not os.path.islink(o) else os.remove(o)
-        shutil.copyfile(n, o)
-        os.chmod(o, os.stat(n).st_mode)
-        changed += 1
-for root, dirs, files in os.walk(old, topdown=False):
-    rel = os.path.relpath(root, old)
-    for name in files + dirs:
-        o = os.path.join(root, name)
-        if not os.path.lexists(os.path.join(new, rel, name)):
-            shutil.rmtree(o) if os.path.isdir(o) and not os.path.islink(o) else os.remove(o)
-            removed += 1
-print(f"{changed} files rewritten, {removed} removed in {old}")
-PY
-}
-
-# series_tree VERSION SERIES TREE BUILDDIR [--fixes-only]: TREE holds
-# Debian's source of VERSION with SERIES (or its stock fixes) applied, for
-# BUILDDIR.  When the series
-# changed, a fresh tree is made and only the files that differ are written
-# into the old one: ninja rebuilds what changed, not everything.
-series_tree() {
-    local v=$1 series=$2 tree=$3 builddir=$4 stamp
-    shift 4
-    stamp=$(cat "$series/series" "$series"/*.patch | sha256sum | cut -d' ' -f1)
-    stamp="$stamp $*"
-    if [ "$(cat "$tree/VERSION" 2>/dev/null)" = "$v" ] &&
-        [ "$(cat "$tree/.postcopy-rs-series" 2>/dev/null)" = "$stamp" ]; then
-        return 0
-    fi
-    timed fetch env QEMU_VERSION="$v" scripts/qemu-fetch.sh "$tree.next"
-    scripts/qemu-build.sh "$tree.next" "$builddir" --patches "$series" "$@" --apply-only
-    echo "$stamp" >"$tree.next/.postcopy-rs-series"
-    if [ "$(cat "$tree/VERSION" 2>/dev/null)" = "$v" ]; then
-        sync_tree "$tree.next" "$tree"
-        rm -rf "$tree.next"
-    else
-        rm -rf "$tree"
-        mv "$tree.next" "$tree"
-    fi
-}
-
 fetch_and_build() {
     local v=$1 d src series
     d=$(vdir "$v")
@@ -212,9 +146,9 @@ fetch_and_build() {
         timed fetch env QEMU_VERSION="$v" scripts/qemu-fetch.sh "$src"
     fi
     step "QEMU $v: fetch (tree for the series $series)"
-    series_tree "$v" "$series" "$d/src-patched" "$d/patched"
+    timed fetch series_tree "$v" "$series" "$d/src-patched" "$d/patched"
     step "QEMU $v: fetch (tree for the stock fixes of $series alone)"
-    series_tree "$v" "$series" "$d/src-fixes" "$d/fixes" --fixes-only
+    timed fetch series_tree "$v" "$series" "$d/src-fixes" "$d/fixes" --fixes-only
 
     step "QEMU $v: build unpatched"
     timed build nice -n 10 scripts/qemu-build.sh "$src" "$d/unpatched"

@@ -19,6 +19,7 @@ A guest gives QEMU arguments, waits until it runs, and verifies itself; the
 VM (vm.py) is the one place that starts QEMU."""
 
 import fcntl
+import glob
 import os
 import re
 import time
@@ -155,13 +156,17 @@ class BootBlockGuest:
             if not os.path.exists(header):
                 raise MigrateError("boot block header %s is missing" % header)
         else:
-            # Either fetched tree has it (the patch series does not touch it).
+            # Any fetched tree has it (the patch series do not touch it):
+            # the demo's, or one of scripts/qemu-test.sh's per version
+            # (scripts/test-sanitizers.sh fetches 10.2.2's alone).
             trees = [os.path.join(ROOT, "build", t) for t in ("qemu-src", "qemu-src-patched")]
+            trees += sorted(glob.glob(os.path.join(ROOT, "build", "qemu-*", "src*")))
             found = [os.path.join(t, self.HEADER) for t in trees
                      if os.path.exists(os.path.join(t, self.HEADER))]
             if not found:
-                raise MigrateError("%s missing from build/qemu-src{,-patched}: run "
-                                   "scripts/qemu-fetch.sh first" % self.HEADER)
+                raise MigrateError("%s missing from build/qemu-src{,-patched} and "
+                                   "build/qemu-*/src*: run scripts/qemu-fetch.sh first"
+                                   % self.HEADER)
             header = found[0]
         with open(header) as f:
             text = f.read()
