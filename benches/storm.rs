@@ -386,41 +386,10 @@ fn run_raw(uffd: RawFd, threads: usize, pages: usize, src: u64, seed: u64) -> Ru
         let source =
             s.spawn(move || source_loop(ss, |off, len| raw_copy(uffd, base + off, src, len)));
         let fault = s.spawn(move || {
-            let t0 = thread_cpu_ns();
-            let mut msgs = [UffdMsg::default(); BATCH];
-            let sz = std::mem::size_of::<UffdMsg>();
-            loop {
-                let mut pfd = [
-                    libc::pollfd {
-                        fd: uffd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                    libc::pollfd {
-                        fd: ev,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                ];
-                // SAFETY: two live pollfds.
-                if unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) } < 0 {
-                    continue;
-                }
-                if pfd[1].revents != 0 {
-                    return thread_cpu_ns() - t0;
-                }
-                // SAFETY: reading whole messages into a live array.
-                let n = unsafe { libc::read(uffd, msgs.as_mut_ptr().cast(), BATCH * sz) };
-                if n <= 0 {
-                    continue;
-                }
-                for m in &msgs[..n as usize / sz] {
-                    if m.event == UFFD_EVENT_PAGEFAULT {
-                        let off = (m.address & !(PS - 1)) - base;
-                        assert!(send_req(fs, off, PS), "request socket broken");
-                    }
-                }
-            }
+            raw_fault_loop(uffd, ev, |addr| {
+                let off = (addr & !(PS - 1)) - base;
+                assert!(send_req(fs, off, PS), "request socket broken");
+            })
         });
         let wall = touch(&region, threads, seed);
         let one = 1u64;
@@ -707,6 +676,47 @@ fn drained(rd: RawFd) {
     }
 }
 
+/// The plain libc fault loop both raw variants run: poll `fd` (a
+/// userfaultfd, or a pipe of fault messages) and the `stop` eventfd, read
+/// up to BATCH messages at a time, hand each page fault's address to
+/// `on_fault`.  Returns this thread's CPU time in ns once `stop` fires.
+fn raw_fault_loop(fd: RawFd, stop: RawFd, mut on_fault: impl FnMut(u64)) -> u64 {
+    let t0 = thread_cpu_ns();
+    let mut msgs = [UffdMsg::default(); BATCH];
+    let sz = std::mem::size_of::<UffdMsg>();
+    loop {
+        let mut pfd = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two live pollfds.
+        if unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) } < 0 {
+            continue;
+        }
+        if pfd[1].revents != 0 {
+            return thread_cpu_ns() - t0;
+        }
+        // SAFETY: reading whole messages into a live array.
+        let n = unsafe { libc::read(fd, msgs.as_mut_ptr().cast(), BATCH * sz) };
+        if n <= 0 {
+            continue;
+        }
+        for m in &msgs[..n as usize / sz] {
+            if m.event == UFFD_EVENT_PAGEFAULT {
+                on_fault(m.address);
+            }
+        }
+    }
+}
+
 /// The fault thread's CPU per fault, ns, for variant `v` (0 raw, 1 lib,
 /// 2 lib+pp) over `pages` faults.
 fn thread_cpu_per_fault(uffd: RawFd, v: usize, pages: usize, src: u64, seed: u64) -> f64 {
@@ -717,40 +727,7 @@ fn thread_cpu_per_fault(uffd: RawFd, v: usize, pages: usize, src: u64, seed: u64
         let (pipe, ev) = (rd.as_raw_fd(), stop.as_raw_fd());
         std::thread::scope(|s| {
             let t = s.spawn(move || {
-                let t0 = thread_cpu_ns();
-                let mut msgs = [UffdMsg::default(); BATCH];
-                let sz = std::mem::size_of::<UffdMsg>();
-                loop {
-                    let mut pfd = [
-                        libc::pollfd {
-                            fd: pipe,
-                            events: libc::POLLIN,
-                            revents: 0,
-                        },
-                        libc::pollfd {
-                            fd: ev,
-                            events: libc::POLLIN,
-                            revents: 0,
-                        },
-                    ];
-                    // SAFETY: two live pollfds.
-                    if unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) } < 0 {
-                        continue;
-                    }
-                    if pfd[1].revents != 0 {
-                        return thread_cpu_ns() - t0;
-                    }
-                    // SAFETY: reading whole messages into a live array.
-                    let n = unsafe { libc::read(pipe, msgs.as_mut_ptr().cast(), BATCH * sz) };
-                    if n <= 0 {
-                        continue;
-                    }
-                    for m in &msgs[..n as usize / sz] {
-                        if m.event == UFFD_EVENT_PAGEFAULT {
-                            raw_copy(uffd, m.address & !(PS - 1), src, PS);
-                        }
-                    }
-                }
+                raw_fault_loop(pipe, ev, |addr| raw_copy(uffd, addr & !(PS - 1), src, PS))
             });
             drained(pipe);
             let one = 1u64;
