@@ -111,6 +111,7 @@ class Bottleneck(NetPair):
     rate_bps toward the destination when a rate is given."""
 
     PREFIX = "pcrs-link-"
+    ROLES = ("src", "mid", "dst", "probe")
 
     def __init__(self, out, logdir: str, rate_bps: Optional[int] = None,
                  queue_ms: float = 100.0, kind: str = "tbf"):
@@ -120,16 +121,6 @@ class Bottleneck(NetPair):
         self.mid_veth = {"src": "pcrs%dms" % pid, "dst": "pcrs%dmd" % pid}
         self.bridge = "pcrs%db" % pid
         self.rate_bps, self.queue_ms, self.kind = rate_bps, queue_ms, kind
-
-    @classmethod
-    def remove_stale(cls, out):
-        r = run(["ip", "netns", "list"], check=False)
-        for line in r.stdout.splitlines():
-            name = line.split()[0] if line.split() else ""
-            m = re.fullmatch(re.escape(cls.PREFIX) + r"(\d+)-(src|mid|dst|probe)", name)
-            if m and not os.path.exists("/proc/%s" % m.group(1)):
-                run(["ip", "netns", "del", name], check=False)
-                out.say("removed stale network namespace %s" % name)
 
     @property
     def wire(self) -> Tuple[str, str]:

@@ -37,6 +37,8 @@ DST_ADDR = SUBNET + ".2"
 
 class NetPair:
     PREFIX = "pcrs-mig-"
+    # The namespaces' roles: "PREFIX<pid>-<role>"; remove_stale() takes these.
+    ROLES = ("src", "dst")
 
     def __init__(self, delay_ms: float, out: Out, logdir: str):
         self.delay_ms = delay_ms
@@ -57,7 +59,7 @@ class NetPair:
         r = run(["ip", "netns", "list"], check=False)
         for line in r.stdout.splitlines():
             name = line.split()[0] if line.split() else ""
-            m = re.fullmatch(re.escape(cls.PREFIX) + r"(\d+)-(src|dst)", name)
+            m = re.fullmatch(re.escape(cls.PREFIX) + r"(\d+)-(%s)" % "|".join(cls.ROLES), name)
             if m and not os.path.exists("/proc/%s" % m.group(1)):
                 run(["ip", "netns", "del", name], check=False)
                 out.say("removed stale network namespace %s" % name)
