@@ -18,6 +18,8 @@
 #   relink_if_library_changed BUILDDIR ARCHIVE
 #                      make ninja relink BUILDDIR's QEMU only when the
 #                      library archive changed since its last link
+#   timed NAME CMD...  run CMD, adding its seconds to TOOK[NAME] (the
+#                      caller declares TOOK); took_summary prints them
 #   reserve_hugepages_probe SIZE_KB N
 #                      can N more hugepages of SIZE_KB be reserved now?
 #   sync_tree NEW OLD  make OLD's content NEW's, rewriting only what differs
@@ -163,6 +165,26 @@ relink_if_library_changed() {
     # next build relinks anyway.
     mkdir -p "$builddir"
     printf '%s\n' "$sum" >"$stamp"
+}
+
+# timed NAME CMD...: run CMD, adding its seconds to TOOK[NAME] (an
+# associative array the calling script declares: declare -A TOOK=()).
+timed() {
+    local name=$1 t0=$SECONDS rc=0
+    shift
+    "$@" || rc=$?
+    # shellcheck disable=SC2004  # TOOK is associative: $name is a key
+    TOOK[$name]=$((${TOOK[$name]:-0} + SECONDS - t0))
+    return "$rc"
+}
+
+# took_summary: "NAME 1m 02s, ..." of TOOK, by name.
+took_summary() {
+    local k times=""
+    while IFS= read -r k; do
+        times+="$k $(fmt_secs "${TOOK[$k]}"), "
+    done < <(printf '%s\n' "${!TOOK[@]}" | sort)
+    printf '%s\n' "${times%, }"
 }
 
 # reserve_hugepages_probe SIZE_KB N: can N more hugepages of SIZE_KB be

@@ -97,14 +97,6 @@ check() {
     fi
 }
 
-timed() {
-    local name=$1 t0=$SECONDS rc=0
-    shift
-    "$@" || rc=$?
-    TOOK[$name]=$((${TOOK[$name]:-0} + SECONDS - t0))
-    return "$rc"
-}
-
 step "QEMU build dependencies"
 timed deps scripts/qemu-deps.sh
 # The page-size and blocktime checks run on qemu.qmp (scripts/e2e.py).
@@ -351,10 +343,6 @@ step "summary"
 for v in "${VERSIONS[@]}"; do
     echo "QEMU $v: ${VPASS[$v]:-0} passed, ${VFAIL[$v]:-0} failed"
 done
-times=""
-while IFS= read -r k; do
-    times+="$k $(fmt_secs "${TOOK[$k]}"), "
-done < <(printf '%s\n' "${!TOOK[@]}" | sort)
-echo "times: ${times%, }"
+echo "times: $(took_summary)"
 echo "QEMU stage: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

@@ -119,14 +119,6 @@ FAILED=0
 REPORTS=0
 declare -A TOOK=()
 
-timed() {
-    local name=$1 t0=$SECONDS rc=0
-    shift
-    "$@" || rc=$?
-    TOOK[$name]=$((${TOOK[$name]:-0} + SECONDS - t0))
-    return "$rc"
-}
-
 # check WHAT CMD...: one counted stage.
 check() {
     local what=$1
@@ -369,10 +361,6 @@ step "VM tests (waiting for ${PCRS_VM_LOCK:-/tmp/pcrs-vm.lock})"
 with_vm_lock vm_tests
 
 step "summary"
-times=""
-while IFS= read -r k; do
-    times+="$k $(fmt_secs "${TOOK[$k]}"), "
-done < <(printf '%s\n' "${!TOOK[@]}" | sort)
-echo "times: ${times%, }"
+echo "times: $(took_summary)"
 echo "sanitizers ($KIND): $PASSED passed, $FAILED failed, $REPORTS sanitizer report lines"
 [ "$FAILED" -eq 0 ] && [ "$REPORTS" -eq 0 ]
