@@ -4,7 +4,8 @@
 # Configure and build QEMU's qemu-system-x86_64 and tests/qtest/migration-test
 # (and nothing else) from an unpacked source tree.
 #
-# Usage: scripts/qemu-build.sh SRC BUILDDIR [--patches DIR [--fixes-only]] [--apply-only]
+# Usage: scripts/qemu-build.sh SRC BUILDDIR [--patches DIR [--fixes-only | --postcopy-rs MODE]]
+#                              [--apply-only]
 #
 #   SRC       QEMU source tree, e.g. build/qemu-src from scripts/qemu-fetch.sh
 #   BUILDDIR  build directory (created; out-of-tree)
@@ -21,6 +22,12 @@
 #   --fixes-only
 #             apply only the series' first part, the fixes to stock QEMU:
 #             the patches listed before the line "#:end-of-stock-fixes".
+#   --postcopy-rs MODE
+#             the series' meson option, -Dpostcopy_rs=MODE: enabled (the
+#             default with a whole series: configure fails unless it finds
+#             the library, through PKG_CONFIG_PATH, with the ABI the series
+#             was written against), disabled (QEMU's own C, the library
+#             not even looked for) or auto.
 #
 # Environment:
 #   QEMU_EXTRA_CONFIGURE  extra arguments for configure, split on white
@@ -41,11 +48,19 @@
 #
 # Configure is re-run (in a wiped BUILDDIR) only when SRC or the configure
 # arguments change; otherwise only ninja runs.
+#
+# The compiler runs under ccache (cache: ~/.cache/postcopy-rs/ccache, the
+# build directory left out of its hash), so that two builds of one source
+# tree, e.g. -Dpostcopy_rs=enabled and disabled, compile only the files
+# the option changes.
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() { echo "usage: $0 SRC BUILDDIR [--patches DIR [--fixes-only]] [--apply-only]" >&2; exit 2; }
+usage() {
+    echo "usage: $0 SRC BUILDDIR [--patches DIR [--fixes-only | --postcopy-rs MODE]] [--apply-only]" >&2
+    exit 2
+}
 
 [ $# -ge 2 ] || usage
 SRC=$1
@@ -54,10 +69,12 @@ shift 2
 PATCHES=""
 APPLY_ONLY=0
 FIXES_ONLY=0
+PCRS_MODE=""
 while [ $# -gt 0 ]; do
     case $1 in
         --apply-only) APPLY_ONLY=1; shift ;;
         --fixes-only) FIXES_ONLY=1; shift ;;
+        --postcopy-rs) [ $# -ge 2 ] || usage; PCRS_MODE=$2; shift 2 ;;
         --patches) [ $# -ge 2 ] || usage; PATCHES=$2; shift 2 ;;
         --patches=*) PATCHES=${1#--patches=}; shift ;;
         *) usage ;;
@@ -72,6 +89,17 @@ step "check inputs"
 SRC=$(cd "$SRC" && pwd -P)
 [ "$APPLY_ONLY" -eq 0 ] || [ -n "$PATCHES" ] || die "--apply-only needs --patches"
 [ "$FIXES_ONLY" -eq 0 ] || [ -n "$PATCHES" ] || die "--fixes-only needs --patches"
+if [ -n "$PCRS_MODE" ]; then
+    if [ -z "$PATCHES" ] || [ "$FIXES_ONLY" -eq 1 ]; then
+        die "--postcopy-rs needs a whole series (--patches without --fixes-only)"
+    fi
+    case $PCRS_MODE in
+        enabled | disabled | auto) ;;
+        *) die "--postcopy-rs: enabled, disabled or auto, not '$PCRS_MODE'" ;;
+    esac
+elif [ -n "$PATCHES" ] && [ "$FIXES_ONLY" -eq 0 ]; then
+    PCRS_MODE=enabled
+fi
 mkdir -p "$BUILDDIR"
 BUILDDIR=$(cd "$BUILDDIR" && pwd -P)
 [ "$BUILDDIR" != "$SRC" ] || die "BUILDDIR must differ from SRC"
@@ -135,6 +163,14 @@ CONFIGURE_ARGS=(
     --disable-download --disable-install-blobs
     --python="$PCRS_VENV/bin/python3"
 )
+[ -z "$PCRS_MODE" ] || CONFIGURE_ARGS+=("-Dpostcopy_rs=$PCRS_MODE")
+if command -v ccache >/dev/null 2>&1; then
+    # configure writes --cc's words into meson's machine file, where a
+    # leading ccache is what meson looks for.
+    CONFIGURE_ARGS+=(--cc="ccache ${CC:-cc}")
+    export CCACHE_DIR=${CCACHE_DIR:-$PCRS_CACHE/ccache} CCACHE_NOHASHDIR=1
+    export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-4G}
+fi
 if [ -n "${QEMU_EXTRA_CONFIGURE:-}" ]; then
     read -r -a extra <<<"$QEMU_EXTRA_CONFIGURE"
     CONFIGURE_ARGS+=("${extra[@]}")

@@ -23,6 +23,8 @@ APT_PKGS=(
     # toolchain and build
     build-essential ninja-build pkg-config flex bison patch git
     ca-certificates
+    # the builds of one version share most objects (scripts/qemu-build.sh)
+    ccache
     # QEMU libraries (--without-default-features + slirp)
     libglib2.0-dev libpixman-1-dev libfdt-dev libslirp-dev zlib1g-dev
     # TLS (--enable-gnutls): migration-test's tls/psk variants

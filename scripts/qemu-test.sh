@@ -14,9 +14,17 @@
 #      a series change rewrites only the files it changes), and build them
 #      (only qemu-system-x86_64 and migration-test, with gnutls for the TLS
 #      tests) into build/qemu-V/{unpatched,fixes,patched}, the fixes
-#      without the library on PKG_CONFIG_PATH;
+#      without the library on PKG_CONFIG_PATH, the patched with
+#      -Dpostcopy_rs=enabled; and for the versions in QEMU_C_VERSIONS the
+#      whole series again with -Dpostcopy_rs=disabled, QEMU's own C, into
+#      build/qemu-V/no-library (ccache makes that a build of the few files
+#      the option changes);
 #   3. check that Rust is really in: each patched binary exports the
-#      library's symbols, and the replaced C functions are gone; and that
+#      library's symbols and lacks the C fault thread, which a
+#      -Dpostcopy_rs=disabled binary has, with none of the library's
+#      symbols; that configure with -Dpostcopy_rs=enabled fails, naming
+#      the library, when it is missing or declares another ABI (for the
+#      versions in QEMU_C_VERSIONS); and that
 #      each series is what a maintainer can take (scripts/qemu-series.sh
 #      check: git am onto upstream, checkpatch.pl, patch -p1 onto Debian);
 #   4. under the machine lock (/tmp/pcrs-vm.lock): per version, every
@@ -24,7 +32,7 @@
 #      qtest on the patched build, 4 at a time, with the library's trace
 #      events on, and the same on the stock-fixes build; each test runs
 #      once; check that the library sent discard runs and placed pages
-#      during postcopy/plain;
+#      during postcopy/plain; and the same qtests on the no-library builds;
 #   5. interoperability, with migration-test's own guest RAM check: per
 #      version, patched source to unpatched destination and back; across
 #      versions, patched 10.0.13 to patched 10.2.2 on the 10.0 machine type
@@ -49,6 +57,8 @@
 #
 # Environment:
 #   QEMU_VERSIONS  the versions to test, default "10.0.13 10.2.2"
+#   QEMU_C_VERSIONS  of those, the ones also built and tested with
+#                  -Dpostcopy_rs=disabled, default "10.2.2"
 #   QTEST_JOBS     qtests run at once (default 4)
 #   QEMU_BUILD_ONLY=1  stop after the builds and their checks (steps 1-3;
 #                  make bench-e2e uses it)
@@ -64,6 +74,7 @@ cd "$PCRS_ROOT" || exit 1
 B=$PCRS_ROOT/build
 PREFIX=$B/prefix
 read -r -a VERSIONS <<<"${QEMU_VERSIONS:-10.0.13 10.2.2}"
+C_VERSIONS=" ${QEMU_C_VERSIONS-10.2.2} "
 LEGACY=${QEMU_LEGACY_VERSION:-10.0.13}
 TRACE='postcopy_rs_*'
 LOCK=${PCRS_VM_LOCK:-/tmp/pcrs-vm.lock}
@@ -153,7 +164,16 @@ fetch_and_build() {
     step "QEMU $v: build patched, linked with the library"
     relink_if_library_changed "$d/patched" "$LIB"
     timed build env PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" nice -n 10 \
-        scripts/qemu-build.sh "$d/src-patched" "$d/patched" --patches "$series"
+        scripts/qemu-build.sh "$d/src-patched" "$d/patched" --patches "$series" \
+        --postcopy-rs enabled
+
+    if [[ $C_VERSIONS == *" $v "* ]]; then
+        step "QEMU $v: build the series with -Dpostcopy_rs=disabled (QEMU's own C)"
+        # The library findable, so that only the option keeps it out.
+        timed build env PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" nice -n 10 \
+            scripts/qemu-build.sh "$d/src-patched" "$d/no-library" --patches "$series" \
+            --postcopy-rs disabled
+    fi
 }
 
 exports_library() {
@@ -172,24 +192,66 @@ exports_library() {
     return $missing
 }
 
-c_functions_gone() {
-    local psrc=$1 src=$2 fn found=0
-    for fn in postcopy_each_ram_send_discard postcopy_chunk_hostpages_pass \
-        postcopy_send_discard_bm_ram \
-        postcopy_ram_fault_thread postcopy_pause_fault_thread \
-        qemu_ufd_copy_ioctl; do
-        # A definition: a return type at the start of the line, then the
-        # name and its parameter list (comments start with a space).
-        if grep -nE "^(static )?[a-z_]+[ *]+$fn\\(" \
-            "$psrc/migration/ram.c" "$psrc/migration/postcopy-ram.c"; then
-            echo "  still defined in C: $fn"
-            found=1
+# c_fault_thread BINARY: BINARY has QEMU's C fault thread (a static
+# function only ever called through a pointer, so never inlined away).
+c_fault_thread() {
+    local syms
+    syms=$(nm "$1") || return 1
+    grep -q " t postcopy_ram_fault_thread\$" <<<"$syms"
+}
+
+# library_replaces_c V: the patched binary lacks the C fault thread, the
+# unpatched one has it (so that the check can fail), and a
+# -Dpostcopy_rs=disabled build has it and none of the library.
+library_replaces_c() {
+    local d=$1 v=$2 ok=0
+    if c_fault_thread "$d/patched/qemu-system-x86_64"; then
+        echo "  the patched binary still has the C fault thread"
+        ok=1
+    fi
+    c_fault_thread "$d/unpatched/qemu-system-x86_64" ||
+        { echo "  sanity: the unpatched binary lacks postcopy_ram_fault_thread"; ok=1; }
+    if [[ $C_VERSIONS == *" $v "* ]]; then
+        c_fault_thread "$d/no-library/qemu-system-x86_64" ||
+            { echo "  the -Dpostcopy_rs=disabled binary lacks the C fault thread"; ok=1; }
+        if nm "$d/no-library/qemu-system-x86_64" | grep -q ' postcopy_rs_'; then
+            echo "  the -Dpostcopy_rs=disabled binary carries postcopy-rs symbols"
+            ok=1
         fi
-    done
-    # ...and the unpatched tree does define them, so the check can fail.
-    grep -qE '^static void postcopy_chunk_hostpages_pass\(' "$src/migration/ram.c" ||
-        { echo "  sanity: unpatched ram.c lacks postcopy_chunk_hostpages_pass"; found=1; }
-    return $found
+    fi
+    return $ok
+}
+
+# configure_refuses V WHY PATTERN [ENV...]: configure of the series' tree
+# with -Dpostcopy_rs=enabled fails, and its log matches PATTERN.
+configure_refuses() {
+    local v=$1 why=$2 pattern=$3 dir
+    shift 3
+    dir=$B/configure-refuses/$v-$why
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    if (cd "$dir" && env "$@" PATH="$PCRS_VENV/bin:$PATH" "$(vdir "$v")/src-patched/configure" \
+        --target-list=x86_64-softmmu --without-default-features --disable-docs \
+        --disable-rust --disable-download --python="$PCRS_VENV/bin/python3" \
+        -Dpostcopy_rs=enabled) >"$dir/configure.log" 2>&1; then
+        echo "  configure succeeded ($why)"
+        return 1
+    fi
+    grep -E "$pattern" "$dir/configure.log" | head -n 3 | sed 's/^/  configure: /'
+    grep -qE "$pattern" "$dir/configure.log"
+}
+
+# A prefix whose postcopy-rs is the right version but declares ABI 2.
+wrong_abi_prefix() {
+    local p=$B/wrong-abi
+    rm -rf "$p"
+    mkdir -p "$p/include" "$p/lib/pkgconfig"
+    sed 's/^#define POSTCOPY_RS_ABI_VERSION .*/#define POSTCOPY_RS_ABI_VERSION 2/' \
+        "$PREFIX/include/postcopy_rs.h" >"$p/include/postcopy_rs.h"
+    cp "$LIB" "$p/lib/"
+    sed "s|^prefix=.*|prefix=$p|" "$PREFIX/lib/pkgconfig/postcopy-rs.pc" \
+        >"$p/lib/pkgconfig/postcopy-rs.pc"
+    printf '%s\n' "$p/lib/pkgconfig"
 }
 
 for v in "${VERSIONS[@]}"; do
@@ -198,8 +260,17 @@ for v in "${VERSIONS[@]}"; do
     step "QEMU $v: the patched binary carries the library"
     check "$v" "QEMU $v: patched qemu-system-x86_64 exports the library's symbols" \
         exports_library "$d/patched/qemu-system-x86_64"
-    check "$v" "QEMU $v: replaced C functions are gone from the patched tree" \
-        c_functions_gone "$d/src-patched" "$d/src"
+    check "$v" "QEMU $v: the patched binary runs the library's fault thread, not the C one; -Dpostcopy_rs=disabled keeps the C" \
+        library_replaces_c "$d" "$v"
+    if [[ $C_VERSIONS == *" $v "* ]]; then
+        # Patch 0005 is the same meson code in every series: one version is enough.
+        check "$v" "QEMU $v: -Dpostcopy_rs=enabled without the library fails configure, naming it" \
+            timed configure configure_refuses "$v" missing 'Dependency "postcopy-rs" not found' \
+            -u PKG_CONFIG_PATH
+        check "$v" "QEMU $v: -Dpostcopy_rs=enabled with another ABI fails configure, naming it" \
+            timed configure configure_refuses "$v" wrong-abi "postcopy_rs.h does not declare ABI version 3" \
+            PKG_CONFIG_PATH="$(wrong_abi_prefix)"
+    fi
     step "QEMU $v: the series as a maintainer receives it"
     check "$v" "QEMU $v: the series applies with git am to upstream, is checkpatch-clean, applies with patch -p1 to Debian's source" \
         timed series nice -n 10 scripts/qemu-series.sh check "$v"
@@ -265,6 +336,13 @@ vm_tests() {
             QTEST_LABEL="QEMU $v patched qtests" scripts/qemu-qtest.sh "$d/patched"
         check "$v" "QEMU $v: postcopy/plain: the library sent discard runs and placed pages" \
             rust_ran "$d/patched/qtest-logs/x86_64_migration_postcopy_plain.log"
+
+        if [[ $C_VERSIONS == *" $v "* ]]; then
+            step "QEMU $v: migration qtests on the series built with -Dpostcopy_rs=disabled"
+            check "$v" "QEMU $v: every postcopy qtest and a precopy qtest with -Dpostcopy_rs=disabled" \
+                timed "qtests $v no-library" env -u QTEST_TRACE QTEST_LOGDIR="$d/no-library/qtest-logs" \
+                QTEST_LABEL="QEMU $v -Dpostcopy_rs=disabled qtests" scripts/qemu-qtest.sh "$d/no-library"
+        fi
 
         step "QEMU $v: migration qtests on the stock fixes alone (no library)"
         check "$v" "QEMU $v: every postcopy qtest and a precopy qtest on the stock fixes alone" \
