@@ -17,9 +17,10 @@
 #   3. the QEMU stage (scripts/qemu-test.sh): Debian's QEMU 10.0.13 and
 #      10.2.2, each with its patch series and the one library, every
 #      postcopy qtest (TLS included), interoperability both ways and
-#      across the two versions, the stock fixes alone (qtests, and each
-#      fix's test failing on stock QEMU), mismatched page sizes, 10.2's
-#      blocktime;
+#      across the two versions, 10.2.2's series with -Dpostcopy_rs=disabled
+#      (qtests; configure refusing "enabled" without the library or with
+#      another ABI), the stock fixes alone (qtests, and each fix's test
+#      failing on stock QEMU), mismatched page sizes, 10.2's blocktime;
 #   4. the main command, `make demo`, at default settings: a real Linux
 #      guest live-migrated with postcopy between two patched QEMUs; it
 #      fails unless the guest verifies every page of its memory; then with
@@ -37,7 +38,8 @@
 #      RAM (2 MiB, 1 GiB where granted), two blocks of different page
 #      sizes, mismatched page sizes both ways (then a matching
 #      destination), a page filled
-#      behind the destination's back (postcopy pauses, EEXIST), a page
+#      behind the destination's back (postcopy pauses, EEXIST, the
+#      library's words in the destination's error-desc), a page
 #      request served past the source's exceeded rate limit, a requested
 #      huge page precopy is sending finished without a rate-limit wait;
 #   7. the end-to-end benchmark's smoke test, `make bench-e2e ARGS=--quick`:
