@@ -61,7 +61,8 @@ class FillBehind(Hooks):
 def stray_page(ctx, name: str, session, start) -> str:
     """Migrate a 2 MiB-backed guest with a page filled behind the
     destination's back: postcopy must pause with the library's EEXIST
-    error, not complete."""
+    error, printed once and in the destination's error-desc, not
+    complete."""
     ram = "256M@2M"
     with session(ctx, name, src_ram=ram, dst_ram=ram,
                  postcopy_bandwidth=POSTCOPY_BANDWIDTH) as s:
@@ -80,7 +81,16 @@ def stray_page(ctx, name: str, session, start) -> str:
         if not refused:
             raise Failure("no EEXIST refusal in the destination's log (migration %s: %s)"
                           % (r["status"], r["error"]))
-        state = dst.query_migrate().get("status")
+        if len(refused) != 1:
+            raise Failure("the refusal is printed %d times, not once: %s"
+                          % (len(refused), "; ".join(ln.strip() for ln in refused)))
+        info = dst.query_migrate()
+        state = info.get("status")
         if state != "postcopy-paused":
             raise Failure("the destination is %r, not postcopy-paused" % state)
-        return "%s; the destination paused: %s" % (hooks.filled, refused[0].strip())
+        # The library's words reach the destination's error-desc, where a
+        # management layer reads why the migration stopped.
+        desc = info.get("error-desc") or ""
+        if "postcopy-rs" not in desc or "already present" not in desc:
+            raise Failure("the destination's error-desc lacks the library's words: %r" % desc)
+        return "%s; the destination paused, error-desc: %s" % (hooks.filled, desc)
