@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from typing import Optional
 from xml.sax.saxutils import escape
 
 from ..console import Console
@@ -35,7 +36,7 @@ from ..qmp import QMPError
 from ..report import fmt_bytes
 from ..session import Session
 from ..unprivileged import KVM_GROUP
-from ..vm import TRACE_PATTERN, parse_latency, parse_trace, stderr_lines
+from ..vm import TRACE_PATTERN, parse_latency, parse_trace, stderr_lines, why_paused
 
 DOMAIN = "pcrs-demo"
 # Inside each daemon's own /var/lib/libvirt: one path, two files.
@@ -44,7 +45,7 @@ QEMU_LOG = "/var/log/libvirt/qemu/%s.log" % DOMAIN
 PIDFILE = "/run/libvirt/qemu/%s.pid" % DOMAIN
 
 
-def domain_xml(s: Session, blocks) -> str:
+def domain_xml(s: Session, blocks, dom_uuid: str) -> str:
     b = blocks[0]
     kvm = s.accel == "kvm"
     backing = "" if b.pagesize == "4K" else (
@@ -79,7 +80,7 @@ def domain_xml(s: Session, blocks) -> str:
     <qemu:arg value='{trace}'/>
 {extra_trace}  </qemu:commandline>
 </domain>
-""".format(type="kvm" if kvm else "qemu", name=DOMAIN, uuid=uuid.uuid4(), mib=b.mib,
+""".format(type="kvm" if kvm else "qemu", name=DOMAIN, uuid=dom_uuid, mib=b.mib,
            backing=backing, smp=s.opts.smp, kernel=escape(s.guest.kernel),
            initrd=escape(s.guest.initrd), cmdline=escape(s.guest.cmdline()),
            cpu="  <cpu mode='host-passthrough'/>\n" if kvm else "",
@@ -158,6 +159,15 @@ def jobinfo(daemon, *flags) -> dict:
     return info
 
 
+def destination_error(path: str) -> Optional[str]:
+    """Why the destination's QEMU failed, from its log: the page-size
+    refusal when there is one, else what vm.why_paused finds."""
+    for ln in stderr_lines(path):
+        if "page" in ln and "sizes" in ln and ("Postcopy" in ln or "guest RAM uses" in ln):
+            return re.sub(r"^\S+ qemu-system-x86_64: ", "", ln)
+    return why_paused(path)
+
+
 def mib_of(value: str):
     """"123.456 MiB" -> MiB as a float (None if absent)."""
     m = re.match(r"([\d.]+)\s*(B|KiB|MiB|GiB)", value or "")
@@ -167,11 +177,15 @@ def mib_of(value: str):
         m.group(2)]
 
 
-def migrate(s: Session, hosts: HostPair, src: Domain, dst: Domain, res: dict):
+def migrate(s: Session, hosts: HostPair, src: Domain, dst: Domain, res: dict,
+            dst_xml: Optional[str] = None):
     o = s.opts
     argv = ["virsh", "-c", hosts.src.uri, "migrate", "--live", "--postcopy", "--persistent",
             DOMAIN,
             hosts.dst.uri, "--migrateuri", "tcp://127.0.0.1", "--listen-address", "127.0.0.1"]
+    if dst_xml:
+        # The destination's own definition: RAM of other page sizes.
+        argv += ["--xml", dst_xml]
     # libvirt lifts QEMU's precopy bandwidth limit (128 MiB/s) by default:
     # put it back (or --max-bandwidth), so that precopy does not converge
     # before the switch, as in the QMP demo.
@@ -263,10 +277,9 @@ def run_migration(opts: Options) -> dict:
     """Boot under one libvirtd, migrate with postcopy to the other, verify."""
     t0 = time.monotonic()
     res = {"verify_ok": False, "error": None, "status": None, "postcopy_started": False}
-    if opts.netem_delay is not None or opts.mixed or opts.src_ram or opts.dst_ram or \
-            opts.src_pagesize or opts.dst_pagesize:
-        res["error"] = ("--libvirt takes the guest's size and --hugepages; not --netem-delay, "
-                        "--mixed or per-side RAM layouts")
+    if opts.netem_delay is not None or opts.mixed or opts.src_ram or opts.dst_ram:
+        res["error"] = ("--libvirt takes the guest's size, --hugepages and --src/--dst-pagesize; "
+                        "not --netem-delay, --mixed or per-side RAM layouts")
         return res
     hosts = None
     try:
@@ -279,7 +292,7 @@ def run_migration(opts: Options) -> dict:
                        driver="libvirt %s: two libvirtd (hosts pcrs-src, pcrs-dst), virsh"
                        % version)
             HostPair.remove_stale(s.out.say)
-            huge = sorted({b.pagesize for b in s.src_ram if b.pagesize != "4K"})
+            huge = sorted({b.pagesize for b in s.src_ram + s.dst_ram if b.pagesize != "4K"})
             hosts = HostPair(huge, *((s.unpriv.user, KVM_GROUP) if s.unpriv else ()))
             try:
                 res.update(_run(s, hosts, res))
@@ -304,10 +317,20 @@ def _run(s: Session, hosts: HostPair, res: dict) -> dict:
     s.out.say("  %s  %s  host_uuid %s" % (hosts.src.hostname, hosts.src.uri, hosts.src.host_uuid))
     s.out.say("  %s  %s  host_uuid %s" % (hosts.dst.hostname, hosts.dst.uri, hosts.dst.host_uuid))
     xml = os.path.join(s.logdir, DOMAIN + ".xml")
+    dom_uuid = str(uuid.uuid4())
     with open(xml, "w") as f:
-        f.write(domain_xml(s, s.src_ram))
-    if b.pagesize != "4K":
-        s.hugepages.ensure(b.pagesize, b.pages, 2 * b.pages)
+        f.write(domain_xml(s, s.src_ram, dom_uuid))
+    db = s.dst_ram[0]
+    dst_xml = None
+    if db.pagesize != b.pagesize:
+        # QEMU refuses postcopy between RAM of other page sizes: the
+        # destination says why, in its log (libvirt 9.0 keeps no error-desc).
+        dst_xml = os.path.join(s.logdir, DOMAIN + "-destination.xml")
+        with open(dst_xml, "w") as f:
+            f.write(domain_xml(s, s.dst_ram, dom_uuid))
+    for blk in (b, db):
+        if blk.pagesize != "4K":
+            s.hugepages.ensure(blk.pagesize, blk.pages, 2 * blk.pages)
     s.out.say("guest: %d MiB (%s), %d vCPUs, %s; domain XML %s"
               % (b.mib, ram_spec_str(s.src_ram), s.opts.smp, s.accel_note,
                  os.path.relpath(xml, ROOT)))
@@ -334,14 +357,15 @@ def _run(s: Session, hosts: HostPair, res: dict) -> dict:
             res["error"] = "the guest failed its own check before migrating: %s" % (
                 v["line"] or v["error"])
             return res
-    if b.pagesize != "4K":
-        s.hugepages.ensure(b.pagesize, b.pages, 2 * b.pages)
+    for blk in (b, db):
+        if blk.pagesize != "4K":
+            s.hugepages.ensure(blk.pagesize, blk.pages, 2 * blk.pages)
     res["transport"] = ("virsh migrate (direct, managed by virsh) from %s to %s; QEMU's "
                         "stream over TCP on the loopback" % (hosts.src.hostname,
                                                              hosts.dst.hostname))
     s.out.say("migrating %s -> %s; virsh migrate-postcopy after %d MiB"
               % (hosts.src.hostname, hosts.dst.hostname, s.opts.switch_after))
-    migrate(s, hosts, src, dst, res)
+    migrate(s, hosts, src, dst, res, dst_xml)
     if s.unpriv:
         if dst.alive():
             dst.identity = s.unpriv.check_process(dst.pid(), dst.name)
@@ -349,6 +373,13 @@ def _run(s: Session, hosts: HostPair, res: dict) -> dict:
     if res["status"] != "completed":
         res["source_stderr"] = src.stderr_excerpt()
         res["destination_stderr"] = dst.stderr_excerpt()
+        res["destination_error"] = destination_error(dst.stderr_path)
+        if res["destination_error"]:
+            res["error"] = "%s; destination: %s" % (res["error"], res["destination_error"])
+        state = hosts.src.virsh("domstate", DOMAIN, check=False).stdout.strip()
+        res["source_state"] = state
+        s.out.say("after the failed migration the domain is %r on %s"
+                  % (state, hosts.src.hostname))
         return res
     summarize(s, hosts, res)
     state = hosts.dst.virsh("domstate", DOMAIN, check=False).stdout.strip()
