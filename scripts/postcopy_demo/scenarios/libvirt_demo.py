@@ -201,7 +201,12 @@ def migrate(s: Session, hosts: HostPair, src: Domain, dst: Domain, res: dict,
     try:
         while p.poll() is None:
             if dst.console is None and os.path.exists(hosts.dst.real_path(CONSOLE)):
-                dst.connect_console(5)
+                try:
+                    dst.connect_console(5)
+                except MigrateError as e:
+                    # A destination that refuses the migration exits: virsh
+                    # migrate fails, and the failure path says why.
+                    s.out.warn(str(e))
             info = jobinfo(hosts.src)
             sent = mib_of(info.get("Memory processed"))
             if sent is not None:
