@@ -28,8 +28,10 @@
 #       build; the series is reverted with `patch -R`, then re-applied one
 #       patch at a time with an incremental build of qemu-system-x86_64
 #       and migration-test after each (and one before the first); a
-#       compiler warning fails the step, as -Werror would.  The tree ends
-#       as it started.  Needs PKG_CONFIG_PATH as for the build.
+#       compiler warning fails the step, as -Werror would; from the patch
+#       that adds the postcopy_rs meson option on, each step is configured
+#       -Dpostcopy_rs=enabled.  The tree ends as it started.  Needs
+#       PKG_CONFIG_PATH as for the build.
 #
 # The orig tarball and the Debian source come from scripts/qemu-fetch.sh's
 # cache (~/.cache/postcopy-rs/qemu-src); run it first for VERSION
@@ -153,6 +155,12 @@ PY
         # so), but QEMU's own git builds use -Werror: a warning a patch
         # brings in fails its step too.
         build() {
+            # Before the series' meson option exists, a reconfigure drops
+            # it; from the patch that adds it on, the library is wanted.
+            if grep -q "^option('postcopy_rs'" "$SRC/meson_options.txt"; then
+                "$BUILDDIR/pyvenv/bin/meson" configure "$BUILDDIR" -Dpostcopy_rs=enabled \
+                    >"$BUILDDIR/build-each.log" 2>&1 || { tail -20 "$BUILDDIR/build-each.log" >&2; return 1; }
+            fi
             PATH="$PCRS_VENV/bin:$PATH" ninja -C "$BUILDDIR" qemu-system-x86_64 \
                 tests/qtest/migration-test >"$BUILDDIR/build-each.log" 2>&1 || {
                 grep -E -A12 'error|FAILED' "$BUILDDIR/build-each.log" | head -40 >&2
