@@ -4,7 +4,7 @@
 # Configure and build QEMU's qemu-system-x86_64 and tests/qtest/migration-test
 # (and nothing else) from an unpacked source tree.
 #
-# Usage: scripts/qemu-build.sh SRC BUILDDIR [--patches DIR [--fixes-only]] [--apply-only]
+# Usage: scripts/qemu-build.sh SRC BUILDDIR [--patches DIR [--fixes-only]] [--apply-only] [--rust]
 #
 #   SRC       QEMU source tree, e.g. build/qemu-src from scripts/qemu-fetch.sh
 #   BUILDDIR  build directory (created; out-of-tree)
@@ -21,6 +21,11 @@
 #   --fixes-only
 #             apply only the series' first part, the fixes to stock QEMU:
 #             the patches listed before the line "#:end-of-stock-fixes".
+#   --rust    configure --enable-rust instead of --disable-rust (10.2.x):
+#             needs scripts/qemu-rust-deps.sh (bindgen, libclang, a venv
+#             with meson >= 1.9, used instead of $PCRS_VENV), whose
+#             `prepare` step is run on SRC first (the crates and their
+#             meson builds, which the +ds tarball lacks).
 #
 # Environment:
 #   QEMU_EXTRA_CONFIGURE  extra arguments for configure, split on white
@@ -45,7 +50,7 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() { echo "usage: $0 SRC BUILDDIR [--patches DIR [--fixes-only]] [--apply-only]" >&2; exit 2; }
+usage() { echo "usage: $0 SRC BUILDDIR [--patches DIR [--fixes-only]] [--apply-only] [--rust]" >&2; exit 2; }
 
 [ $# -ge 2 ] || usage
 SRC=$1
@@ -54,10 +59,12 @@ shift 2
 PATCHES=""
 APPLY_ONLY=0
 FIXES_ONLY=0
+RUST=0
 while [ $# -gt 0 ]; do
     case $1 in
         --apply-only) APPLY_ONLY=1; shift ;;
         --fixes-only) FIXES_ONLY=1; shift ;;
+        --rust) RUST=1; shift ;;
         --patches) [ $# -ge 2 ] || usage; PATCHES=$2; shift 2 ;;
         --patches=*) PATCHES=${1#--patches=}; shift ;;
         *) usage ;;
@@ -75,6 +82,11 @@ SRC=$(cd "$SRC" && pwd -P)
 mkdir -p "$BUILDDIR"
 BUILDDIR=$(cd "$BUILDDIR" && pwd -P)
 [ "$BUILDDIR" != "$SRC" ] || die "BUILDDIR must differ from SRC"
+if [ "$RUST" -eq 1 ]; then
+    PCRS_VENV=${PCRS_RUST_VENV:-$PCRS_CACHE/meson-rust-venv}
+    command -v bindgen >/dev/null 2>&1 || die "bindgen not found: run scripts/qemu-rust-deps.sh"
+    [ -x "$PCRS_VENV/bin/meson" ] || die "no meson in $PCRS_VENV: run scripts/qemu-rust-deps.sh"
+fi
 [ -x "$PCRS_VENV/bin/meson" ] || die "no meson in $PCRS_VENV: run scripts/qemu-deps.sh"
 for tool in ninja cc pkg-config patch; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found: run scripts/qemu-deps.sh"
@@ -127,9 +139,16 @@ if [ -n "$PATCHES" ]; then
     fi
 fi
 
+if [ "$RUST" -eq 1 ]; then
+    "$PCRS_ROOT/scripts/qemu-rust-deps.sh" prepare "$SRC" || die "qemu-rust-deps.sh prepare $SRC failed"
+    step "configure arguments"
+    rust_arg=--enable-rust
+else
+    rust_arg=--disable-rust
+fi
 CONFIGURE_ARGS=(
     --target-list=x86_64-softmmu
-    --disable-docs --disable-werror --disable-rust
+    --disable-docs --disable-werror "$rust_arg"
     --without-default-features
     --enable-slirp --enable-tcg --enable-kvm --enable-gnutls
     --disable-download --disable-install-blobs
