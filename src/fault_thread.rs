@@ -676,7 +676,7 @@ impl Loop<'_> {
     }
 
     fn read_batch(&mut self, buf: &mut [UffdMsg; BATCH]) -> Result<Next> {
-        let sz = size_of::<UffdMsg>();
+        let sz = std::mem::size_of::<UffdMsg>();
         // SAFETY: buf is BATCH writable uffd_msg; the kernel writes whole
         // messages only.
         let n = unsafe { libc::read(self.uffd.as_raw_fd(), buf.as_mut_ptr().cast(), BATCH * sz) };
@@ -725,7 +725,7 @@ impl Loop<'_> {
     fn read_shared(&mut self, polled: RawFd) {
         let fd = self.shared_id(polled);
         let mut msg = UffdMsg::default();
-        let sz = size_of::<UffdMsg>();
+        let sz = std::mem::size_of::<UffdMsg>();
         // SAFETY: reading one uffd_msg into a live, correctly sized struct.
         let n = unsafe { libc::read(polled, std::ptr::from_mut(&mut msg).cast(), sz) };
         if n != sz as isize {
@@ -1161,10 +1161,10 @@ mod tests {
             libc::write(
                 w.as_raw_fd(),
                 std::ptr::from_ref(&msg).cast(),
-                size_of::<UffdMsg>(),
+                std::mem::size_of::<UffdMsg>(),
             )
         };
-        assert_eq!(n, size_of::<UffdMsg>() as isize);
+        assert_eq!(n, std::mem::size_of::<UffdMsg>() as isize);
         let deadline = Instant::now() + Duration::from_secs(10);
         while seen.lock().unwrap().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

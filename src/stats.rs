@@ -193,6 +193,6 @@ mod tests {
         });
         // Other tests may count too, never down (none resets here).
         assert!(snapshot().events_ignored >= before + (2 * SHARDS as u64 + 1) * 1000);
-        assert_eq!(align_of::<Shard>(), 128);
+        assert_eq!(std::mem::align_of::<Shard>(), 128);
     }
 }

@@ -137,19 +137,30 @@ const _: () = assert!(std::mem::offset_of!(UffdMsg, pf_address) == 16);
 const _: () = assert!(std::mem::offset_of!(UffdMsg, pf_ptid) == 24);
 
 /// `UFFDIO_API`.
-pub const UFFDIO_API: IoctlRequest = ioc(IOC_READ | IOC_WRITE, 0x3F, size_of::<UffdioApi>());
+pub const UFFDIO_API: IoctlRequest =
+    ioc(IOC_READ | IOC_WRITE, 0x3F, std::mem::size_of::<UffdioApi>());
 /// `UFFDIO_REGISTER`.
-pub const UFFDIO_REGISTER: IoctlRequest =
-    ioc(IOC_READ | IOC_WRITE, 0x00, size_of::<UffdioRegister>());
+pub const UFFDIO_REGISTER: IoctlRequest = ioc(
+    IOC_READ | IOC_WRITE,
+    0x00,
+    std::mem::size_of::<UffdioRegister>(),
+);
 /// `UFFDIO_UNREGISTER`.
-pub const UFFDIO_UNREGISTER: IoctlRequest = ioc(IOC_READ, 0x01, size_of::<UffdioRange>());
+pub const UFFDIO_UNREGISTER: IoctlRequest = ioc(IOC_READ, 0x01, std::mem::size_of::<UffdioRange>());
 /// `UFFDIO_WAKE`.
-pub const UFFDIO_WAKE: IoctlRequest = ioc(IOC_READ, 0x02, size_of::<UffdioRange>());
+pub const UFFDIO_WAKE: IoctlRequest = ioc(IOC_READ, 0x02, std::mem::size_of::<UffdioRange>());
 /// `UFFDIO_COPY`.
-pub const UFFDIO_COPY: IoctlRequest = ioc(IOC_READ | IOC_WRITE, 0x03, size_of::<UffdioCopy>());
+pub const UFFDIO_COPY: IoctlRequest = ioc(
+    IOC_READ | IOC_WRITE,
+    0x03,
+    std::mem::size_of::<UffdioCopy>(),
+);
 /// `UFFDIO_ZEROPAGE`.
-pub const UFFDIO_ZEROPAGE: IoctlRequest =
-    ioc(IOC_READ | IOC_WRITE, 0x04, size_of::<UffdioZeropage>());
+pub const UFFDIO_ZEROPAGE: IoctlRequest = ioc(
+    IOC_READ | IOC_WRITE,
+    0x04,
+    std::mem::size_of::<UffdioZeropage>(),
+);
 
 // The numbers <linux/userfaultfd.h> gives on x86_64 and aarch64, checked
 // at compile time (compared as 32-bit patterns, whatever IoctlRequest is).

@@ -67,7 +67,7 @@ pub unsafe fn try_slice_mut<'a, T>(p: *mut T, n: usize, what: &'static str) -> R
 
 /// `from_raw_parts` requires the slice to fit in `isize::MAX` bytes.
 fn check_len<T>(n: usize) -> Result<()> {
-    match n.checked_mul(size_of::<T>()) {
+    match n.checked_mul(std::mem::size_of::<T>()) {
         Some(b) if isize::try_from(b).is_ok() => Ok(()),
         _ => Err(Error::OutOfRange {
             addr: 0,
@@ -87,7 +87,7 @@ pub unsafe fn copy_out<T: Copy>(out: *mut T, size: usize, value: &T) -> Result<c
     if out.is_null() {
         return Err(Error::Null("out"));
     }
-    let n = size.min(size_of::<T>());
+    let n = size.min(std::mem::size_of::<T>());
     // SAFETY: `value` is readable for size_of::<T>() bytes; `out` is
     // writable for `size` bytes (contract) and cannot overlap a reference
     // we hold; n is at most both.
