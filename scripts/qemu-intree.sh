@@ -92,7 +92,8 @@ pkg = tomllib.load(open(cargo, "rb"))["package"]
 ver = pkg["version"]
 major, minor, _ = ver.split(".")
 d = f"{t}/rust/postcopy"
-open(f"{d}/Cargo.toml", "w").write(f'''[package]
+open(f"{d}/Cargo.toml", "w").write(f'''# SPDX-License-Identifier: GPL-2.0-or-later
+[package]
 name = "postcopy-rs"
 version = "{ver}"
 description = "{pkg['description']}"
@@ -116,7 +117,9 @@ libc.workspace = true
 [lints]
 workspace = true
 ''')
-open(f"{d}/meson.build", "w").write('''# The postcopy-rs crate, generated from the postcopy-rs repository's src/
+open(f"{d}/meson.build", "w").write('''# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# The postcopy-rs crate, generated from the postcopy-rs repository's src/
 # (scripts/qemu-intree.sh there): change it there, not here.  It goes into
 # each system target's one Rust static library, like the Rust devices,
 # so that the binary has one Rust standard library.
