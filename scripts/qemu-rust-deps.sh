@@ -79,8 +79,9 @@ install_tools() {
 
 prepare() {
     local src=$1
-    [ -f "$src/rust/Cargo.lock" ] && [ -d "$src/subprojects" ] ||
+    if [ ! -f "$src/rust/Cargo.lock" ] || [ ! -d "$src/subprojects" ]; then
         die "$src is not a QEMU source tree with rust/ (10.x)"
+    fi
     src=$(cd "$src" && pwd -P)
 
     step "crates into $src/subprojects/packagecache"
@@ -95,7 +96,9 @@ prepare() {
         dir=$(sed -n 's/^directory = //p' "$wrap")
         file=$(sed -n 's/^source_filename = //p' "$wrap")
         hash=$(sed -n 's/^source_hash = //p' "$wrap")
-        [ -n "$dir" ] && [ -n "$file" ] && [ -n "$hash" ] || die "$wrap: no directory/source_filename/source_hash"
+        if [ -z "$dir" ] || [ -z "$file" ] || [ -z "$hash" ]; then
+            die "$wrap: no directory/source_filename/source_hash"
+        fi
         if [ -f "$src/subprojects/packagecache/$file" ] &&
             [ "$(sha256sum <"$src/subprojects/packagecache/$file" | cut -d' ' -f1)" = "$hash" ]; then
             n=$((n + 1))
