@@ -5,7 +5,7 @@
 # (and nothing else) from an unpacked source tree.
 #
 # Usage: scripts/qemu-build.sh SRC BUILDDIR [--patches DIR [--fixes-only | --postcopy-rs MODE]]
-#                              [--apply-only]
+#                              [--apply-only] [--rust]
 #
 #   SRC       QEMU source tree, e.g. build/qemu-src from scripts/qemu-fetch.sh
 #   BUILDDIR  build directory (created; out-of-tree)
@@ -28,6 +28,11 @@
 #             the library, through PKG_CONFIG_PATH, with the ABI the series
 #             was written against), disabled (QEMU's own C, the library
 #             not even looked for) or auto.
+#   --rust    configure --enable-rust instead of --disable-rust (10.2.x):
+#             needs scripts/qemu-rust-deps.sh (bindgen, libclang, a venv
+#             with meson >= 1.9, used instead of $PCRS_VENV), whose
+#             `prepare` step is run on SRC first (the crates and their
+#             meson builds, which the +ds tarball lacks).
 #
 # Environment:
 #   QEMU_EXTRA_CONFIGURE  extra arguments for configure, split on white
@@ -58,7 +63,8 @@
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-    echo "usage: $0 SRC BUILDDIR [--patches DIR [--fixes-only | --postcopy-rs MODE]] [--apply-only]" >&2
+    echo "usage: $0 SRC BUILDDIR [--patches DIR [--fixes-only | --postcopy-rs MODE]]" \
+        "[--apply-only] [--rust]" >&2
     exit 2
 }
 
@@ -70,11 +76,13 @@ PATCHES=""
 APPLY_ONLY=0
 FIXES_ONLY=0
 PCRS_MODE=""
+RUST=0
 while [ $# -gt 0 ]; do
     case $1 in
         --apply-only) APPLY_ONLY=1; shift ;;
         --fixes-only) FIXES_ONLY=1; shift ;;
         --postcopy-rs) [ $# -ge 2 ] || usage; PCRS_MODE=$2; shift 2 ;;
+        --rust) RUST=1; shift ;;
         --patches) [ $# -ge 2 ] || usage; PATCHES=$2; shift 2 ;;
         --patches=*) PATCHES=${1#--patches=}; shift ;;
         *) usage ;;
@@ -103,6 +111,11 @@ fi
 mkdir -p "$BUILDDIR"
 BUILDDIR=$(cd "$BUILDDIR" && pwd -P)
 [ "$BUILDDIR" != "$SRC" ] || die "BUILDDIR must differ from SRC"
+if [ "$RUST" -eq 1 ]; then
+    PCRS_VENV=${PCRS_RUST_VENV:-$PCRS_CACHE/meson-rust-venv}
+    command -v bindgen >/dev/null 2>&1 || die "bindgen not found: run scripts/qemu-rust-deps.sh"
+    [ -x "$PCRS_VENV/bin/meson" ] || die "no meson in $PCRS_VENV: run scripts/qemu-rust-deps.sh"
+fi
 [ -x "$PCRS_VENV/bin/meson" ] || die "no meson in $PCRS_VENV: run scripts/qemu-deps.sh"
 for tool in ninja cc pkg-config patch; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found: run scripts/qemu-deps.sh"
@@ -155,9 +168,16 @@ if [ -n "$PATCHES" ]; then
     fi
 fi
 
+if [ "$RUST" -eq 1 ]; then
+    "$PCRS_ROOT/scripts/qemu-rust-deps.sh" prepare "$SRC" || die "qemu-rust-deps.sh prepare $SRC failed"
+    step "configure arguments"
+    rust_arg=--enable-rust
+else
+    rust_arg=--disable-rust
+fi
 CONFIGURE_ARGS=(
     --target-list=x86_64-softmmu
-    --disable-docs --disable-werror --disable-rust
+    --disable-docs --disable-werror "$rust_arg"
     --without-default-features
     --enable-slirp --enable-tcg --enable-kvm --enable-gnutls
     --disable-download --disable-install-blobs

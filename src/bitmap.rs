@@ -15,9 +15,9 @@ pub type Word = c_ulong;
 /// Bits in a [`Word`].
 pub const BITS_PER_LONG: usize = Word::BITS as usize;
 
-static_assertions::const_assert_eq!(BITS_PER_LONG, 64);
-static_assertions::assert_eq_size!(Word, AtomicU64);
-static_assertions::assert_eq_align!(Word, AtomicU64);
+const _: () = assert!(BITS_PER_LONG == 64);
+const _: () = assert!(size_of::<Word>() == size_of::<AtomicU64>());
+const _: () = assert!(align_of::<Word>() == align_of::<AtomicU64>());
 
 /// Words needed for `nbits` bits (`BITS_TO_LONGS`).
 #[inline]

@@ -33,8 +33,8 @@ unsafe impl Send for ReceivedMap {}
 // SAFETY: as for Send.
 unsafe impl Sync for ReceivedMap {}
 
-static_assertions::assert_eq_size!(Word, AtomicU64);
-static_assertions::assert_eq_align!(Word, AtomicU64);
+const _: () = assert!(size_of::<Word>() == size_of::<AtomicU64>());
+const _: () = assert!(align_of::<Word>() == align_of::<AtomicU64>());
 
 impl ReceivedMap {
     /// A zeroed map of `bits` bits, owned by Rust.

@@ -121,20 +121,20 @@ pub struct UffdMsg {
     pub pad: u32,
 }
 
-static_assertions::assert_eq_size!(UffdioRange, [u8; 16]);
-static_assertions::assert_eq_size!(UffdioApi, [u8; 24]);
-static_assertions::assert_eq_size!(UffdioRegister, [u8; 32]);
-static_assertions::assert_eq_size!(UffdioCopy, [u8; 40]);
-static_assertions::assert_eq_size!(UffdioZeropage, [u8; 32]);
-static_assertions::assert_eq_size!(UffdMsg, [u8; 32]);
-static_assertions::assert_eq_align!(UffdioRange, u64);
-static_assertions::assert_eq_align!(UffdioApi, u64);
-static_assertions::assert_eq_align!(UffdioRegister, u64);
-static_assertions::assert_eq_align!(UffdioCopy, u64);
-static_assertions::assert_eq_align!(UffdioZeropage, u64);
-static_assertions::assert_eq_align!(UffdMsg, u64);
-static_assertions::const_assert_eq!(std::mem::offset_of!(UffdMsg, pf_address), 16);
-static_assertions::const_assert_eq!(std::mem::offset_of!(UffdMsg, pf_ptid), 24);
+const _: () = assert!(size_of::<UffdioRange>() == 16);
+const _: () = assert!(size_of::<UffdioApi>() == 24);
+const _: () = assert!(size_of::<UffdioRegister>() == 32);
+const _: () = assert!(size_of::<UffdioCopy>() == 40);
+const _: () = assert!(size_of::<UffdioZeropage>() == 32);
+const _: () = assert!(size_of::<UffdMsg>() == 32);
+const _: () = assert!(align_of::<UffdioRange>() == align_of::<u64>());
+const _: () = assert!(align_of::<UffdioApi>() == align_of::<u64>());
+const _: () = assert!(align_of::<UffdioRegister>() == align_of::<u64>());
+const _: () = assert!(align_of::<UffdioCopy>() == align_of::<u64>());
+const _: () = assert!(align_of::<UffdioZeropage>() == align_of::<u64>());
+const _: () = assert!(align_of::<UffdMsg>() == align_of::<u64>());
+const _: () = assert!(std::mem::offset_of!(UffdMsg, pf_address) == 16);
+const _: () = assert!(std::mem::offset_of!(UffdMsg, pf_ptid) == 24);
 
 /// `UFFDIO_API`.
 pub const UFFDIO_API: IoctlRequest =
@@ -164,12 +164,12 @@ pub const UFFDIO_ZEROPAGE: IoctlRequest = ioc(
 
 // The numbers <linux/userfaultfd.h> gives on x86_64 and aarch64, checked
 // at compile time (compared as 32-bit patterns, whatever IoctlRequest is).
-static_assertions::const_assert_eq!(UFFDIO_API as u32, 0xc018_aa3f);
-static_assertions::const_assert_eq!(UFFDIO_REGISTER as u32, 0xc020_aa00);
-static_assertions::const_assert_eq!(UFFDIO_UNREGISTER as u32, 0x8010_aa01);
-static_assertions::const_assert_eq!(UFFDIO_WAKE as u32, 0x8010_aa02);
-static_assertions::const_assert_eq!(UFFDIO_COPY as u32, 0xc028_aa03);
-static_assertions::const_assert_eq!(UFFDIO_ZEROPAGE as u32, 0xc020_aa04);
+const _: () = assert!(UFFDIO_API as u32 == 0xc018_aa3f);
+const _: () = assert!(UFFDIO_REGISTER as u32 == 0xc020_aa00);
+const _: () = assert!(UFFDIO_UNREGISTER as u32 == 0x8010_aa01);
+const _: () = assert!(UFFDIO_WAKE as u32 == 0x8010_aa02);
+const _: () = assert!(UFFDIO_COPY as u32 == 0xc028_aa03);
+const _: () = assert!(UFFDIO_ZEROPAGE as u32 == 0xc020_aa04);
 
 /// Issue one ioctl on a userfaultfd.
 ///

@@ -44,8 +44,8 @@ pub struct PostcopyRsBlockView {
     pub flags: u32,
 }
 
-static_assertions::assert_eq_size!(PostcopyRsBlockView, [u64; 5]);
-static_assertions::assert_eq_align!(PostcopyRsBlockView, u64);
+const _: () = assert!(size_of::<PostcopyRsBlockView>() == size_of::<[u64; 5]>());
+const _: () = assert!(align_of::<PostcopyRsBlockView>() == align_of::<u64>());
 
 /// Validate a block view from C.
 ///
@@ -219,8 +219,8 @@ pub struct PostcopyRsFaultTarget {
     pub view: PostcopyRsBlockView,
 }
 
-static_assertions::assert_eq_size!(PostcopyRsFaultTarget, [u64; 6]);
-static_assertions::assert_eq_align!(PostcopyRsFaultTarget, u64);
+const _: () = assert!(size_of::<PostcopyRsFaultTarget>() == size_of::<[u64; 6]>());
+const _: () = assert!(align_of::<PostcopyRsFaultTarget>() == align_of::<u64>());
 
 /// The embedder's side of the fault thread.  Every callback runs on the
 /// fault thread and receives `opaque`.  `resolve` and `request_page` are
@@ -275,8 +275,8 @@ pub struct PostcopyRsFaultOps {
     pub check_pause: Option<unsafe extern "C" fn(opaque: *mut c_void) -> bool>,
 }
 
-static_assertions::assert_eq_size!(PostcopyRsFaultOps, [u64; 11]);
-static_assertions::assert_eq_align!(PostcopyRsFaultOps, u64);
+const _: () = assert!(size_of::<PostcopyRsFaultOps>() == size_of::<[u64; 11]>());
+const _: () = assert!(align_of::<PostcopyRsFaultOps>() == align_of::<u64>());
 
 /// How to start a fault thread.
 #[repr(C)]
@@ -296,8 +296,8 @@ pub struct PostcopyRsFaultConfig {
     pub name: *const c_char,
 }
 
-static_assertions::assert_eq_size!(PostcopyRsFaultConfig, [u64; 14]);
-static_assertions::assert_eq_align!(PostcopyRsFaultConfig, u64);
+const _: () = assert!(size_of::<PostcopyRsFaultConfig>() == size_of::<[u64; 14]>());
+const _: () = assert!(align_of::<PostcopyRsFaultConfig>() == align_of::<u64>());
 
 /// What the thread is doing (`postcopy_rs_fault_thread_state()`).
 #[repr(C)]
@@ -311,8 +311,8 @@ pub enum PostcopyRsFaultThreadState {
     Exited = 2,
 }
 
-static_assertions::assert_eq_size!(PostcopyRsFaultThreadState, c_int);
-static_assertions::assert_eq_align!(PostcopyRsFaultThreadState, c_int);
+const _: () = assert!(size_of::<PostcopyRsFaultThreadState>() == size_of::<c_int>());
+const _: () = assert!(align_of::<PostcopyRsFaultThreadState>() == align_of::<c_int>());
 
 impl From<ThreadState> for PostcopyRsFaultThreadState {
     fn from(s: ThreadState) -> Self {

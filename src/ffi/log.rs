@@ -21,8 +21,8 @@ pub enum PostcopyRsLogLevel {
     Debug = 3,
 }
 
-static_assertions::assert_eq_size!(PostcopyRsLogLevel, c_int);
-static_assertions::assert_eq_align!(PostcopyRsLogLevel, c_int);
+const _: () = assert!(size_of::<PostcopyRsLogLevel>() == size_of::<c_int>());
+const _: () = assert!(align_of::<PostcopyRsLogLevel>() == align_of::<c_int>());
 
 impl From<Level> for PostcopyRsLogLevel {
     fn from(l: Level) -> Self {

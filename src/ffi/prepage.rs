@@ -15,12 +15,12 @@ use std::os::raw::{c_int, c_void};
 /// Largest pre-paging window, in host pages, that
 /// `postcopy_rs_fault_thread_set_prepage()` accepts.
 pub const POSTCOPY_RS_PREPAGE_MAX_PAGES: u32 = 1024;
-static_assertions::const_assert_eq!(POSTCOPY_RS_PREPAGE_MAX_PAGES, prepage::MAX_WINDOW);
+const _: () = assert!(POSTCOPY_RS_PREPAGE_MAX_PAGES == prepage::MAX_WINDOW);
 
 /// Most bytes a pre-paging request asks for after the faulting page,
 /// whatever the window (one page ahead on 2 MiB hugepages).
 pub const POSTCOPY_RS_PREPAGE_MAX_BYTES: u64 = 2_097_152;
-static_assertions::const_assert_eq!(POSTCOPY_RS_PREPAGE_MAX_BYTES, prepage::MAX_PREPAGE_BYTES);
+const _: () = assert!(POSTCOPY_RS_PREPAGE_MAX_BYTES == prepage::MAX_PREPAGE_BYTES);
 
 /// Pre-paging counters (`postcopy_rs_get_prepage_stats`).  Pages are
 /// host pages.
@@ -49,8 +49,8 @@ pub struct PostcopyRsPrepageStats {
     pub max_window: u64,
 }
 
-static_assertions::assert_eq_size!(PostcopyRsPrepageStats, [u64; 8]);
-static_assertions::assert_eq_align!(PostcopyRsPrepageStats, u64);
+const _: () = assert!(size_of::<PostcopyRsPrepageStats>() == size_of::<[u64; 8]>());
+const _: () = assert!(align_of::<PostcopyRsPrepageStats>() == align_of::<u64>());
 
 impl From<prepage::Stats> for PostcopyRsPrepageStats {
     fn from(s: prepage::Stats) -> Self {

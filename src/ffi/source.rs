@@ -14,8 +14,8 @@ use std::os::raw::{c_char, c_int, c_ulong, c_void};
 pub const POSTCOPY_RS_MAX_HOST_RATIO: u64 = 4_194_304;
 /// Largest host page size accepted, in bytes (16 GiB).
 pub const POSTCOPY_RS_MAX_HOST_PAGE_SIZE: u64 = 17_179_869_184;
-static_assertions::const_assert_eq!(POSTCOPY_RS_MAX_HOST_RATIO, discard::MAX_HOST_RATIO);
-static_assertions::const_assert_eq!(POSTCOPY_RS_MAX_HOST_PAGE_SIZE, discard::MAX_HOST_PAGE_SIZE);
+const _: () = assert!(POSTCOPY_RS_MAX_HOST_RATIO == discard::MAX_HOST_RATIO);
+const _: () = assert!(POSTCOPY_RS_MAX_HOST_PAGE_SIZE == discard::MAX_HOST_PAGE_SIZE);
 
 /// Canonicalise a RAMBlock's dirty bitmap to host pages: every host page
 /// with any dirty target page becomes wholly dirty.
@@ -75,8 +75,8 @@ pub struct PostcopyRsDiscardBlock {
     pub used_length: u64,
 }
 
-static_assertions::assert_eq_size!(PostcopyRsDiscardBlock, [u64; 5]);
-static_assertions::assert_eq_align!(PostcopyRsDiscardBlock, u64);
+const _: () = assert!(size_of::<PostcopyRsDiscardBlock>() == size_of::<[u64; 5]>());
+const _: () = assert!(align_of::<PostcopyRsDiscardBlock>() == align_of::<u64>());
 
 /// What `postcopy_rs_send_discard_bitmap()` needs from its embedder.
 /// Every callback runs on the calling thread, during the call, and
@@ -113,8 +113,8 @@ pub struct PostcopyRsDiscardOps {
     pub failed: Option<unsafe extern "C" fn(opaque: *mut c_void, err: c_int, msg: *const c_char)>,
 }
 
-static_assertions::assert_eq_size!(PostcopyRsDiscardOps, [u64; 9]);
-static_assertions::assert_eq_align!(PostcopyRsDiscardOps, u64);
+const _: () = assert!(size_of::<PostcopyRsDiscardOps>() == size_of::<[u64; 9]>());
+const _: () = assert!(align_of::<PostcopyRsDiscardOps>() == align_of::<u64>());
 
 /// The ops, checked: the required callbacks are present.
 struct Ops<'a> {
@@ -279,4 +279,4 @@ fn send(raw: &PostcopyRsDiscardOps) -> Result<()> {
 }
 
 /// The bitmap word is `unsigned long`.
-const _: () = assert!(std::mem::size_of::<Word>() == std::mem::size_of::<c_ulong>());
+const _: () = assert!(size_of::<Word>() == size_of::<c_ulong>());

@@ -48,8 +48,8 @@ pub struct PostcopyRsStats {
     pub events_ignored: u64,
 }
 
-static_assertions::assert_eq_size!(PostcopyRsStats, [u64; stats::NCOUNTERS]);
-static_assertions::assert_eq_align!(PostcopyRsStats, u64);
+const _: () = assert!(size_of::<PostcopyRsStats>() == size_of::<[u64; stats::NCOUNTERS]>());
+const _: () = assert!(align_of::<PostcopyRsStats>() == align_of::<u64>());
 
 impl From<stats::Stats> for PostcopyRsStats {
     fn from(s: stats::Stats) -> Self {
@@ -95,7 +95,7 @@ impl From<stats::Stats> for PostcopyRsStats {
 /// Buckets in `PostcopyRsLatency.buckets`: QEMU's
 /// `BLOCKTIME_LATENCY_BUCKET_N`.
 pub const POSTCOPY_RS_LATENCY_BUCKETS: usize = 24;
-static_assertions::const_assert_eq!(POSTCOPY_RS_LATENCY_BUCKETS, latency::NBUCKETS);
+const _: () = assert!(POSTCOPY_RS_LATENCY_BUCKETS == latency::NBUCKETS);
 
 /// Fault-to-placement latency, per host page (`postcopy_rs_get_latency`).
 /// Latencies are in microseconds.
@@ -127,8 +127,9 @@ pub struct PostcopyRsLatency {
     pub buckets: [u64; POSTCOPY_RS_LATENCY_BUCKETS],
 }
 
-static_assertions::assert_eq_size!(PostcopyRsLatency, [u64; 8 + POSTCOPY_RS_LATENCY_BUCKETS]);
-static_assertions::assert_eq_align!(PostcopyRsLatency, u64);
+const _: () =
+    assert!(size_of::<PostcopyRsLatency>() == size_of::<[u64; 8 + POSTCOPY_RS_LATENCY_BUCKETS]>());
+const _: () = assert!(align_of::<PostcopyRsLatency>() == align_of::<u64>());
 
 impl From<latency::Latency> for PostcopyRsLatency {
     fn from(s: latency::Latency) -> Self {

@@ -32,6 +32,9 @@ mod tests {
     use super::*;
 
     /// The crate's version carries the ABI version: 0.N.x for ABI N.
+    /// Cargo's view only: QEMU's meson build (which sets `--cfg MESON`)
+    /// has no `CARGO_PKG_*` variables to compare with.
+    #[cfg(not(MESON))]
     #[test]
     fn crate_version_carries_the_abi_version() {
         assert_eq!(env!("CARGO_PKG_VERSION_MAJOR"), "0");
