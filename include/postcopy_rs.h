@@ -44,10 +44,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#ifdef __cplusplus
-extern "C" {
-#endif
-
 
 
 
@@ -209,22 +205,22 @@ typedef struct PostcopyRsFaultOps {
    */
   void (*thread_exit)(void *opaque);
   /**
-   * Map fault address `addr` to its block: fill `*out`, return 0; or
-   * return a negative errno if `addr` is not guest RAM.
+   * Map fault address `va` to its block: fill `*out`, return 0; or
+   * return a negative errno if `va` is not guest RAM.
    */
-  int (*resolve)(void *opaque, uint64_t addr, struct PostcopyRsFaultTarget *out);
+  int (*resolve)(void *opaque, uint64_t va, struct PostcopyRsFaultTarget *out);
   /**
    * Every page fault, before de-duplication: `tid` is the faulting
    * thread (0 without `UFFD_FEATURE_THREAD_ID`).  QEMU: blocktime begin.
    */
   void (*fault)(void *opaque, void *block, uint64_t addr, uint32_t tid);
   /**
-   * Ask the source for the host page at block offset `offset` (aligned
+   * Ask the source for the host page at block offset `off` (aligned
    * to the block's page size); `addr` is the faulting address.  Return 0,
    * or a negative errno if the return path is broken: the thread then
    * pauses until `postcopy_rs_fault_thread_resume()`, and retries.
    */
-  int (*request_page)(void *opaque, void *block, uint64_t offset, uint64_t addr);
+  int (*request_page)(void *opaque, void *block, uint64_t off, uint64_t addr);
   /**
    * The thread is pausing.
    */
@@ -707,7 +703,7 @@ int postcopy_rs_pagesize_mismatch_message(uint64_t source_summary,
  * Turn adaptive pre-paging on (or off) for a running fault thread.  On a
  * fault that leads to a request, the thread then asks for the faulting
  * page and up to `max_pages - 1` missing host pages after it in the same
- * block, in one `request_range` call starting at the faulting page; the
+ * block, in one `request` call starting at the faulting page; the
  * window adapts per stream of sequential faults (it grows while the
  * pre-paged pages are faulted on or walked past, and a stream that stops
  * being hit is dropped, so random faults request one page each).  Pre-paged
@@ -717,7 +713,7 @@ int postcopy_rs_pagesize_mismatch_message(uint64_t source_summary,
  * policy is described in src/prepage.rs of the library's source;
  * `postcopy_rs_get_prepage_stats()` gives the counters.
  *
- * `max_pages` 0 or 1, or a NULL `request_range`, turns it off: the
+ * `max_pages` 0 or 1, or a NULL `request`, turns it off: the
  * default, which requests exactly what QEMU's own thread does.  It
  * applies from the thread's next wake-up (this call wakes it).
  *
@@ -725,14 +721,14 @@ int postcopy_rs_pagesize_mismatch_message(uint64_t source_summary,
  * `-EINVAL` for `max_pages` above `POSTCOPY_RS_PREPAGE_MAX_PAGES`.
  *
  * # Safety
- * `request_range`, if not NULL, must be callable from the fault thread
+ * `request`, if not NULL, must be callable from the fault thread
  * with the `opaque` of the ops the thread was started with until the
  * thread is stopped (turning pre-paging off does not wait for a call
  * under way), and must not call back into the fault-thread API.
  */
 int postcopy_rs_fault_thread_set_prepage(struct PostcopyRsFaultThread *t,
                                          uint32_t max_pages,
-                                         PostcopyRsRequestRangeFn request_range);
+                                         PostcopyRsRequestRangeFn request);
 
 /**
  * Copy the pre-paging counters (all fault threads of the process, since
@@ -843,9 +839,5 @@ int postcopy_rs_get_latency(struct PostcopyRsLatency *out, size_t size);
  * of its own header.  Never 0.
  */
 uint32_t postcopy_rs_abi_version(void);
-
-#ifdef __cplusplus
-} /* extern "C" */
-#endif
 
 #endif /* POSTCOPY_RS_H */

@@ -19,12 +19,11 @@
 # postcopy_rs from it when Rust is enabled.  The commit, with a fixed
 # author and date, is exported by `git format-patch`.
 #
-# The top-level hunk rewrites the line of Part 2 that finds the external
-# library:
+# The top-level hunk rewrites the statement of Part 2's patch 0005 that
+# finds the external library,
 #   postcopy_rs = dependency('postcopy-rs', ..., required: get_option('postcopy_rs'))
-# A series without that line yet (before Part 2 has the postcopy_rs meson
-# option) gets a stand-in first, in this script only: the line and
-# CONFIG_POSTCOPY_RS as Part 2 will have them; a warning says so.
+# into a choice: the crate in rust/postcopy when Rust is enabled, that
+# statement otherwise.  The ABI check after it applies to both.
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -57,29 +56,8 @@ generate() {
         grep -vxF "$PATCH" | sed "s|^|$SERIES/|")
     (cd "$t" && "${GIT[@]}" am -q "${patches[@]}") || die "git am of $SERIES failed"
 
-    if ! grep -q "^postcopy_rs = dependency('postcopy-rs'" "$t/meson.build"; then
-        warn "the series does not find postcopy_rs in the top-level meson.build yet (Part 2's" \
-            "meson option): generating against a stand-in for it; regenerate once Part 2 has it"
-        python3 - "$t" <<'PY'
-import re, sys
-t = sys.argv[1]
-mig = open(f"{t}/migration/meson.build").read()
-mig = re.sub(r"\n# postcopy-rs implements.*?lib/pkgconfig'\)\n", "\n", mig, flags=re.S)
-open(f"{t}/migration/meson.build", "w").write(mig)
-top = open(f"{t}/meson.build").read()
-anchor = "config_host_data.set('CONFIG_HAVE_RUST', have_rust)\n"
-assert anchor in top
-top = top.replace(anchor, anchor +
-    "postcopy_rs = dependency('postcopy-rs', version: ['>=0.3.0', '<0.4.0'], method: 'pkg-config', static: true, required: get_option('postcopy_rs'))\n"
-    "config_host_data.set('CONFIG_POSTCOPY_RS', postcopy_rs.found())\n")
-open(f"{t}/meson.build", "w").write(top)
-opts = open(f"{t}/meson_options.txt").read()
-opts += "option('postcopy_rs', type: 'feature', value: 'auto', description: 'postcopy-rs')\n"
-open(f"{t}/meson_options.txt", "w").write(opts)
-PY
-        (cd "$t" && "${GIT[@]}" commit -q -a -m "stand-in for Part 2's postcopy_rs option") ||
-            die "could not commit the stand-in"
-    fi
+    grep -q "^  postcopy_rs = dependency('postcopy-rs'" "$t/meson.build" ||
+        die "the series' meson.build does not find postcopy-rs as Part 2's patch 0005 does"
 
     local d=$t/rust/postcopy
     mkdir -p "$d"
@@ -146,6 +124,15 @@ assert anchor in rm
 rm = rm.replace(anchor, anchor + "if postcopy_rs.found()\n  subdir('postcopy')\nendif\n", 1)
 open(f"{t}/rust/meson.build", "w").write(rm)
 
+mt = open(f"{t}/MAINTAINERS").read()
+anchor = "\nDetached LUKS header\n"
+assert anchor in mt
+mt = mt.replace(anchor, "\nPostcopy RAM in Rust (postcopy-rs)\n"
+                "M: postcopy-rs developers <dev@postcopy-rs.invalid>\n"
+                "S: Maintained\n"
+                "F: rust/postcopy/\n" + anchor, 1)
+open(f"{t}/MAINTAINERS", "w").write(mt)
+
 ct = open(f"{t}/rust/Cargo.toml").read()
 anchor = '    "hw/timer/hpet",\n'
 assert anchor in ct
@@ -153,20 +140,20 @@ ct = ct.replace(anchor, anchor + '    "postcopy",\n', 1)
 open(f"{t}/rust/Cargo.toml", "w").write(ct)
 
 top = open(f"{t}/meson.build").read()
-m = re.search(r"^postcopy_rs = dependency\('postcopy-rs'.*?\)\n", top, re.M | re.S)
+m = re.search(r"^  postcopy_rs = dependency\('postcopy-rs'.*?\)\n", top, re.M | re.S)
 assert m, "no postcopy_rs = dependency('postcopy-rs', ...) in meson.build"
 ext = "  " + m.group(0).rstrip("\n").replace("\n", "\n  ") + "\n"
 top = top.replace(m.group(0),
-    "# Where postcopy-rs comes from: with Rust enabled, the crate in\n"
-    "# rust/postcopy, built into each target's one Rust static library (a\n"
-    "# second Rust static library would bring a second Rust standard library);\n"
-    "# without Rust, the external library found by pkg-config.\n"
-    "# -Dpostcopy_rs=disabled keeps QEMU's own C either way.\n"
-    "if have_rust and not get_option('postcopy_rs').disabled()\n"
-    "  postcopy_rs = declare_dependency(\n"
-    "    include_directories: include_directories('rust/postcopy'),\n"
-    f"    version: '{ver}')\n"
-    "else\n" + ext + "endif\n", 1)
+    "  # Where postcopy-rs comes from: with Rust enabled, the crate in\n"
+    "  # rust/postcopy, built into each target's one Rust static library (a\n"
+    "  # second Rust static library would bring a second Rust standard\n"
+    "  # library); without Rust, the external library found by pkg-config.\n"
+    "  # -Dpostcopy_rs=disabled keeps QEMU's own C either way.\n"
+    "  if have_rust and get_option('postcopy_rs').allowed()\n"
+    "    postcopy_rs = declare_dependency(\n"
+    "      include_directories: include_directories('rust/postcopy'),\n"
+    f"      version: '{ver}')\n"
+    "  else\n" + ext + "  endif\n", 1)
 open(f"{t}/meson.build", "w").write(top)
 PY
     # The lock file takes the new workspace member, in cargo's order; its

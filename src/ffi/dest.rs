@@ -234,12 +234,12 @@ pub struct PostcopyRsFaultOps {
     pub thread_enter: Option<unsafe extern "C" fn(opaque: *mut c_void)>,
     /// Last call on the thread (QEMU: `rcu_unregister_thread()`).
     pub thread_exit: Option<unsafe extern "C" fn(opaque: *mut c_void)>,
-    /// Map fault address `addr` to its block: fill `*out`, return 0; or
-    /// return a negative errno if `addr` is not guest RAM.
+    /// Map fault address `va` to its block: fill `*out`, return 0; or
+    /// return a negative errno if `va` is not guest RAM.
     pub resolve: Option<
         unsafe extern "C" fn(
             opaque: *mut c_void,
-            addr: u64,
+            va: u64,
             out: *mut PostcopyRsFaultTarget,
         ) -> c_int,
     >,
@@ -247,17 +247,12 @@ pub struct PostcopyRsFaultOps {
     /// thread (0 without `UFFD_FEATURE_THREAD_ID`).  QEMU: blocktime begin.
     pub fault:
         Option<unsafe extern "C" fn(opaque: *mut c_void, block: *mut c_void, addr: u64, tid: u32)>,
-    /// Ask the source for the host page at block offset `offset` (aligned
+    /// Ask the source for the host page at block offset `off` (aligned
     /// to the block's page size); `addr` is the faulting address.  Return 0,
     /// or a negative errno if the return path is broken: the thread then
     /// pauses until `postcopy_rs_fault_thread_resume()`, and retries.
     pub request_page: Option<
-        unsafe extern "C" fn(
-            opaque: *mut c_void,
-            block: *mut c_void,
-            offset: u64,
-            addr: u64,
-        ) -> c_int,
+        unsafe extern "C" fn(opaque: *mut c_void, block: *mut c_void, off: u64, addr: u64) -> c_int,
     >,
     /// The thread is pausing.
     pub paused: Option<unsafe extern "C" fn(opaque: *mut c_void)>,

@@ -133,7 +133,7 @@ impl RangeRequester for CRange {
 /// Turn adaptive pre-paging on (or off) for a running fault thread.  On a
 /// fault that leads to a request, the thread then asks for the faulting
 /// page and up to `max_pages - 1` missing host pages after it in the same
-/// block, in one `request_range` call starting at the faulting page; the
+/// block, in one `request` call starting at the faulting page; the
 /// window adapts per stream of sequential faults (it grows while the
 /// pre-paged pages are faulted on or walked past, and a stream that stops
 /// being hit is dropped, so random faults request one page each).  Pre-paged
@@ -143,7 +143,7 @@ impl RangeRequester for CRange {
 /// policy is described in src/prepage.rs of the library's source;
 /// `postcopy_rs_get_prepage_stats()` gives the counters.
 ///
-/// `max_pages` 0 or 1, or a NULL `request_range`, turns it off: the
+/// `max_pages` 0 or 1, or a NULL `request`, turns it off: the
 /// default, which requests exactly what QEMU's own thread does.  It
 /// applies from the thread's next wake-up (this call wakes it).
 ///
@@ -151,7 +151,7 @@ impl RangeRequester for CRange {
 /// `-EINVAL` for `max_pages` above `POSTCOPY_RS_PREPAGE_MAX_PAGES`.
 ///
 /// # Safety
-/// `request_range`, if not NULL, must be callable from the fault thread
+/// `request`, if not NULL, must be callable from the fault thread
 /// with the `opaque` of the ops the thread was started with until the
 /// thread is stopped (turning pre-paging off does not wait for a call
 /// under way), and must not call back into the fault-thread API.
@@ -159,7 +159,7 @@ impl RangeRequester for CRange {
 pub unsafe extern "C" fn postcopy_rs_fault_thread_set_prepage(
     t: *mut PostcopyRsFaultThread,
     max_pages: u32,
-    request_range: PostcopyRsRequestRangeFn,
+    request: PostcopyRsRequestRangeFn,
 ) -> c_int {
     boundary("postcopy_rs_fault_thread_set_prepage", || {
         handles::with_live(t, |t| {
@@ -168,7 +168,7 @@ pub unsafe extern "C" fn postcopy_rs_fault_thread_set_prepage(
                     "max_pages above POSTCOPY_RS_PREPAGE_MAX_PAGES",
                 ));
             }
-            let settings = match request_range {
+            let settings = match request {
                 Some(f) if max_pages > 1 => Some(Settings {
                     max_pages,
                     requester: Box::new(CRange { f, opaque: t.1 }),
