@@ -15,7 +15,11 @@
 #      (only qemu-system-x86_64 and migration-test, with gnutls for the TLS
 #      tests) into build/qemu-V/{unpatched,fixes,patched}, the fixes
 #      without the library on PKG_CONFIG_PATH, the patched with
-#      -Dpostcopy_rs=enabled; and for the versions in QEMU_C_VERSIONS the
+#      -Dpostcopy_rs=enabled: for the versions in QEMU_RUST_VERSIONS
+#      (10.2.2) with --enable-rust, the crate built inside QEMU's tree by
+#      the series' last patch, and no PKG_CONFIG_PATH (the external library
+#      must not be findable); for the others against the external library;
+#      and for the versions in QEMU_C_VERSIONS the
 #      whole series again with -Dpostcopy_rs=disabled, QEMU's own C, into
 #      build/qemu-V/no-library (ccache makes that a build of the few files
 #      the option changes);
@@ -24,7 +28,12 @@
 #      -Dpostcopy_rs=disabled binary has, with none of the library's
 #      symbols; that configure with -Dpostcopy_rs=enabled fails, naming
 #      the library, when it is missing or declares another ABI (for the
-#      versions in QEMU_C_VERSIONS); and that
+#      versions in QEMU_C_VERSIONS); for the Rust builds, that the binary
+#      holds one Rust runtime (rust_eh_personality, the allocator shims,
+#      the panic handler once each) and that QEMU's own Rust tests pass
+#      (meson test --suite rust: QEMU's crates' unit, integration and doc
+#      tests, and this crate's unit tests under QEMU's flags; the Rust
+#      HPET runs in every migration qtest on that build); and that
 #      each series is what a maintainer can take (scripts/qemu-series.sh
 #      check: git am onto upstream, checkpatch.pl, patch -p1 onto Debian);
 #   4. under the machine lock (/tmp/pcrs-vm.lock): per version, every
@@ -59,6 +68,8 @@
 #   QEMU_VERSIONS  the versions to test, default "10.0.13 10.2.2"
 #   QEMU_C_VERSIONS  of those, the ones also built and tested with
 #                  -Dpostcopy_rs=disabled, default "10.2.2"
+#   QEMU_RUST_VERSIONS  of those, the ones whose patched build is
+#                  --enable-rust with the in-tree crate, default "10.2.2"
 #   QTEST_JOBS     qtests run at once (default 4)
 #   QEMU_BUILD_ONLY=1  stop after the builds and their checks (steps 1-3;
 #                  make bench-e2e uses it)
@@ -75,6 +86,7 @@ B=$PCRS_ROOT/build
 PREFIX=$B/prefix
 read -r -a VERSIONS <<<"${QEMU_VERSIONS:-10.0.13 10.2.2}"
 C_VERSIONS=" ${QEMU_C_VERSIONS-10.2.2} "
+RUST_VERSIONS=" ${QEMU_RUST_VERSIONS-10.2.2} "
 LEGACY=${QEMU_LEGACY_VERSION:-10.0.13}
 TRACE='postcopy_rs_*'
 LOCK=${PCRS_VM_LOCK:-/tmp/pcrs-vm.lock}
@@ -161,11 +173,19 @@ fetch_and_build() {
     timed build env -u PKG_CONFIG_PATH nice -n 10 \
         scripts/qemu-build.sh "$d/src-fixes" "$d/fixes" --patches "$series" --fixes-only
 
-    step "QEMU $v: build patched, linked with the library"
-    relink_if_library_changed "$d/patched" "$LIB"
-    timed build env PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" nice -n 10 \
-        scripts/qemu-build.sh "$d/src-patched" "$d/patched" --patches "$series" \
-        --postcopy-rs enabled
+    if [[ $RUST_VERSIONS == *" $v "* ]]; then
+        step "QEMU $v: build patched with --enable-rust: the crate in QEMU's tree, no external library"
+        timed deps scripts/qemu-rust-deps.sh
+        timed build env -u PKG_CONFIG_PATH nice -n 10 \
+            scripts/qemu-build.sh "$d/src-patched" "$d/patched" --patches "$series" \
+            --postcopy-rs enabled --rust
+    else
+        step "QEMU $v: build patched, linked with the library"
+        relink_if_library_changed "$d/patched" "$LIB"
+        timed build env PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" nice -n 10 \
+            scripts/qemu-build.sh "$d/src-patched" "$d/patched" --patches "$series" \
+            --postcopy-rs enabled
+    fi
 
     if [[ $C_VERSIONS == *" $v "* ]]; then
         step "QEMU $v: build the series with -Dpostcopy_rs=disabled (QEMU's own C)"
@@ -190,6 +210,26 @@ exports_library() {
         fi
     done
     return $missing
+}
+
+# one_rust_runtime BINARY: the Rust runtime's symbols once each (a
+# second Rust static library would bring a second std), and the library's
+# exports.
+one_rust_runtime() {
+    local syms sym n ok=0
+    syms=$(nm "$1" | sed 's/^[0-9a-f]* //') || return 1
+    for sym in rust_eh_personality __rust_alloc __rdl_alloc rust_begin_unwind; do
+        # v0-mangled names (_RNvCs<crate hash>7___rustc12___rust_alloc)
+        # end in the name's length, a "_" before a name that starts with
+        # one, and the name: a second std would be a second such symbol.
+        n=$(grep -cE "^[Tt] (_R[A-Za-z0-9_]*[0-9]_?${sym}|${sym})\$" <<<"$syms" || true)
+        echo "  $sym: $n"
+        [ "$n" -eq 1 ] || ok=1
+    done
+    n=$(grep -c '^T postcopy_rs_' <<<"$syms" || true)
+    echo "  postcopy_rs_* exports: $n"
+    [ "$n" -gt 0 ] || ok=1
+    return $ok
 }
 
 # c_fault_thread BINARY: BINARY has QEMU's C fault thread (a static
@@ -262,6 +302,14 @@ for v in "${VERSIONS[@]}"; do
         exports_library "$d/patched/qemu-system-x86_64"
     check "$v" "QEMU $v: the patched binary runs the library's fault thread, not the C one; -Dpostcopy_rs=disabled keeps the C" \
         library_replaces_c "$d" "$v"
+    if [[ $RUST_VERSIONS == *" $v "* ]]; then
+        check "$v" "QEMU $v --enable-rust: one Rust runtime in the binary, with the crate's exports" \
+            one_rust_runtime "$d/patched/qemu-system-x86_64"
+        check "$v" "QEMU $v --enable-rust: QEMU's own Rust tests and the crate's (meson test --suite rust)" \
+            timed "rust tests" env PATH="${PCRS_RUST_VENV:-$PCRS_CACHE/meson-rust-venv}/bin:$PATH" \
+            nice -n 10 "$d/patched/pyvenv/bin/meson" test -C "$d/patched" --suite rust \
+            --print-errorlogs
+    fi
     if [[ $C_VERSIONS == *" $v "* ]]; then
         # Patch 0005 is the same meson code in every series: one version is enough.
         check "$v" "QEMU $v: -Dpostcopy_rs=enabled without the library fails configure, naming it" \
@@ -270,6 +318,10 @@ for v in "${VERSIONS[@]}"; do
         check "$v" "QEMU $v: -Dpostcopy_rs=enabled with another ABI fails configure, naming it" \
             timed configure configure_refuses "$v" wrong-abi "postcopy_rs.h does not declare ABI version 3" \
             PKG_CONFIG_PATH="$(wrong_abi_prefix)"
+    fi
+    if [[ $RUST_VERSIONS == *" $v "* ]]; then
+        check "$v" "QEMU $v: the in-tree crate's patch is what src/ generates (scripts/qemu-intree.sh check)" \
+            timed series scripts/qemu-intree.sh check
     fi
     step "QEMU $v: the series as a maintainer receives it"
     check "$v" "QEMU $v: the series applies with git am to upstream, is checkpatch-clean, applies with patch -p1 to Debian's source" \

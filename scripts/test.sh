@@ -23,7 +23,9 @@
 #      failing on stock QEMU), mismatched page sizes, 10.2's blocktime;
 #   4. the main command, `make demo`, at default settings: a real Linux
 #      guest live-migrated with postcopy between two patched QEMUs; it
-#      fails unless the guest verifies every page of its memory; then with
+#      fails unless the guest verifies every page of its memory; then on
+#      QEMU 10.2.2 built --enable-rust with the crate in QEMU's tree
+#      (ARGS="--binary build/qemu-10.2.2/patched/qemu-system-x86_64"); then with
 #      a network cut, and along a 4-hop chain (a cancel and a cut among
 #      the hops; fds and threads must not grow);
 #   5. the same demo under libvirt (`make demo ARGS=--libvirt`), at default
@@ -121,6 +123,14 @@ scripts/qemu-test.sh
 
 step "the main command: make demo (defaults)"
 make --no-print-directory demo
+
+step "the demo on QEMU 10.2.2 --enable-rust, the crate in QEMU's tree: make demo ARGS=\"--binary build/qemu-10.2.2/patched/qemu-system-x86_64\""
+if [[ " ${QEMU_VERSIONS:-10.2.2} " == *" 10.2.2 "* ]]; then
+    DEMO_SKIP_BUILD=1 make --no-print-directory demo \
+        ARGS="--binary build/qemu-10.2.2/patched/qemu-system-x86_64"
+else
+    warn "SKIPPED: the demo on 10.2.2 (QEMU_VERSIONS=$QEMU_VERSIONS lacks 10.2.2)"
+fi
 
 step "the demo under libvirt: make demo ARGS=--libvirt (defaults)"
 make --no-print-directory demo ARGS=--libvirt
