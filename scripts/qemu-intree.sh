@@ -118,26 +118,22 @@ rust.test('rust-postcopy-rs-tests', _postcopy_rs,
           suite: ['unit', 'rust'])
 ''')
 
-rm = open(f"{t}/rust/meson.build").read()
-anchor = "subdir('hw')\n"
-assert anchor in rm
-rm = rm.replace(anchor, anchor + "if postcopy_rs.found()\n  subdir('postcopy')\nendif\n", 1)
-open(f"{t}/rust/meson.build", "w").write(rm)
+def insert_after(path, anchor, text, before=False):
+    """Put text after (or before) the one place anchor is in path."""
+    body = open(path).read()
+    assert anchor in body, f"{path}: no {anchor!r}"
+    body = body.replace(anchor, text + anchor if before else anchor + text, 1)
+    open(path, "w").write(body)
 
-mt = open(f"{t}/MAINTAINERS").read()
-anchor = "\nDetached LUKS header\n"
-assert anchor in mt
-mt = mt.replace(anchor, "\nPostcopy RAM in Rust (postcopy-rs)\n"
-                "M: postcopy-rs developers <dev@postcopy-rs.invalid>\n"
-                "S: Maintained\n"
-                "F: rust/postcopy/\n" + anchor, 1)
-open(f"{t}/MAINTAINERS", "w").write(mt)
 
-ct = open(f"{t}/rust/Cargo.toml").read()
-anchor = '    "hw/timer/hpet",\n'
-assert anchor in ct
-ct = ct.replace(anchor, anchor + '    "postcopy",\n', 1)
-open(f"{t}/rust/Cargo.toml", "w").write(ct)
+insert_after(f"{t}/rust/meson.build", "subdir('hw')\n",
+             "if postcopy_rs.found()\n  subdir('postcopy')\nendif\n")
+insert_after(f"{t}/MAINTAINERS", "\nDetached LUKS header\n",
+             "\nPostcopy RAM in Rust (postcopy-rs)\n"
+             "M: postcopy-rs developers <dev@postcopy-rs.invalid>\n"
+             "S: Maintained\n"
+             "F: rust/postcopy/\n", before=True)
+insert_after(f"{t}/rust/Cargo.toml", '    "hw/timer/hpet",\n', '    "postcopy",\n')
 
 top = open(f"{t}/meson.build").read()
 m = re.search(r"^  postcopy_rs = dependency\('postcopy-rs'.*?\)\n", top, re.M | re.S)
