@@ -196,8 +196,11 @@ QEMU's minimum Rust (1.83) and the rustc lints of rust/Cargo.toml.
 
 Signed-off-by: postcopy-rs developers <dev@postcopy-rs.invalid>
 MSG
+    # Numbered as the last of the series, as format-patch numbers the rest.
+    local n=$((${#patches[@]} + 1))
     (cd "$t" && "${GIT[@]}" format-patch -q --no-signature --stdout -1 HEAD) |
-        sed -e '1s/^From [0-9a-f]\{40\} /From 0000000000000000000000000000000000000000 /' >"$out"
+        sed -e '1s/^From [0-9a-f]\{40\} /From 0000000000000000000000000000000000000000 /' \
+            -e "s/^Subject: \[PATCH\] /Subject: [PATCH $n\/$n] /" >"$out"
 }
 
 case $1 in
