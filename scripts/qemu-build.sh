@@ -255,5 +255,13 @@ step "check results"
 for t in "${TARGETS[@]}"; do
     [ -x "$BUILDDIR/$t" ] || die "$BUILDDIR/$t was not built"
 done
+# The configure stamp only says what was asked: a reconfigure by ninja in
+# a tree without the option (qemu-series.sh build-each) can drop it.
+case $PCRS_MODE in
+    enabled) grep -q '^#define CONFIG_POSTCOPY_RS' "$BUILDDIR/config-host.h" ||
+        die "$BUILDDIR was asked for -Dpostcopy_rs=enabled but is built without it: delete $cfg_stamp and rebuild" ;;
+    disabled) ! grep -q '^#define CONFIG_POSTCOPY_RS' "$BUILDDIR/config-host.h" ||
+        die "$BUILDDIR was asked for -Dpostcopy_rs=disabled but is built with it: delete $cfg_stamp and rebuild" ;;
+esac
 "$BUILDDIR/qemu-system-x86_64" --version | head -1
 echo "built: $BUILDDIR/qemu-system-x86_64 $BUILDDIR/tests/qtest/migration-test"
