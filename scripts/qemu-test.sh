@@ -38,7 +38,7 @@
 #      check: git am onto upstream, checkpatch.pl, patch -p1 onto Debian);
 #   4. under the machine lock (/tmp/pcrs-vm.lock): per version, every
 #      postcopy qtest migration-test lists (TLS included) and one precopy
-#      qtest on the patched build, 4 at a time, with the library's trace
+#      qtest on the patched build, 8 at a time, with the library's trace
 #      events on, and the same on the stock-fixes build; each test runs
 #      once; check that the library sent discard runs and placed pages
 #      during postcopy/plain; and the same qtests on the no-library builds;
@@ -70,7 +70,7 @@
 #                  -Dpostcopy_rs=disabled, default "10.2.2"
 #   QEMU_RUST_VERSIONS  of those, the ones whose patched build is
 #                  --enable-rust with the in-tree crate, default "10.2.2"
-#   QTEST_JOBS     qtests run at once (default 4)
+#   QTEST_JOBS     qtests run at once (default 8, scripts/qemu-qtest.sh)
 #   QEMU_BUILD_ONLY=1  stop after the builds and their checks (steps 1-3;
 #                  make bench-e2e uses it)
 #
