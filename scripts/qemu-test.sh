@@ -244,7 +244,7 @@ c_fault_thread() {
 # unpatched one has it (so that the check can fail), and a
 # -Dpostcopy_rs=disabled build has it and none of the library.
 library_replaces_c() {
-    local d=$1 v=$2 ok=0
+    local d=$1 v=$2 ok=0 syms
     if c_fault_thread "$d/patched/qemu-system-x86_64"; then
         echo "  the patched binary still has the C fault thread"
         ok=1
@@ -254,7 +254,10 @@ library_replaces_c() {
     if [[ $C_VERSIONS == *" $v "* ]]; then
         c_fault_thread "$d/no-library/qemu-system-x86_64" ||
             { echo "  the -Dpostcopy_rs=disabled binary lacks the C fault thread"; ok=1; }
-        if nm "$d/no-library/qemu-system-x86_64" | grep -q ' postcopy_rs_'; then
+        # Into a variable first: under pipefail, `nm | grep -q` fails when
+        # grep stops reading at its first match.
+        syms=$(nm "$d/no-library/qemu-system-x86_64")
+        if grep -q ' postcopy_rs_' <<<"$syms"; then
             echo "  the -Dpostcopy_rs=disabled binary carries postcopy-rs symbols"
             ok=1
         fi
