@@ -16,8 +16,7 @@ pub type Word = c_ulong;
 pub const BITS_PER_LONG: usize = Word::BITS as usize;
 
 const _: () = assert!(BITS_PER_LONG == 64);
-const _: () = assert!(size_of::<Word>() == size_of::<AtomicU64>());
-const _: () = assert!(align_of::<Word>() == align_of::<AtomicU64>());
+assert_same_layout!(Word, AtomicU64);
 
 /// Words needed for `nbits` bits (`BITS_TO_LONGS`).
 #[inline]

@@ -26,6 +26,16 @@
 //! The header `include/postcopy_rs.h` is generated from this crate by
 //! cbindgen; `docs/BOUNDARY.md` describes the QEMU boundary.
 
+/// The compile fails unless `$a` has the size and the alignment of `$b`
+/// (`static_assertions`' `assert_eq_size!` and `assert_eq_align!`, which
+/// QEMU's meson build has no wrap for).
+macro_rules! assert_same_layout {
+    ($a:ty, $b:ty) => {
+        const _: () = assert!(::core::mem::size_of::<$a>() == ::core::mem::size_of::<$b>());
+        const _: () = assert!(::core::mem::align_of::<$a>() == ::core::mem::align_of::<$b>());
+    };
+}
+
 pub mod addr;
 pub mod bitmap;
 pub mod discard;

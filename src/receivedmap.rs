@@ -33,8 +33,7 @@ unsafe impl Send for ReceivedMap {}
 // SAFETY: as for Send.
 unsafe impl Sync for ReceivedMap {}
 
-const _: () = assert!(size_of::<Word>() == size_of::<AtomicU64>());
-const _: () = assert!(align_of::<Word>() == align_of::<AtomicU64>());
+assert_same_layout!(Word, AtomicU64);
 
 impl ReceivedMap {
     /// A zeroed map of `bits` bits, owned by Rust.

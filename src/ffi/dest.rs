@@ -44,8 +44,7 @@ pub struct PostcopyRsBlockView {
     pub flags: u32,
 }
 
-const _: () = assert!(size_of::<PostcopyRsBlockView>() == size_of::<[u64; 5]>());
-const _: () = assert!(align_of::<PostcopyRsBlockView>() == align_of::<u64>());
+assert_same_layout!(PostcopyRsBlockView, [u64; 5]);
 
 /// Validate a block view from C.
 ///
@@ -219,8 +218,7 @@ pub struct PostcopyRsFaultTarget {
     pub view: PostcopyRsBlockView,
 }
 
-const _: () = assert!(size_of::<PostcopyRsFaultTarget>() == size_of::<[u64; 6]>());
-const _: () = assert!(align_of::<PostcopyRsFaultTarget>() == align_of::<u64>());
+assert_same_layout!(PostcopyRsFaultTarget, [u64; 6]);
 
 /// The embedder's side of the fault thread.  Every callback runs on the
 /// fault thread and receives `opaque`.  `resolve` and `request_page` are
@@ -270,8 +268,7 @@ pub struct PostcopyRsFaultOps {
     pub check_pause: Option<unsafe extern "C" fn(opaque: *mut c_void) -> bool>,
 }
 
-const _: () = assert!(size_of::<PostcopyRsFaultOps>() == size_of::<[u64; 11]>());
-const _: () = assert!(align_of::<PostcopyRsFaultOps>() == align_of::<u64>());
+assert_same_layout!(PostcopyRsFaultOps, [u64; 11]);
 
 /// How to start a fault thread.
 #[repr(C)]
@@ -291,8 +288,7 @@ pub struct PostcopyRsFaultConfig {
     pub name: *const c_char,
 }
 
-const _: () = assert!(size_of::<PostcopyRsFaultConfig>() == size_of::<[u64; 14]>());
-const _: () = assert!(align_of::<PostcopyRsFaultConfig>() == align_of::<u64>());
+assert_same_layout!(PostcopyRsFaultConfig, [u64; 14]);
 
 /// What the thread is doing (`postcopy_rs_fault_thread_state()`).
 #[repr(C)]
@@ -306,8 +302,7 @@ pub enum PostcopyRsFaultThreadState {
     Exited = 2,
 }
 
-const _: () = assert!(size_of::<PostcopyRsFaultThreadState>() == size_of::<c_int>());
-const _: () = assert!(align_of::<PostcopyRsFaultThreadState>() == align_of::<c_int>());
+assert_same_layout!(PostcopyRsFaultThreadState, c_int);
 
 impl From<ThreadState> for PostcopyRsFaultThreadState {
     fn from(s: ThreadState) -> Self {

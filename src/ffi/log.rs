@@ -21,8 +21,7 @@ pub enum PostcopyRsLogLevel {
     Debug = 3,
 }
 
-const _: () = assert!(size_of::<PostcopyRsLogLevel>() == size_of::<c_int>());
-const _: () = assert!(align_of::<PostcopyRsLogLevel>() == align_of::<c_int>());
+assert_same_layout!(PostcopyRsLogLevel, c_int);
 
 impl From<Level> for PostcopyRsLogLevel {
     fn from(l: Level) -> Self {

@@ -49,8 +49,7 @@ pub struct PostcopyRsPrepageStats {
     pub max_window: u64,
 }
 
-const _: () = assert!(size_of::<PostcopyRsPrepageStats>() == size_of::<[u64; 8]>());
-const _: () = assert!(align_of::<PostcopyRsPrepageStats>() == align_of::<u64>());
+assert_same_layout!(PostcopyRsPrepageStats, [u64; 8]);
 
 impl From<prepage::Stats> for PostcopyRsPrepageStats {
     fn from(s: prepage::Stats) -> Self {

@@ -75,8 +75,7 @@ pub struct PostcopyRsDiscardBlock {
     pub used_length: u64,
 }
 
-const _: () = assert!(size_of::<PostcopyRsDiscardBlock>() == size_of::<[u64; 5]>());
-const _: () = assert!(align_of::<PostcopyRsDiscardBlock>() == align_of::<u64>());
+assert_same_layout!(PostcopyRsDiscardBlock, [u64; 5]);
 
 /// What `postcopy_rs_send_discard_bitmap()` needs from its embedder.
 /// Every callback runs on the calling thread, during the call, and
@@ -113,8 +112,7 @@ pub struct PostcopyRsDiscardOps {
     pub failed: Option<unsafe extern "C" fn(opaque: *mut c_void, err: c_int, msg: *const c_char)>,
 }
 
-const _: () = assert!(size_of::<PostcopyRsDiscardOps>() == size_of::<[u64; 9]>());
-const _: () = assert!(align_of::<PostcopyRsDiscardOps>() == align_of::<u64>());
+assert_same_layout!(PostcopyRsDiscardOps, [u64; 9]);
 
 /// The ops, checked: the required callbacks are present.
 struct Ops<'a> {

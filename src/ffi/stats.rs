@@ -48,8 +48,7 @@ pub struct PostcopyRsStats {
     pub events_ignored: u64,
 }
 
-const _: () = assert!(size_of::<PostcopyRsStats>() == size_of::<[u64; stats::NCOUNTERS]>());
-const _: () = assert!(align_of::<PostcopyRsStats>() == align_of::<u64>());
+assert_same_layout!(PostcopyRsStats, [u64; stats::NCOUNTERS]);
 
 impl From<stats::Stats> for PostcopyRsStats {
     fn from(s: stats::Stats) -> Self {
@@ -127,9 +126,7 @@ pub struct PostcopyRsLatency {
     pub buckets: [u64; POSTCOPY_RS_LATENCY_BUCKETS],
 }
 
-const _: () =
-    assert!(size_of::<PostcopyRsLatency>() == size_of::<[u64; 8 + POSTCOPY_RS_LATENCY_BUCKETS]>());
-const _: () = assert!(align_of::<PostcopyRsLatency>() == align_of::<u64>());
+assert_same_layout!(PostcopyRsLatency, [u64; 8 + POSTCOPY_RS_LATENCY_BUCKETS]);
 
 impl From<latency::Latency> for PostcopyRsLatency {
     fn from(s: latency::Latency) -> Self {
