@@ -278,6 +278,14 @@ def summarize(s: Session, hosts: HostPair, res: dict):
                               if res["library_destination"] else None)
 
 
+def ensure_hugepages(s: Session, blocks):
+    """Free hugepages for each hugepage-backed block, as vm.py does for a
+    QEMU it starts."""
+    for blk in blocks:
+        if blk.pagesize != "4K":
+            s.hugepages.ensure(blk.pagesize, blk.pages, s.hugepages_run_total(blk.pagesize))
+
+
 def run_migration(opts: Options) -> dict:
     """Boot under one libvirtd, migrate with postcopy to the other, verify."""
     t0 = time.monotonic()
@@ -333,9 +341,7 @@ def _run(s: Session, hosts: HostPair, res: dict) -> dict:
         dst_xml = os.path.join(s.logdir, DOMAIN + "-destination.xml")
         with open(dst_xml, "w") as f:
             f.write(domain_xml(s, s.dst_ram, dom_uuid))
-    for blk in (b, db):
-        if blk.pagesize != "4K":
-            s.hugepages.ensure(blk.pagesize, blk.pages, 2 * blk.pages)
+    ensure_hugepages(s, (b, db))
     s.out.say("guest: %d MiB (%s), %d vCPUs, %s; domain XML %s"
               % (b.mib, ram_spec_str(s.src_ram), s.opts.smp, s.accel_note,
                  os.path.relpath(xml, ROOT)))
@@ -362,9 +368,7 @@ def _run(s: Session, hosts: HostPair, res: dict) -> dict:
             res["error"] = "the guest failed its own check before migrating: %s" % (
                 v["line"] or v["error"])
             return res
-    for blk in (b, db):
-        if blk.pagesize != "4K":
-            s.hugepages.ensure(blk.pagesize, blk.pages, 2 * blk.pages)
+    ensure_hugepages(s, (b, db))
     res["transport"] = ("virsh migrate (direct, managed by virsh) from %s to %s; QEMU's "
                         "stream over TCP on the loopback" % (hosts.src.hostname,
                                                              hosts.dst.hostname))
