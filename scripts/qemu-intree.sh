@@ -19,7 +19,7 @@
 # postcopy_rs from it when Rust is enabled.  The commit, with a fixed
 # author and date, is exported by `git format-patch`.
 #
-# The top-level hunk rewrites the statement of Part 2's patch 0005 that
+# The top-level hunk rewrites the statement of the build option's patch that
 # finds the external library,
 #   postcopy_rs = dependency('postcopy-rs', ..., required: get_option('postcopy_rs'))
 # into a choice: the crate in rust/postcopy when Rust is enabled, that
@@ -31,7 +31,8 @@ cd "$PCRS_ROOT" || exit 1
 
 VERSION=10.2.2
 SERIES=$PCRS_ROOT/qemu-patches/v$VERSION
-PATCH=0016-rust-postcopy-build-postcopy-rs-in-QEMU-s-Rust-build.patch
+# The last patch of the series; its number follows the others.
+PATCH=$(printf '%04d' "$(grep -c '^[0-9]\{4\}-' "$SERIES/series")")-rust-postcopy-build-postcopy-rs-in-QEMU-s-Rust-build.patch
 ORIG=$PCRS_CACHE/qemu-src/qemu_$VERSION+ds.orig.tar.xz
 GIT=(git -c user.name="postcopy-rs developers" -c user.email="dev@postcopy-rs.invalid" -c gc.auto=0
     -c commit.gpgsign=false -c core.autocrlf=false -c core.abbrev=12)
@@ -57,7 +58,7 @@ generate() {
     (cd "$t" && "${GIT[@]}" am -q "${patches[@]}") || die "git am of $SERIES failed"
 
     grep -q "^  postcopy_rs = dependency('postcopy-rs'" "$t/meson.build" ||
-        die "the series' meson.build does not find postcopy-rs as Part 2's patch 0005 does"
+        die "the series' meson.build does not find postcopy-rs as its build option's patch does"
 
     local d=$t/rust/postcopy
     mkdir -p "$d"
