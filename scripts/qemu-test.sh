@@ -67,7 +67,8 @@
 # Environment:
 #   QEMU_VERSIONS  the versions to test, default "10.0.13 10.2.2"
 #   QEMU_C_VERSIONS  of those, the ones also built and tested with
-#                  -Dpostcopy_rs=disabled, default "10.2.2"
+#                  -Dpostcopy_rs=disabled, default "10.0.13 10.2.2"
+#                  (the C of each series' Part 2 runs only there)
 #   QEMU_RUST_VERSIONS  of those, the ones whose patched build is
 #                  --enable-rust with the in-tree crate, default "10.2.2"
 #   QTEST_JOBS     qtests run at once (default 8, scripts/qemu-qtest.sh)
@@ -85,7 +86,11 @@ cd "$PCRS_ROOT" || exit 1
 B=$PCRS_ROOT/build
 PREFIX=$B/prefix
 read -r -a VERSIONS <<<"${QEMU_VERSIONS:-10.0.13 10.2.2}"
-C_VERSIONS=" ${QEMU_C_VERSIONS-10.2.2} "
+C_VERSIONS=" ${QEMU_C_VERSIONS-10.0.13 10.2.2} "
+# The build option's meson code is the same in every series: configure's
+# refusals are checked on one version, the last of QEMU_C_VERSIONS.
+read -r -a c_list <<<"$C_VERSIONS"
+REFUSE_VERSION=${c_list[${#c_list[@]}-1]:-}
 RUST_VERSIONS=" ${QEMU_RUST_VERSIONS-10.2.2} "
 LEGACY=${QEMU_LEGACY_VERSION:-10.0.13}
 TRACE='postcopy_rs_*'
@@ -313,8 +318,7 @@ for v in "${VERSIONS[@]}"; do
             nice -n 10 "$d/patched/pyvenv/bin/meson" test -C "$d/patched" --suite rust \
             --print-errorlogs
     fi
-    if [[ $C_VERSIONS == *" $v "* ]]; then
-        # Patch 0005 is the same meson code in every series: one version is enough.
+    if [ "$v" = "$REFUSE_VERSION" ]; then
         check "$v" "QEMU $v: -Dpostcopy_rs=enabled without the library fails configure, naming it" \
             timed configure configure_refuses "$v" missing 'Dependency "postcopy-rs" not found' \
             -u PKG_CONFIG_PATH
