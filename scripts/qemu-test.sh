@@ -431,7 +431,7 @@ vm_tests() {
             --dst "$d/unpatched/qemu-system-x86_64" --expect old
 
         step "QEMU $v: each stock fix's test fails on stock QEMU and passes with the fix"
-        for t in urgent-requests-4K preempt-hit-2M; do
+        for t in urgent-requests-4K rate-limit-leak-4K preempt-hit-2M; do
             check "$v" "QEMU $v unpatched: $t sees the bug its fix removes" \
                 timed "stock fixes" python3 scripts/e2e.py \
                 --patched "$d/unpatched/qemu-system-x86_64" test --expect-bug --only "$t"

@@ -26,7 +26,17 @@ import time
 from ..options import ROOT, HugepagesUnavailable, MigrateError, Options
 from ..qmp import QMPError
 from ..session import Session
-from . import BugSeen, Failure, Skip, migrate_verified, preempthit, preemptrange, straypage, urgent
+from . import (
+    BugSeen,
+    Failure,
+    Skip,
+    migrate_verified,
+    preempthit,
+    preemptrange,
+    ratelimitleak,
+    straypage,
+    urgent,
+)
 
 GUEST_MB = 256
 HUMAN = {"4K": "4 KiB", "2M": "2 MiB", "1G": "1 GiB"}
@@ -126,6 +136,8 @@ TESTS = {
     "stray-page-2M": lambda c: straypage.stray_page(c, "stray-page-2M", session, _start),
     "urgent-requests-4K": lambda c: urgent.urgent_requests(c, "urgent-requests-4K", session,
                                                            _start),
+    "rate-limit-leak-4K": lambda c: ratelimitleak.rate_limit_leak(c, "rate-limit-leak-4K",
+                                                                 session, _start),
     "preempt-hit-2M": lambda c: preempthit.preempt_hit(c, "preempt-hit-2M", session, _start,
                                                        "%dM@2M" % GUEST_MB, 2 << 20),
     "preempt-range-2M": lambda c: preemptrange.preempt_range(c, "preempt-range-2M", session,
@@ -140,6 +152,7 @@ MAY_SKIP = {"hugepages-1G"}
 # without its fix (`e2e.py test --expect-bug` on stock QEMU).
 BUG_TESTS = {
     "urgent-requests-4K": "serve urgent postcopy page requests past the rate limit",
+    "rate-limit-leak-4K": "take back the wake-up of a page request freed unsent",
     "preempt-hit-2M": "finish a page precopy sends when the destination waits",
 }
 
