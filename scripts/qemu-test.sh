@@ -129,6 +129,8 @@ step "QEMU build dependencies"
 timed deps scripts/qemu-deps.sh
 # The page-size and blocktime checks run on qemu.qmp (scripts/e2e.py).
 timed deps scripts/demo-deps.sh
+# request-flush-2M, the test of stock fix 0002, runs the demo's Linux guest.
+timed deps scripts/guest-build.sh
 
 step "install the library under build/prefix"
 timed library make --no-print-directory install PREFIX="$PREFIX" >/dev/null ||
@@ -431,7 +433,7 @@ vm_tests() {
             --dst "$d/unpatched/qemu-system-x86_64" --expect old
 
         step "QEMU $v: each stock fix's test fails on stock QEMU and passes with the fix"
-        for t in urgent-requests-4K rate-limit-leak-4K preempt-hit-2M; do
+        for t in urgent-requests-4K request-flush-2M preempt-hit-2M rate-limit-leak-4K; do
             check "$v" "QEMU $v unpatched: $t sees the bug its fix removes" \
                 timed "stock fixes" python3 scripts/e2e.py \
                 --patched "$d/unpatched/qemu-system-x86_64" test --expect-bug --only "$t"

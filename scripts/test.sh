@@ -152,7 +152,7 @@ DEMO_SKIP_BUILD=1 make --no-print-directory demo ARGS="--unprivileged --deny-use
 step "libvirt running QEMU unprivileged: make demo ARGS=\"--libvirt --unprivileged\""
 DEMO_SKIP_BUILD=1 make --no-print-directory demo ARGS="--libvirt --unprivileged"
 
-step "end-to-end: hugepages, mismatched page sizes, a stray page, urgent requests, a rate-limit leak, preempt hits"
+step "end-to-end: hugepages, mismatched page sizes, a stray page, each stock fix's test, pre-paging with preempt"
 python3 scripts/e2e.py test
 
 step "the end-to-end benchmark, smoke test: make bench-e2e ARGS=--quick"

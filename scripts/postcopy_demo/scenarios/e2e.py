@@ -34,6 +34,7 @@ from . import (
     preempthit,
     preemptrange,
     ratelimitleak,
+    requestflush,
     straypage,
     urgent,
 )
@@ -51,11 +52,12 @@ class Context:
 
 def options(logdir: str, **kw) -> Options:
     """The e2e settings: QEMU's boot block, one vCPU, a switch at 8 MiB and a
-    precopy that cannot converge on its own (the switch is ours to make)."""
-    o = Options(guest="bootblock", smp=1, mem=GUEST_MB, switch_after=8, max_bandwidth=100,
-                downtime_limit=1, timeout=120, verify_source=False, progress="none",
-                logdir=logdir, **kw)
-    return o
+    precopy that cannot converge on its own (the switch is ours to make);
+    a scenario may override any of them."""
+    settings = dict(guest="bootblock", smp=1, mem=GUEST_MB, switch_after=8, max_bandwidth=100,
+                    downtime_limit=1, timeout=120, verify_source=False, progress="none")
+    settings.update(kw)
+    return Options(logdir=logdir, **settings)
 
 
 def session(ctx: Context, name: str, **kw) -> Session:
@@ -136,6 +138,9 @@ TESTS = {
     "stray-page-2M": lambda c: straypage.stray_page(c, "stray-page-2M", session, _start),
     "urgent-requests-4K": lambda c: urgent.urgent_requests(c, "urgent-requests-4K", session,
                                                            _start),
+    "request-flush-2M": lambda c: requestflush.request_flush(c, "request-flush-2M", session,
+                                                             _start, "%dM@2M" % GUEST_MB,
+                                                             2 << 20),
     "rate-limit-leak-4K": lambda c: ratelimitleak.rate_limit_leak(c, "rate-limit-leak-4K",
                                                                  session, _start),
     "preempt-hit-2M": lambda c: preempthit.preempt_hit(c, "preempt-hit-2M", session, _start,
@@ -152,6 +157,7 @@ MAY_SKIP = {"hugepages-1G"}
 # without its fix (`e2e.py test --expect-bug` on stock QEMU).
 BUG_TESTS = {
     "urgent-requests-4K": "serve urgent postcopy page requests past the rate limit",
+    "request-flush-2M": "send a requested page at once",
     "rate-limit-leak-4K": "take back the wake-up of a page request freed unsent",
     "preempt-hit-2M": "finish a page precopy sends when the destination waits",
 }
