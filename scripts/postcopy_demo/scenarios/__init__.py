@@ -21,7 +21,8 @@ class Skip(Exception):
 def migrate_verified(s, start):
     """Start both sides of Session `s` (through `start`, which turns set-up
     errors into Skip/Failure), migrate, and check the destination's RAM:
-    (source VM, migration result, verification), or Failure."""
+    (source VM, destination VM, migration result, verification), or
+    Failure."""
     src = start(s, s.start_source)
     dst = start(s, s.start_destination)
     r = s.migrate(src, dst)
@@ -30,7 +31,7 @@ def migrate_verified(s, start):
     v = s.verify(dst)
     if not v["ok"]:
         raise Failure(v["error"])
-    return src, r, v
+    return src, dst, r, v
 
 
 def preempt_migrations(ctx, name: str, session, start, ram: str, attempts: int,
@@ -43,7 +44,7 @@ def preempt_migrations(ctx, name: str, session, start, ram: str, attempts: int,
         with session(ctx, "%s-%d" % (name, attempt), src_ram=ram, dst_ram=ram,
                      capabilities=["postcopy-preempt"], postcopy_bandwidth=postcopy_bandwidth,
                      qemu_args=qemu_args) as s:
-            src, _, v = migrate_verified(s, start)
+            src, _, _, v = migrate_verified(s, start)
             with open(src.stderr_path, errors="replace") as f:
                 c = count(f)
         for k in c:

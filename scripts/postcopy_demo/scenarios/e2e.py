@@ -81,7 +81,7 @@ def postcopy_on(ctx, name, ram: str, need_bits_set: bool) -> str:
     """Boot, migrate with postcopy, check the destination's RAM and the
     library's counters on both sides."""
     with session(ctx, name, src_ram=ram, dst_ram=ram) as s:
-        _, r, v = migrate_verified(s, _start)
+        _, _, r, v = migrate_verified(s, _start)
         disc, inc = r["library_source"] or {}, r["library_destination"] or {}
         if not disc.get("runs"):
             raise Failure("the library sent no discard runs: %s" % disc)

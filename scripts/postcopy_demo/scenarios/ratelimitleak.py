@@ -28,7 +28,7 @@ from typing import Dict, Iterable
 
 from ..bottleneck import Bottleneck, probe
 from ..migration import configure_source
-from . import BugSeen, Failure, Skip
+from . import BugSeen, Failure, Skip, migrate_verified
 
 EVENTS = ["migration_rate_limit_post", "get_queued_page", "get_queued_page_not_dirty",
           "ram_save_queue_pages"]
@@ -80,14 +80,7 @@ def rate_limit_leak(ctx, name: str, session, start) -> str:
     with session(ctx, name, qemu_args=args) as s:
         s.net = Bottleneck(s.out, s.logdir, LINK_BPS, LINK_QUEUE_MS, kind)
         s.net.setup()
-        src = start(s, s.start_source)
-        dst = start(s, s.start_destination)
-        r = s.migrate(src, dst)
-        if r["status"] != "completed" or r["error"]:
-            raise Failure("the first migration: %s: %s" % (r["status"], r["error"]))
-        v = s.verify(dst)
-        if not v["ok"]:
-            raise Failure("the first migration: %s" % v["error"])
+        src, dst, _, v = migrate_verified(s, start)
         s.stop(dst)
         with open(src.stderr_path, errors="replace") as f:
             first = count(f)

@@ -26,7 +26,7 @@ import re
 from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
-from . import BugSeen, Failure
+from . import BugSeen, Failure, migrate_verified
 
 # MiB/s: a 100 ms window carries about three 2 MiB pages, so the thread
 # sleeps in most windows, often in a huge page it has just started.
@@ -126,14 +126,7 @@ def request_flush(ctx, name: str, session, start, ram: str, host_page: int) -> s
         # boot block's one cursor.
         with session(ctx, "%s-%d" % (name, attempt), guest="linux", src_ram=ram, dst_ram=ram,
                      postcopy_bandwidth=POSTCOPY_BANDWIDTH, qemu_args=args) as s:
-            src = start(s, s.start_source)
-            dst = start(s, s.start_destination)
-            r = s.migrate(src, dst)
-            if r["status"] != "completed" or r["error"]:
-                raise Failure("migration %s: %s" % (r["status"], r["error"]))
-            v = s.verify(dst)
-            if not v["ok"]:
-                raise Failure(v["error"])
+            src, dst, _, v = migrate_verified(s, start)
             with open(src.stderr_path, errors="replace") as fs, \
                     open(dst.stderr_path, errors="replace") as fd:
                 c = judge(fs, fd, host_page)

@@ -52,7 +52,7 @@ def count_spins(lines: Iterable[str]) -> Dict[str, int]:
 def urgent_requests(ctx, name: str, session, start) -> str:
     args = [a for ev in EVENTS for a in ("-trace", ev)]
     with session(ctx, name, postcopy_bandwidth=POSTCOPY_BANDWIDTH, qemu_args=args) as s:
-        src, _, v = migrate_verified(s, start)
+        src, _, _, v = migrate_verified(s, start)
         with open(src.stderr_path, errors="replace") as f:
             c = count_spins(f)
         if c["wakes"] < MIN_WAKES or not c["dequeued"]:
