@@ -90,7 +90,8 @@ C_VERSIONS=" ${QEMU_C_VERSIONS-10.0.13 10.2.2} "
 # The build option's meson code is the same in every series: configure's
 # refusals are checked on one version, the last of QEMU_C_VERSIONS.
 read -r -a c_list <<<"$C_VERSIONS"
-REFUSE_VERSION=${c_list[${#c_list[@]}-1]:-}
+REFUSE_VERSION=
+[ ${#c_list[@]} -eq 0 ] || REFUSE_VERSION=${c_list[-1]}
 RUST_VERSIONS=" ${QEMU_RUST_VERSIONS-10.2.2} "
 LEGACY=${QEMU_LEGACY_VERSION:-10.0.13}
 TRACE='postcopy_rs_*'
