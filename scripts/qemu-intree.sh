@@ -31,8 +31,10 @@ cd "$PCRS_ROOT" || exit 1
 
 VERSION=10.2.2
 SERIES=$PCRS_ROOT/qemu-patches/v$VERSION
-# The last patch of the series; its number follows the others.
-PATCH=$(printf '%04d' "$(grep -c '^[0-9]\{4\}-' "$SERIES/series")")-rust-postcopy-build-postcopy-rs-in-QEMU-s-Rust-build.patch
+# The last patch of the series; its number follows the others' (counted
+# without it, so that a series that does not list it yet numbers it right).
+NAME=rust-postcopy-build-postcopy-rs-in-QEMU-s-Rust-build.patch
+PATCH=$(printf '%04d' $(($(grep '^[0-9]\{4\}-' "$SERIES/series" | grep -vc -- "-$NAME\$") + 1)))-$NAME
 ORIG=$PCRS_CACHE/qemu-src/qemu_$VERSION+ds.orig.tar.xz
 GIT=(git -c user.name="postcopy-rs developers" -c user.email="dev@postcopy-rs.invalid" -c gc.auto=0
     -c commit.gpgsign=false -c core.autocrlf=false -c core.abbrev=12)
