@@ -63,6 +63,8 @@ def main() -> int:
     t.add_argument("--expect-bug", action="store_true",
                    help="on a QEMU without the series' stock fixes: each test (of %s) "
                    "must see the bug its fix removes" % ", ".join(e2e.BUG_TESTS))
+    sub.add_parser("bug-tests", help="the names of the stock fixes' tests (test "
+                   "--expect-bug takes them), one a line")
     b = sub.add_parser("blocktime")
     b.add_argument("--runs", type=int, default=3)
     c = sub.add_parser("check").add_subparsers(dest="check", required=True)
@@ -84,6 +86,11 @@ def main() -> int:
 
     def out(line):
         print(line, flush=True)
+
+    if a.cmd == "bug-tests":
+        for name in e2e.BUG_TESTS:
+            out(name)
+        return 0
 
     with SignalGuard():
         try:

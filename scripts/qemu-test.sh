@@ -387,6 +387,10 @@ pagesize() {
         --workdir "$B/pagesize-logs/${label// /_}" "$@"
 }
 
+# The stock fixes' e2e tests, as scripts/e2e.py lists them.
+mapfile -t BUG_TESTS < <(python3 scripts/e2e.py bug-tests)
+[ ${#BUG_TESTS[@]} -gt 0 ] || die "scripts/e2e.py bug-tests listed no test"
+
 vm_tests() {
     local v d
     export QTEST_TRACE=$TRACE
@@ -434,7 +438,7 @@ vm_tests() {
             --dst "$d/unpatched/qemu-system-x86_64" --expect old
 
         step "QEMU $v: each stock fix's test fails on stock QEMU and passes with the fix"
-        for t in urgent-requests-4K request-flush-2M preempt-hit-2M rate-limit-leak-4K; do
+        for t in "${BUG_TESTS[@]}"; do
             check "$v" "QEMU $v unpatched: $t sees the bug its fix removes" \
                 timed "stock fixes" python3 scripts/e2e.py \
                 --patched "$d/unpatched/qemu-system-x86_64" test --expect-bug --only "$t"
