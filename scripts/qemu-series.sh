@@ -18,7 +18,8 @@
 #   scripts/qemu-series.sh check VERSION
 #       the series applies with `git am` to a fresh upstream tree, its
 #       first part (up to "#:end-of-stock-fixes" in `series`) is fixes to
-#       stock QEMU, each with a Fixes: tag and none naming postcopy-rs,
+#       stock QEMU, each with a Fixes: tag (or "This fixes no single
+#       commit:" and why) and none naming postcopy-rs,
 #       no patch adds a return-path message or a migration capability,
 #       every patch passes QEMU's scripts/checkpatch.pl, and the whole series
 #       applies with `patch -p1` to Debian's source (dry run).
@@ -75,6 +76,20 @@ fixes_files() {
     grep -q '^#:end-of-stock-fixes' "$SERIES/series" || return 0
     sed -e '/^#:end-of-stock-fixes/,$d' -e 's/#.*//' -e 's/[[:space:]]//g' "$SERIES/series" |
         grep -v '^$' | while read -r p; do printf '%s/%s\n' "$SERIES" "$p"; done
+}
+
+# A Part-1 patch that fixes a defect no one commit brought in says so in
+# its message, in these words, with the reason after them, instead of a
+# Fixes: tag.
+NO_SINGLE_COMMIT="This fixes no single commit:"
+
+# The Part-1 patches with neither a Fixes: tag nor that sentence.
+untagged() {
+    local p
+    for p in "$@"; do
+        grep -q '^Fixes: [0-9a-f]\{10,\} ("' "$p" || grep -qF "$NO_SINGLE_COMMIT" "$p" ||
+            printf '%s\n' "$p"
+    done
 }
 
 case $CMD in
@@ -217,11 +232,11 @@ PY
         elif grep -iH 'postcopy.rs' "${fixes[@]}" | grep -vE ':(From|Signed-off-by): '; then
             echo "FAIL  $VERSION: a stock fix above names postcopy-rs (beyond its author)"
             fail=1
-        elif ! grep -L '^Fixes: [0-9a-f]\{10,\} ("' "${fixes[@]}" | grep -q . ; then
-            echo "PASS  $VERSION: ${#fixes[@]} stock fixes come first, each with a Fixes: tag, none naming postcopy-rs"
+        elif ! untagged "${fixes[@]}" | grep -q . ; then
+            echo "PASS  $VERSION: ${#fixes[@]} stock fixes come first, each with a Fixes: tag (or the reason it has none), none naming postcopy-rs"
         else
-            echo "FAIL  $VERSION: stock fixes without a Fixes: tag:"
-            grep -L '^Fixes: [0-9a-f]\{10,\} ("' "${fixes[@]}"
+            echo "FAIL  $VERSION: stock fixes with neither a Fixes: tag nor \"$NO_SINGLE_COMMIT\":"
+            untagged "${fixes[@]}"
             fail=1
         fi
 

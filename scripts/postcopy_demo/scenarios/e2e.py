@@ -13,8 +13,9 @@ modules: a page filled behind the destination's back (straypage.py), the
 source serving a page request when the rate limit is exceeded
 (urgent.py), precopy finishing a requested page it is sending without a
 rate-limit wait (preempthit.py), the return path sending only the first
-page of a range request (preemptrange.py).  Each returns a detail line or
-raises Failure/Skip.
+page of a range request (preemptrange.py), the source's unsent data on
+the main channel in postcopy over a shaped link (unsentbound.py).  Each
+returns a detail line or raises Failure/Skip.
 
 run_check runs one of scripts/qemu-test.sh's checks between two given
 builds (scripts/e2e.py check): pagesize_error.py, latency_accounting.py."""
@@ -36,6 +37,7 @@ from . import (
     ratelimitleak,
     requestflush,
     straypage,
+    unsentbound,
     urgent,
 )
 
@@ -143,6 +145,8 @@ TESTS = {
                                                              2 << 20),
     "rate-limit-leak-4K": lambda c: ratelimitleak.rate_limit_leak(c, "rate-limit-leak-4K",
                                                                  session, _start),
+    "unsent-bound-4K": lambda c: unsentbound.unsent_bound(c, "unsent-bound-4K", session,
+                                                          _start),
     "preempt-hit-2M": lambda c: preempthit.preempt_hit(c, "preempt-hit-2M", session, _start,
                                                        "%dM@2M" % GUEST_MB, 2 << 20),
     "preempt-range-2M": lambda c: preemptrange.preempt_range(c, "preempt-range-2M", session,
@@ -159,6 +163,7 @@ BUG_TESTS = {
     "urgent-requests-4K": "serve urgent postcopy page requests past the rate limit",
     "request-flush-2M": "send a requested page at once",
     "rate-limit-leak-4K": "take back the wake-up of a page request freed unsent",
+    "unsent-bound-4K": "keep little unsent on the main channel during postcopy",
     "preempt-hit-2M": "finish a page precopy sends when the destination waits",
 }
 
