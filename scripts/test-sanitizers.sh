@@ -105,7 +105,8 @@ RUST_TARGET=x86_64-unknown-linux-gnu
 # compiled code stays unchecked, its generics used here are checked.
 # debug-assertions also turns on core's checks of unsafe preconditions.
 ASAN_RUSTFLAGS="-Zsanitizer=address -Cunsafe-allow-abi-mismatch=sanitizer -Cdebug-assertions=on -Coverflow-checks=on"
-E2E_TESTS=(hugepages-2M two-blocks-4K-2M stray-page-2M preempt-hit-2M preempt-range-2M hugepages-1G)
+E2E_TESTS=(hugepages-2M two-blocks-4K-2M stray-page-2M preempt-hit-2M preempt-range-2M hugepages-1G
+    hugepages-1G-prepage)
 # What a sanitizer report starts with (ASan's deadly signals too), UBSan's
 # one-line reports, and LeakSanitizer's, should leak checking be turned on.
 # A panic in the library (an overflow or a debug assertion) is caught at

@@ -690,6 +690,29 @@ mod tests {
     }
 
     #[test]
+    fn gigantic_pages_are_never_prepaged() {
+        // A 1 GiB page is larger than a request may carry beyond its
+        // faulting page: every request is that page alone, and no range
+        // goes out, however long the stream.
+        let ranges = Arc::new(Mutex::new(Vec::new()));
+        let mut p = Prepager::default();
+        p.configure(Some(Settings {
+            max_pages: 16,
+            requester: Box::new(Rec(Arc::clone(&ranges))),
+        }));
+        const GIGA: u64 = 1 << 30;
+        let block = Block::new(HostAddr::new(HOST), 8 * GIGA, GIGA, 12, None, false).unwrap();
+        let mut page = HOST;
+        for _ in 0..8 {
+            let n = p.plan(BlockHandle::new(1), &block, page, 0, |_| false);
+            assert_eq!(n, 1);
+            p.requested(BlockHandle::new(1), page, GIGA, n);
+            page += GIGA;
+        }
+        assert!(ranges.lock().unwrap().is_empty());
+    }
+
+    #[test]
     fn a_window_is_capped_in_bytes() {
         let mut s = Sim::new(MAX_WINDOW, 1 << 16);
         let mut i = 0;
