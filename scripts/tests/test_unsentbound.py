@@ -26,7 +26,10 @@ class UnsentBytes(unittest.TestCase):
 
     def test_field_absent_is_zero(self):
         self.assertEqual(unsent_bytes(SS.split("\n", 2)[2]), 0)
-        self.assertEqual(unsent_bytes(""), 0)
+
+    def test_no_connection_is_none(self):
+        self.assertIsNone(unsent_bytes(""))
+        self.assertIsNone(unsent_bytes("\n"))
 
     def test_not_fooled_by_other_fields(self):
         self.assertEqual(unsent_bytes("bytes_notsent_x:5 xnotsent:7"), 0)

@@ -26,14 +26,15 @@ from ..unprivileged import SYSCTL, UFFD_DEV
 
 # THE MESSAGE EXPECTATION: a regular expression the refusal must match.
 # Stock QEMU 10.0.13 and 10.2.2 (postcopy_ram_supported_by_host() on the
-# destination, from migrate-set-capabilities) say
+# destination, from migrate-set-capabilities) say only
 #   "Postcopy is not supported: Userfaultfd not available: Operation not permitted"
-# which names neither vm.unprivileged_userfaultfd nor /dev/userfaultfd
-# (uffd_open() falls back to the syscall when the device cannot be opened,
-# and the syscall's EPERM is what is reported).  Once QEMU names them,
-# tighten this to require both, e.g.
-#   r"(?s)(?=.*vm\.unprivileged_userfaultfd)(?=.*/dev/userfaultfd)"
-REFUSAL_MUST_SAY = r"Postcopy is not supported: Userfaultfd not available"
+# (uffd_open() falls back to the system call when the device cannot be
+# opened, and the system call's EPERM is all that was reported).  The
+# series' stock fix "util/userfaultfd: name the device and the sysctl
+# when both refuse" adds why the device failed and what the system call
+# needs; the refusal must name both.
+REFUSAL_MUST_SAY = (r"(?s)Postcopy is not supported: Userfaultfd not available"
+                    r"(?=.*/dev/userfaultfd)(?=.*vm\.unprivileged_userfaultfd)")
 
 # States in which the source has stopped the guest for postcopy.
 POSTCOPY_STATES = ("postcopy-active", "postcopy-paused", "postcopy-recover-setup",
