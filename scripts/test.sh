@@ -34,7 +34,8 @@
 #      then a network cut mid-postcopy, recovered (ARGS="--cut-after 64");
 #      and QEMU as an unprivileged user, with vm.unprivileged_userfaultfd=0
 #      (ARGS=--unprivileged, plain and under libvirt: the guest's VERIFY
-#      OK; and with --deny-userfaultfd: refused before postcopy, the
+#      OK; and with --deny-userfaultfd: refused before postcopy, in words
+#      that name /dev/userfaultfd and the sysctl (stock fix 0006), the
 #      source running with its memory verified);
 #   6. end-to-end scenarios QEMU lacks (scripts/e2e.py): hugepage-backed
 #      RAM (2 MiB, 1 GiB where granted), two blocks of different page
