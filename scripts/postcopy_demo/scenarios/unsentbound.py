@@ -111,8 +111,10 @@ def unsent_bound(ctx, name: str, session, start) -> str:
         sampler = Sampler(s.net)
         src = start(s, s.start_source)
         dst = start(s, s.start_destination)
-        r = s.migrate(src, dst, hooks=sampler)
-        sampler.completed(src, dst)
+        try:
+            r = s.migrate(src, dst, hooks=sampler)
+        finally:
+            sampler.completed(src, dst)
         if r["status"] != "completed" or r["error"]:
             raise Failure("migration %s: %s" % (r["status"], r["error"]))
         v = s.verify(dst)
