@@ -55,9 +55,14 @@
 # arguments change; otherwise only ninja runs.
 #
 # The compiler runs under ccache (cache: ~/.cache/postcopy-rs/ccache, the
-# build directory left out of its hash), so that two builds of one source
-# tree, e.g. -Dpostcopy_rs=enabled and disabled, compile only the files
-# the option changes.
+# build directory left out of its hash, paths under SRC's parent made
+# relative), so that two builds of one source tree, e.g.
+# -Dpostcopy_rs=enabled and disabled, compile only the files the option
+# changes; and so do two builds of two trees of one version laid out
+# alike (SRC's parent holding SRC and BUILDDIR, as scripts/qemu-test.sh
+# lays them out), which then differ only in the files the patches touch.
+# Objects from a cache hit keep the first build's directory in their
+# debug information.
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -189,6 +194,7 @@ if command -v ccache >/dev/null 2>&1; then
     # leading ccache is what meson looks for.
     CONFIGURE_ARGS+=(--cc="ccache ${CC:-cc}")
     export CCACHE_DIR=${CCACHE_DIR:-$PCRS_CACHE/ccache} CCACHE_NOHASHDIR=1
+    export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$(dirname "$SRC")}
     export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-4G}
 fi
 if [ -n "${QEMU_EXTRA_CONFIGURE:-}" ]; then

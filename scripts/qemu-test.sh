@@ -21,8 +21,10 @@
 #      must not be findable); for the others against the external library;
 #      and for the versions in QEMU_C_VERSIONS the
 #      whole series again with -Dpostcopy_rs=disabled, QEMU's own C, into
-#      build/qemu-V/no-library (ccache makes that a build of the few files
-#      the option changes);
+#      build/qemu-V/no-library.  Those names are links into
+#      build/qemu-V/trees/, where each tree sits beside its builds, so
+#      that ccache compiles a file the patches leave alone once per
+#      version (tree_layout below);
 #   3. check that Rust is really in: each patched binary exports the
 #      library's symbols and lacks the C fault thread, which a
 #      -Dpostcopy_rs=disabled binary has, with none of the library's
@@ -158,10 +160,44 @@ for pair in qemu-src:src qemu-src-patched:src-patched qemu-unpatched:unpatched \
     ln -s "$target" "$B/$name"
 done
 
+# Per version, each source tree lives in a directory of its own under
+# trees/, beside the builds made from it: trees/stock/{qemu,unpatched},
+# trees/fixes/{qemu,fixes}, trees/series/{qemu,patched,no-library}.  Every
+# build then finds its source at ../qemu, and ccache (with base_dir, set by
+# qemu-build.sh) sees one command line for a file in all of them: a file
+# the series leaves alone is compiled once per version, not once per tree.
+# The names the other scripts use (build/qemu-V/src, .../patched, ...) are
+# links into trees/.  A real directory under such a name is from before
+# this layout: it is moved into trees/ (a source tree is kept; a build
+# directory is reconfigured by qemu-build.sh, as its source path changed).
+TREE_LINKS=(src:stock/qemu unpatched:stock/unpatched src-fixes:fixes/qemu fixes:fixes/fixes
+    src-patched:series/qemu patched:series/patched no-library:series/no-library)
+
+tree_layout() {
+    local d=$1 pair name target
+    for pair in "${TREE_LINKS[@]}"; do
+        name=${pair%%:*} target=trees/${pair#*:}
+        mkdir -p "$d/${target%/*}"
+        if [ -L "$d/$name" ] && [ "$(readlink "$d/$name")" = "$target" ]; then
+            continue
+        fi
+        if [ -d "$d/$name" ] && [ ! -L "$d/$name" ] && [ ! -e "$d/$target" ]; then
+            echo "moving $d/$name (from before trees/) to $d/$target"
+            mv "$d/$name" "$d/$target"
+        fi
+        rm -rf "${d:?}/$name"
+        ln -s "$target" "$d/$name"
+    done
+}
+
 fetch_and_build() {
-    local v=$1 d src series
+    local v=$1 d t src series
     d=$(vdir "$v")
-    src=$d/src
+    t=$d/trees
+    tree_layout "$d"
+    # Real paths from here on: qemu-fetch.sh and series_tree replace a
+    # tree, and would replace a link with a directory.
+    src=$t/stock/qemu
     series=$(series_dir "$v") || die "no patch series for QEMU $v (qemu-patches/v$v/series)"
 
     step "QEMU $v: fetch (unpatched tree)"
@@ -169,29 +205,29 @@ fetch_and_build() {
         timed fetch env QEMU_VERSION="$v" scripts/qemu-fetch.sh "$src"
     fi
     step "QEMU $v: fetch (tree for the series $series)"
-    timed fetch series_tree "$v" "$series" "$d/src-patched" "$d/patched"
+    timed fetch series_tree "$v" "$series" "$t/series/qemu" "$t/series/patched"
     step "QEMU $v: fetch (tree for the stock fixes of $series alone)"
-    timed fetch series_tree "$v" "$series" "$d/src-fixes" "$d/fixes" --fixes-only
+    timed fetch series_tree "$v" "$series" "$t/fixes/qemu" "$t/fixes/fixes" --fixes-only
 
     step "QEMU $v: build unpatched"
-    timed build nice -n 10 scripts/qemu-build.sh "$src" "$d/unpatched"
+    timed build nice -n 10 scripts/qemu-build.sh "$src" "$t/stock/unpatched"
 
     step "QEMU $v: build the stock fixes alone, without the library"
     # No PKG_CONFIG_PATH: the library must not be findable for this one.
     timed build env -u PKG_CONFIG_PATH nice -n 10 \
-        scripts/qemu-build.sh "$d/src-fixes" "$d/fixes" --patches "$series" --fixes-only
+        scripts/qemu-build.sh "$t/fixes/qemu" "$t/fixes/fixes" --patches "$series" --fixes-only
 
     if [[ $RUST_VERSIONS == *" $v "* ]]; then
         step "QEMU $v: build patched with --enable-rust: the crate in QEMU's tree, no external library"
         timed deps scripts/qemu-rust-deps.sh
         timed build env -u PKG_CONFIG_PATH nice -n 10 \
-            scripts/qemu-build.sh "$d/src-patched" "$d/patched" --patches "$series" \
+            scripts/qemu-build.sh "$t/series/qemu" "$t/series/patched" --patches "$series" \
             --postcopy-rs enabled --rust
     else
         step "QEMU $v: build patched, linked with the library"
-        relink_if_library_changed "$d/patched" "$LIB"
+        relink_if_library_changed "$t/series/patched" "$LIB"
         timed build env PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" nice -n 10 \
-            scripts/qemu-build.sh "$d/src-patched" "$d/patched" --patches "$series" \
+            scripts/qemu-build.sh "$t/series/qemu" "$t/series/patched" --patches "$series" \
             --postcopy-rs enabled
     fi
 
@@ -199,7 +235,7 @@ fetch_and_build() {
         step "QEMU $v: build the series with -Dpostcopy_rs=disabled (QEMU's own C)"
         # The library findable, so that only the option keeps it out.
         timed build env PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig" nice -n 10 \
-            scripts/qemu-build.sh "$d/src-patched" "$d/no-library" --patches "$series" \
+            scripts/qemu-build.sh "$t/series/qemu" "$t/series/no-library" --patches "$series" \
             --postcopy-rs disabled
     fi
 }

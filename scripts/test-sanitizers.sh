@@ -17,7 +17,7 @@
 #      installed under build/prefix-sanitizers; a third canary, a C program
 #      that hands the library a bitmap shorter than it says, must die with
 #      ASan's report of the library's own read;
-#   3. the tree build/qemu-10.2.2/src-patched (Debian's source with
+#   3. the tree build/qemu-10.2.2/trees/series/qemu (Debian's source with
 #      qemu-patches/v10.2.2, shared with scripts/qemu-test.sh), built with
 #      --enable-asan --enable-ubsan into build/qemu-10.2.2/patched-asan and
 #      linked with the instrumented library (relinked only when it
@@ -81,8 +81,10 @@ PREFIX=$B/prefix
 SERIES=qemu-patches/v$V
 KIND=${SANITIZER_KIND:-patched}
 case $KIND in
-    patched) SRC=$D/src-patched ;;
-    unpatched) SRC=$D/src ;;
+    # Real paths, as scripts/qemu-test.sh lays the trees out (its
+    # tree_layout): fetching replaces a tree, and would replace a link.
+    patched) SRC=$D/trees/series/qemu ;;
+    unpatched) SRC=$D/trees/stock/qemu ;;
     *) die "SANITIZER_KIND must be patched or unpatched, not $KIND" ;;
 esac
 BUILD=$D/$KIND-asan
@@ -260,8 +262,9 @@ int main(void) { unsigned long *b = calloc(1, sizeof(*b)); b[0] = 1;
 fi
 
 step "QEMU $V source: $SRC"
+mkdir -p "$(dirname "$SRC")"
 if [ "$KIND" = patched ]; then
-    timed fetch series_tree "$V" "$SERIES" "$SRC" "$D/patched"
+    timed fetch series_tree "$V" "$SERIES" "$SRC" "$D/trees/series/patched"
 elif [ "$(cat "$SRC/VERSION" 2>/dev/null)" != "$V" ] || [ -e "$SRC/.postcopy-rs-patches" ]; then
     timed fetch env QEMU_VERSION="$V" scripts/qemu-fetch.sh "$SRC"
 fi
