@@ -61,20 +61,23 @@ def queue_bytes(rate_bps: int, queue_ms: float) -> int:
     return max(1, int(rate_bps / 8 * queue_ms / 1000.0))
 
 
-def shaper_argv(kind: str, ns: str, dev: str, rate_bps: int, queue_ms: float):
-    """The tc commands that shape dev's egress."""
+def shaper_argv(kind: str, ns: str, dev: str, rate_bps: int, queue_ms: float,
+                verb: str = "add"):
+    """The tc commands that shape dev's egress (verb "change": that
+    reshape it)."""
     burst, limit = burst_bytes(rate_bps), queue_bytes(rate_bps, queue_ms)
     tc = ["tc", "-n", ns]
     if kind == "tbf":
         # tbf's limit counts the bytes waiting for tokens: queue_ms of them
-        return [tc + ["qdisc", "add", "dev", dev, "root", "tbf", "rate", "%dbit" % rate_bps,
+        return [tc + ["qdisc", verb, "dev", dev, "root", "tbf", "rate", "%dbit" % rate_bps,
                       "burst", str(burst), "limit", str(limit)]]
-    return [tc + ["qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1"],
-            tc + ["class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
-                  "rate", "%dbit" % rate_bps, "ceil", "%dbit" % rate_bps,
-                  "burst", str(burst), "cburst", str(burst), "quantum", "60000"],
-            tc + ["qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", "bfifo",
-                  "limit", str(limit)]]
+    return ([tc + ["qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1"]]
+            if verb == "add" else []) + [
+        tc + ["class", verb, "dev", dev, "parent", "1:", "classid", "1:1", "htb",
+              "rate", "%dbit" % rate_bps, "ceil", "%dbit" % rate_bps,
+              "burst", str(burst), "cburst", str(burst), "quantum", "60000"],
+        tc + ["qdisc", verb, "dev", dev, "parent", "1:1", "handle", "10:", "bfifo",
+              "limit", str(limit)]]
 
 
 _PROBED: Optional[Tuple[Optional[str], str]] = None
@@ -162,6 +165,15 @@ class Bottleneck(NetPair):
         self.method = "shaped"
         self.method_text = ("through a bridge in a third namespace whose port toward the "
                             "destination is shaped by %s" % self.describe())
+
+    def set_rate(self, rate_bps: int):
+        """Reshape the link to rate_bps, with the same queue in time."""
+        if not self.rate_bps:
+            raise MigrateError("an unshaped link has no rate to change")
+        for argv in shaper_argv(self.kind, self.ns["mid"], self.mid_veth["dst"], rate_bps,
+                                self.queue_ms, "change"):
+            run(argv)
+        self.rate_bps = rate_bps
 
     def describe(self) -> str:
         """The shaper in words (for the report)."""

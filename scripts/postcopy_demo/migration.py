@@ -74,6 +74,9 @@ class Hooks:
     def after_switch(self, src, dst):
         """Once migrate-start-postcopy returned."""
 
+    def polled(self, src, dst, info: dict):
+        """After each query-migrate of the source (its answer, `info`)."""
+
     def completed(self, src, dst):
         """Once the source says completed, before the figures are collected
         (which takes seconds)."""
@@ -111,6 +114,7 @@ def poll_until_done(session, src, dst, res: dict, switch_mib: int, t0: float,
             except QMPError as e:
                 out.warn("migrate-start-postcopy: %s" % e.desc)
         out.progress(line, key=st)
+        hooks.polled(src, dst, info)
         if st in FINAL:
             res["status"] = st
             break

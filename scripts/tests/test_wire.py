@@ -88,6 +88,16 @@ class Link(unittest.TestCase):
         self.assertEqual(len(htb), 3)
         self.assertEqual(htb[2][-4:], ["10:", "bfifo", "limit", "6400000"])
 
+    def test_shaper_change_commands(self):
+        # A reshape changes the rate and the queue in place; htb keeps its
+        # root qdisc (adding it again would fail: it exists).
+        (tbf,) = bn.shaper_argv("tbf", "ns", "dev", 16 * 10 ** 6, 500.0, "change")
+        self.assertEqual(tbf[3:5], ["qdisc", "change"])
+        self.assertEqual(tbf[-6:-4], ["rate", "16000000bit"])
+        htb = bn.shaper_argv("htb", "ns", "dev", 16 * 10 ** 6, 500.0, "change")
+        self.assertEqual([a[3:5] for a in htb], [["class", "change"], ["qdisc", "change"]])
+        self.assertEqual(htb[1][-1], "1000000")
+
 
 if __name__ == "__main__":
     unittest.main()
