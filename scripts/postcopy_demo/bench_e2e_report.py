@@ -51,6 +51,13 @@ def _queue_ms(r: dict) -> Optional[float]:
     return None if q is None or not bps else q * 8000.0 / bps
 
 
+def _per(total, count, unit: float) -> Optional[float]:
+    """total / count in `unit`s, or None without both."""
+    if not isinstance(total, (int, float)) or not isinstance(count, (int, float)) or not count:
+        return None
+    return total / count / unit
+
+
 def _numbers(xs) -> bool:
     return isinstance(xs, list) and bool(xs) and all(isinstance(x, (int, float)) for x in xs)
 
@@ -75,6 +82,8 @@ METRICS = [
      lambda r: None if r.get("postcopy_latency_ns") is None else r["postcopy_latency_ns"] / 1e3),
     ("requests", "page requests (source postcopy-requests)", "",
      lambda r: r.get("postcopy_requests")),
+    ("fault_cpu", "destination's fault thread: CPU per page request", "µs",
+     lambda r: _per(r.get("fault_thread_ns"), r.get("postcopy_requests"), 1e3)),
     ("postcopy", "postcopy phase, destination (its MIGRATION events)", "ms",
      lambda r: r.get("postcopy_ms")),
     ("source_postcopy", "postcopy phase, source", "ms", lambda r: r.get("source_postcopy_ms")),
@@ -353,11 +362,15 @@ def missing(recs: List[dict]) -> List[str]:
         if not r.get("ok"):
             continue
         # (10.0 has no postcopy-latency; the source's events are a bonus)
-        # (records from before the byte counters have no "wire")
+        # (records from before the byte counters have no "wire", and from
+        # before the thread sampler no "fault_thread_ns"; a run without a
+        # request has no CPU per request)
         out += ["%s run %d (%s): %s" % (r["cell"], r["seq"], r["kind"], key)
                 for key, _, _, f in METRICS
                 if f(r) is None and key not in ("latency", "source_postcopy", "queue")
-                and not (key in WIRE and "wire" not in r)]
+                and not (key in WIRE and "wire" not in r)
+                and not (key == "fault_cpu" and ("fault_thread_ns" not in r
+                                                 or not r.get("postcopy_requests")))]
     return out
 
 

@@ -42,6 +42,14 @@ class Missing(unittest.TestCase):
         recs = [rec(0, "unpatched", 10), rec(1, "patched", 20, guest_p99_us=None)]
         self.assertEqual(br.missing(recs), ["seq/4k/preempt-off run 1 (patched): guest_p99"])
 
+    def test_fault_thread_not_found(self):
+        # sampled but never seen (a thread under another name): missing;
+        # a run with no request has no CPU per request, and that is no gap
+        recs = [rec(0, "unpatched", 10, fault_thread_ns=20000),
+                rec(1, "patched", 20, fault_thread_ns=None),
+                rec(2, "patched", 20, fault_thread_ns=None, postcopy_requests=0)]
+        self.assertEqual(br.missing(recs), ["seq/4k/preempt-off run 1 (patched): fault_cpu"])
+
     def test_no_pair(self):
         recs = [rec(0, "unpatched", 10), rec(1, "patched", 20, ok=False)]
         self.assertEqual(br.missing(recs), ["seq/4k/preempt-off: no complete pair"])

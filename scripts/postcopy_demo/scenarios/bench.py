@@ -33,7 +33,7 @@ import re
 import time
 from typing import Dict, List, Optional
 
-from .. import benchstats, wire
+from .. import benchstats, threadcpu, wire
 from ..bottleneck import Bottleneck, burst_bytes
 from ..migration import Hooks
 from ..options import MiB, MigrateError, Options
@@ -247,7 +247,12 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
                 rec["workload"] = src.workload
                 dst = s.start_destination()
                 hooks = WorkloadHooks(s, pattern, rec)
-                r = s.migrate(src, dst, hooks=hooks)
+                cpu = threadcpu.ThreadCPU(dst.proc.pid)
+                cpu.start()
+                try:
+                    r = s.migrate(src, dst, hooks=hooks)
+                finally:
+                    rec["fault_thread_ns"] = cpu.stop().get(threadcpu.FAULT_THREAD)
                 # the destination's postcopy lasts until its last page is placed
                 rec["postcopy_ms"] = postcopy_ms(dst.qmp.events() if dst.qmp else [])
                 src_events = src.qmp.events() if src.qmp else []
