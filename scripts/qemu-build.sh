@@ -60,9 +60,10 @@
 # -Dpostcopy_rs=enabled and disabled, compile only the files the option
 # changes; and so do two builds of two trees of one version laid out
 # alike (SRC's parent holding SRC and BUILDDIR, as scripts/qemu-test.sh
-# lays them out), which then differ only in the files the patches touch.
-# Objects from a cache hit keep the first build's directory in their
-# debug information.
+# lays them out), which then differ in the files the patches touch and,
+# for a build with the library, the files its include path reaches
+# (about half: the dependency is on the target's files).  Objects from a
+# cache hit keep the first build's directory in their debug information.
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -442,7 +442,8 @@ qtest_sets() {
     d=$(vdir "$v")
     for kind in "$@"; do
         mkdir -p "$d/$kind/qtest-logs"
-        rm -f "$d/$kind/qtest-logs/rc"
+        # No earlier run's log may stand in for this one's (rust_ran).
+        rm -f "$d/$kind/qtest-logs/rc" "$d/$kind/qtest-logs/"*.log
         (
             [ "$kind" = patched ] || unset QTEST_TRACE
             rc=0
@@ -455,7 +456,7 @@ qtest_sets() {
     done
     wait "${pids[@]}" || true
     for kind in "$@"; do
-        cat "$d/$kind/qtest-logs/output.txt"
+        cat "$d/$kind/qtest-logs/output.txt" || true
     done
 }
 

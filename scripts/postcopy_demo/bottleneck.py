@@ -167,7 +167,11 @@ class Bottleneck(NetPair):
                             "destination is shaped by %s" % self.describe())
 
     def set_rate(self, rate_bps: int):
-        """Reshape the link to rate_bps, with the same queue in time."""
+        """Reshape the link to rate_bps, with the same queue in time.  The
+        packets queued stay (tbf resizes its fifo, htb's bfifo is changed
+        in place) unless the new queue is shorter than they are; older
+        kernels' tbf replaced its fifo, dropping them: shaper_stats()
+        counts drops, for a caller to show."""
         if not self.rate_bps:
             raise MigrateError("an unshaped link has no rate to change")
         for argv in shaper_argv(self.kind, self.ns["mid"], self.mid_veth["dst"], rate_bps,

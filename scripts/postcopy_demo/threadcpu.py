@@ -4,22 +4,34 @@ they live.
 
 A thread's time is its schedstat's first field (nanoseconds on a CPU,
 kept by the scheduler; no tick rounding).  The destination's fault
-thread ends with postcopy, and with it its /proc entry: so a sampler
-reads every SAMPLE_S, and a thread's last sample stands for it.  What it
-spends after that sample, at most SAMPLE_S before it exits, is lost;
-the thread is idle then (postcopy has placed its last page), so the
-loss is its wake-up to quit.
+thread ends with postcopy, and with it its /proc entry, so its last
+reading stands for it: the threads named are found by a scan of
+/proc/PID/task every SCAN_S, and each one found is read every SAMPLE_S.
+What a thread spends after its last reading, at most SAMPLE_S of its
+work, is not counted; a thread that lives less than SCAN_S may not be
+seen at all (its name is then absent, which the report calls missing).
 
-Both QEMUs name the thread alike (migration.h's MIGRATION_THREAD_DST_FAULT,
-passed to the library too), when QEMU runs with -name debug-threads=on, as
-vm.py starts it."""
+Both QEMUs name the fault thread alike (migration.h's
+MIGRATION_THREAD_DST_FAULT, passed to the library too), when QEMU runs
+with -name debug-threads=on, as vm.py starts it."""
 
 import os
 import threading
+import time
 from typing import Dict, Iterable, Optional
 
-SAMPLE_S = 0.05
+SAMPLE_S = 0.005
+SCAN_S = 0.05
 FAULT_THREAD = "mig/dst/fault"
+
+
+def read_ns(path: str) -> Optional[int]:
+    """A schedstat file's nanoseconds on a CPU, or None once it is gone."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def read_threads(pid: int) -> Dict[int, tuple]:
@@ -35,11 +47,11 @@ def read_threads(pid: int) -> Dict[int, tuple]:
         try:
             with open("%s/%s/comm" % (base, tid)) as f:
                 name = f.read().rstrip("\n")
-            with open("%s/%s/schedstat" % (base, tid)) as f:
-                ns = int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
-        out[int(tid)] = (name, ns)
+        ns = read_ns("%s/%s/schedstat" % (base, tid))
+        if ns is not None:
+            out[int(tid)] = (name, ns)
     return out
 
 
@@ -56,7 +68,7 @@ class ThreadCPU:
 
     def __init__(self, pid: int, names: Iterable[str] = (FAULT_THREAD,)):
         self.pid, self.names = pid, set(names)
-        self.last: Dict[int, tuple] = {}
+        self.last: Dict[int, tuple] = {}     # tid: (name, ns), written by the sampler
         self.stop_ev = threading.Event()
         self.thread: Optional[threading.Thread] = None
 
@@ -65,16 +77,28 @@ class ThreadCPU:
         self.thread.start()
 
     def _loop(self):
+        live: Dict[int, str] = {}            # tid: name, of threads still there
+        next_scan = 0.0
         while True:
-            for tid, (name, ns) in read_threads(self.pid).items():
-                if name in self.names:
+            now = time.monotonic()
+            if now >= next_scan:
+                for tid, (name, ns) in read_threads(self.pid).items():
+                    if name in self.names:
+                        live[tid] = name
+                        self.last[tid] = (name, ns)
+                next_scan = now + SCAN_S
+            for tid, name in list(live.items()):
+                ns = read_ns("/proc/%d/task/%d/schedstat" % (self.pid, tid))
+                if ns is None:
+                    del live[tid]
+                else:
                     self.last[tid] = (name, ns)
             if self.stop_ev.wait(SAMPLE_S):
                 return
 
     def stop(self) -> Dict[str, int]:
         """Stop sampling: {name: ns} of the threads seen, each at its last
-        sample; names never seen are absent."""
+        reading; names never seen are absent."""
         self.stop_ev.set()
         if self.thread:
             self.thread.join()

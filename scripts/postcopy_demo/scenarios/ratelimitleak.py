@@ -96,13 +96,16 @@ class SlowTail(Hooks):
     def __init__(self, net: Bottleneck):
         self.net = net
         self.slowed_at = None       # RAM left to send then, bytes
+        self.dropped_before = None  # the shaper's drops until then
 
     def polled(self, src, dst, info: dict):
         left = info.get("ram", {}).get("remaining")
         if self.slowed_at is None and info.get("status") == "postcopy-active" \
                 and left is not None and left <= TAIL_BYTES:
+            before = self.net.shaper_stats().get("dropped")
             self.net.set_rate(TAIL_BPS)
             self.slowed_at = left
+            self.dropped_before = before
 
 
 def rate_limit_leak(ctx, name: str, session, start) -> str:
@@ -123,6 +126,8 @@ def rate_limit_leak(ctx, name: str, session, start) -> str:
         if not v["ok"]:
             raise Failure(v["error"])
         s.stop(dst)
+        drops = "the shaper dropped %s packet(s) before the slowing, %s in all" % (
+            tail.dropped_before, s.net.shaper_stats().get("dropped"))
         if tail.slowed_at is None:
             raise Failure("the migration was never seen in postcopy with less than %d MiB "
                           "left: the link was not slowed for its tail" % (TAIL_BYTES >> 20))
@@ -132,8 +137,8 @@ def rate_limit_leak(ctx, name: str, session, start) -> str:
         if late <= 0:
             raise Failure("no page request reached the source after its last page (%s), "
                           "with the link slowed to %d Mbit/s for the last %.1f MiB: "
-                          "nothing was left to leak"
-                          % (first, TAIL_BPS // 10 ** 6, tail.slowed_at / (1 << 20)))
+                          "nothing was left to leak (%s)"
+                          % (first, TAIL_BPS // 10 ** 6, tail.slowed_at / (1 << 20), drops))
         mark = os.path.getsize(src.stderr_path)
 
         # QEMU migrates no VM paused by a finished migration: run it again
@@ -158,7 +163,7 @@ def rate_limit_leak(ctx, name: str, session, start) -> str:
             raise Failure("the second migration waited for the rate limit only %d times (%s): "
                           "does max-bandwidth bind?" % (second["slept"], second))
         return ("%s; %d request(s) freed unsent at the end (%s; the link slowed to %d Mbit/s "
-                "with %.1f MiB left); the next migration kept max-bandwidth: %d rate-limit "
-                "waits, none cut short (%s)"
+                "with %.1f MiB left, %s); the next migration kept max-bandwidth: %d "
+                "rate-limit waits, none cut short (%s)"
                 % (v["line"], late, first, TAIL_BPS // 10 ** 6, tail.slowed_at / (1 << 20),
-                   second["slept"], second))
+                   drops, second["slept"], second))
