@@ -40,11 +40,10 @@
 #      check: git am onto upstream, checkpatch.pl, patch -p1 onto Debian);
 #   4. under the machine lock (/tmp/pcrs-vm.lock): per version, every
 #      postcopy qtest migration-test lists (TLS included) and one precopy
-#      qtest on the patched build, with the library's trace events on, and
-#      the same on the stock-fixes and the no-library builds, the three
-#      sets at once, 6 tests at a time each; each test runs once; check
-#      that the library sent discard runs and placed pages during
-#      postcopy/plain;
+#      qtest on the patched build, 8 at a time, with the library's trace
+#      events on, and the same on the stock-fixes build; each test runs
+#      once; check that the library sent discard runs and placed pages
+#      during postcopy/plain; and the same qtests on the no-library builds;
 #   5. interoperability, with migration-test's own guest RAM check: per
 #      version, patched source to unpatched destination and back; across
 #      versions, patched 10.0.13 to patched 10.2.2 on the 10.0 machine type
@@ -74,8 +73,7 @@
 #                  (the C of each series' Part 2 runs only there)
 #   QEMU_RUST_VERSIONS  of those, the ones whose patched build is
 #                  --enable-rust with the in-tree crate, default "10.2.2"
-#   QTEST_SET_JOBS  qtests at once per build in step 4 (default 6)
-#   QTEST_JOBS     qtests at once in step 5 (default 8, scripts/qemu-qtest.sh)
+#   QTEST_JOBS     qtests run at once (default 8, scripts/qemu-qtest.sh)
 #   QEMU_BUILD_ONLY=1  stop after the builds and their checks (steps 1-3;
 #                  make bench-e2e uses it)
 #
@@ -429,40 +427,11 @@ pagesize() {
 mapfile -t BUG_TESTS < <(python3 scripts/e2e.py bug-tests)
 [ ${#BUG_TESTS[@]} -gt 0 ] || die "scripts/e2e.py bug-tests listed no test"
 
-declare -A QTEST_WHAT=([patched]="on the patched build"
-    [no-library]="with -Dpostcopy_rs=disabled" [fixes]="on the stock fixes alone")
-
-# qtest_sets V KIND...: scripts/qemu-qtest.sh on build/qemu-V/KIND for
-# each KIND at the same time, QTEST_SET_JOBS tests each (the library's
-# trace only on the patched build); each one's output, once all are done,
-# in order, and its exit status in build/qemu-V/KIND/qtest-logs/rc.
-qtest_sets() {
-    local v=$1 d kind pids=() rc
-    shift
-    d=$(vdir "$v")
-    for kind in "$@"; do
-        mkdir -p "$d/$kind/qtest-logs"
-        # No earlier run's log may stand in for this one's (rust_ran).
-        rm -f "$d/$kind/qtest-logs/rc" "$d/$kind/qtest-logs/"*.log
-        (
-            [ "$kind" = patched ] || unset QTEST_TRACE
-            rc=0
-            QTEST_JOBS=${QTEST_SET_JOBS:-6} QTEST_LOGDIR="$d/$kind/qtest-logs" \
-                QTEST_LABEL="QEMU $v $kind qtests" scripts/qemu-qtest.sh "$d/$kind" \
-                >"$d/$kind/qtest-logs/output.txt" 2>&1 || rc=$?
-            echo "$rc" >"$d/$kind/qtest-logs/rc"
-        ) &
-        pids+=($!)
-    done
-    wait "${pids[@]}" || true
-    for kind in "$@"; do
-        cat "$d/$kind/qtest-logs/output.txt" || true
-    done
-}
-
-# qtest_result BUILDDIR: that build's qtests (qtest_sets) all passed.
-qtest_result() {
-    [ "$(cat "$1/qtest-logs/rc" 2>/dev/null)" = 0 ]
+# fresh_qtest_logs DIR: DIR without an earlier run's test logs, so that
+# none can stand in for this run's (rust_ran reads one).
+fresh_qtest_logs() {
+    mkdir -p "$1"
+    rm -f "$1"/*.log
 }
 
 vm_tests() {
@@ -470,22 +439,30 @@ vm_tests() {
     export QTEST_TRACE=$TRACE
     for v in "${VERSIONS[@]}"; do
         d=$(vdir "$v")
-        # The three builds' qtests at once: they mostly wait (for the
-        # guest, for convergence), so together they take little more than
-        # the longest of them (see QTEST_JOBS in scripts/qemu-qtest.sh).
-        step "QEMU $v: migration qtests on the patched build, the stock fixes alone$(
-            [[ $C_VERSIONS == *" $v "* ]] && echo " and -Dpostcopy_rs=disabled"), at once"
-        local sets=(patched fixes) kind
-        [[ $C_VERSIONS == *" $v "* ]] && sets+=(no-library)
-        timed "qtests $v" qtest_sets "$v" "${sets[@]}"
-        for kind in "${sets[@]}"; do
-            check "$v" "QEMU $v: every postcopy qtest and a precopy qtest ${QTEST_WHAT[$kind]}" \
-                qtest_result "$d/$kind"
-            if [ "$kind" = patched ]; then
-                check "$v" "QEMU $v: postcopy/plain: the library sent discard runs and placed pages" \
-                    rust_ran "$d/patched/qtest-logs/x86_64_migration_postcopy_plain.log"
-            fi
-        done
+        # One set after the other: the boot-block guests spin, so sets run
+        # together only compete for the CPUs (three at once, 6 tests each,
+        # took longer than in turn and timed out 7 tests on 10.2.2).
+        step "QEMU $v: migration qtests on the patched build"
+        fresh_qtest_logs "$d/patched/qtest-logs"
+        check "$v" "QEMU $v: every postcopy qtest and a precopy qtest on the patched build" \
+            timed "qtests $v" env QTEST_LOGDIR="$d/patched/qtest-logs" \
+            QTEST_LABEL="QEMU $v patched qtests" scripts/qemu-qtest.sh "$d/patched"
+        check "$v" "QEMU $v: postcopy/plain: the library sent discard runs and placed pages" \
+            rust_ran "$d/patched/qtest-logs/x86_64_migration_postcopy_plain.log"
+
+        if [[ $C_VERSIONS == *" $v "* ]]; then
+            step "QEMU $v: migration qtests on the series built with -Dpostcopy_rs=disabled"
+            fresh_qtest_logs "$d/no-library/qtest-logs"
+            check "$v" "QEMU $v: every postcopy qtest and a precopy qtest with -Dpostcopy_rs=disabled" \
+                timed "qtests $v no-library" env -u QTEST_TRACE QTEST_LOGDIR="$d/no-library/qtest-logs" \
+                QTEST_LABEL="QEMU $v -Dpostcopy_rs=disabled qtests" scripts/qemu-qtest.sh "$d/no-library"
+        fi
+
+        step "QEMU $v: migration qtests on the stock fixes alone (no library)"
+        fresh_qtest_logs "$d/fixes/qtest-logs"
+        check "$v" "QEMU $v: every postcopy qtest and a precopy qtest on the stock fixes alone" \
+            timed "qtests $v fixes" env -u QTEST_TRACE QTEST_LOGDIR="$d/fixes/qtest-logs" \
+            QTEST_LABEL="QEMU $v stock-fixes qtests" scripts/qemu-qtest.sh "$d/fixes"
 
         step "QEMU $v: interoperability with unpatched QEMU (wire format unchanged)"
         check "$v" "QEMU $v postcopy: patched source -> unpatched destination, guest RAM verified" \
