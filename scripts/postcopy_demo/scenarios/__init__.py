@@ -18,14 +18,14 @@ class Skip(Exception):
     """A test scenario cannot run here: the message says why."""
 
 
-def migrate_verified(s, start):
+def migrate_verified(s, start, hooks=None):
     """Start both sides of Session `s` (through `start`, which turns set-up
-    errors into Skip/Failure), migrate, and check the destination's RAM:
-    (source VM, destination VM, migration result, verification), or
-    Failure."""
+    errors into Skip/Failure), migrate (with migration.Hooks `hooks`, if
+    given), and check the destination's RAM: (source VM, destination VM,
+    migration result, verification), or Failure."""
     src = start(s, s.start_source)
     dst = start(s, s.start_destination)
-    r = s.migrate(src, dst)
+    r = s.migrate(src, dst) if hooks is None else s.migrate(src, dst, hooks=hooks)
     if r["status"] != "completed" or r["error"]:
         raise Failure("migration %s: %s" % (r["status"], r["error"]))
     v = s.verify(dst)

@@ -34,7 +34,7 @@ from typing import Dict, Iterable
 
 from ..bottleneck import Bottleneck, probe
 from ..migration import Hooks, configure_source
-from . import BugSeen, Failure, Skip
+from . import BugSeen, Failure, Skip, migrate_verified
 
 EVENTS = ["migration_rate_limit_post", "get_queued_page", "get_queued_page_not_dirty",
           "ram_save_queue_pages"]
@@ -117,14 +117,7 @@ def rate_limit_leak(ctx, name: str, session, start) -> str:
         s.net = Bottleneck(s.out, s.logdir, LINK_BPS, LINK_QUEUE_MS, kind)
         s.net.setup()
         tail = SlowTail(s.net)
-        src = start(s, s.start_source)
-        dst = start(s, s.start_destination)
-        r = s.migrate(src, dst, hooks=tail)
-        if r["status"] != "completed" or r["error"]:
-            raise Failure("migration %s: %s" % (r["status"], r["error"]))
-        v = s.verify(dst)
-        if not v["ok"]:
-            raise Failure(v["error"])
+        src, dst, _, v = migrate_verified(s, start, tail)
         s.stop(dst)
         drops = "the shaper dropped %s packet(s) before the slowing, %s in all" % (
             tail.dropped_before, s.net.shaper_stats().get("dropped"))
