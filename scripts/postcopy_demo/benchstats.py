@@ -126,3 +126,15 @@ def verdict(s: Optional[Dict[str, float]]) -> str:
     if s["noise"]:
         return "inside the noise"
     return "patched lower" if s["hi"] < 1.0 else "patched higher"
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> Tuple[float, float]:
+    """The Wilson score interval of a rate k/n (95 % with the default z);
+    (0, 1) when there were no trials."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))

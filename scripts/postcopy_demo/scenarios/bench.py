@@ -69,6 +69,7 @@ class Config:
     link_rate_bps: int = 512 * 10 ** 6   # the link mode's shaper, bits/s
     link_queue_ms: float = 100.0  # its buffer, in ms of the rate
     shaper: str = "tbf"           # tbf or htb (bottleneck.probe)
+    qemu_args: List[str] = dataclasses.field(default_factory=list)  # both builds, both sides
 
     def shaped(self) -> bool:
         return self.mode == "link"
@@ -229,8 +230,9 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
                    guest_args=["workload.threads=0", "workload.seed=%d" % (cfg.seed + pair)],
                    capabilities=caps, postcopy_bandwidth=cfg.postcopy_bandwidth or None,
                    # only a patched QEMU knows the property (unused on a source)
-                   qemu_args=["-global", "migration.x-postcopy-prepage-pages=%d" % cfg.prepage]
-                   if cfg.prepage and kind == "patched" else [])
+                   qemu_args=cfg.qemu_args + (
+                       ["-global", "migration.x-postcopy-prepage-pages=%d" % cfg.prepage]
+                       if cfg.prepage and kind == "patched" else []))
     t0 = time.monotonic()
     try:
         with Session(opts) as s:

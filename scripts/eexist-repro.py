@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The stray EEXIST on 2 MiB hugetlbfs with preempt, reproduced and counted.
+
+A postcopy placement (UFFDIO_COPY) that finds its 2 MiB page already
+present fails with EEXIST, and stock QEMU pauses postcopy
+(docs/QEMU.md, "The stray EEXIST").  This script repeats one bench-e2e
+cell (the demo's Linux guest; default random-read/2m/preempt-on, QEMU's
+postcopy cap 64 MiB/s, the cell where it was first seen) on one QEMU
+build, by default unpatched 10.2.2, and counts the migrations that reach
+postcopy and the ones whose destination reports EEXIST, with a 95 %
+Wilson interval for the rate.
+
+--pressure churn runs, beside the migrations, another user of 2 MiB
+hugepages, as the library's hugetlbfs tests were when the EEXIST was first
+seen: a process that adds 64 pages to the pool, maps and touches them,
+unmaps them and takes them out of the pool again, every 0-50 ms.  A run
+whose QEMU could not start is counted, but not as one that reached
+postcopy.  --pressure tests runs the library's own hugetlbfs tests
+(`cargo test --release --test uffd_real --test prepage_real hugetlb`) in
+a loop instead: what ran beside the migrations then.
+
+For each EEXIST the destination's trace says whether QEMU had placed that
+page before (postcopy_place_page*) and whether its block was discarded at
+the switch (ram_discard_range).
+
+  eexist-repro.py [--binary QEMU] [--runs N] [--pressure churn|tests|none]
+                  [--cell random-read/2m/on] [--out DIR]
+
+As root; exits 0 when every run was classified (whatever the rate)."""
+
+import argparse
+import glob
+import json
+import mmap
+import multiprocessing
+import os
+import random
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from postcopy_demo.qmp_venv import use_qmp_venv  # noqa: E402
+
+use_qmp_venv()
+from postcopy_demo import eexist  # noqa: E402
+from postcopy_demo.benchstats import wilson  # noqa: E402
+from postcopy_demo.procs import SignalGuard, cleanup_all  # noqa: E402
+from postcopy_demo.scenarios import bench  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NR = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+HUGE = 2 << 20
+MAP_HUGETLB = 0x40000
+TRACE = ["postcopy_place_page*", "ram_discard_range", "postcopy_ram_fault_thread_request",
+         "postcopy_ram_incoming_cleanup*"]
+
+
+def adjust(by: int):
+    with open(NR) as f:
+        now = int(f.read())
+    with open(NR, "w") as f:
+        f.write("%d\n" % max(0, now + by))
+
+
+def churn(stop, n: int = 64):
+    """Another hugetlbfs user beside the QEMUs: n more pages into the pool,
+    mapped, touched, unmapped, and out of the pool again."""
+    while not stop.is_set():
+        adjust(n)
+        try:
+            # no MAP_NORESERVE: a pool too small fails here, not with SIGBUS
+            m = mmap.mmap(-1, n * HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_HUGETLB)
+            for i in range(n):
+                m[i * HUGE] = 1
+            m.close()
+        except OSError:
+            pass
+        adjust(-n)
+        time.sleep(random.uniform(0, 0.05))
+
+
+def tests(stop):
+    """The library's own hugetlbfs tests, over and over, as when the EEXIST
+    was first seen."""
+    cmd = ["cargo", "test", "--release", "--locked", "--test", "uffd_real", "--test",
+           "prepage_real", "hugetlb"]
+    subprocess.run(cmd + ["--no-run"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    while not stop.is_set():
+        subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def classify(rec: dict) -> dict:
+    """What the destination's log says of this run's EEXIST, if any."""
+    text = ""
+    for p in glob.glob(os.path.join(rec.get("logdir") or "/nonexistent", "dst*.stderr.log")):
+        with open(p, errors="replace") as f:
+            text += f.read()
+    got = eexist.read_log(text)
+    return {"eexist_hosts": got["hosts"], "placed_before": got["placed_before"],
+            "library_refusals": got["library"], "discards": got["discards"],
+            "reached_postcopy": rec.get("dst_state_at_start") is not None}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--binary", default=os.path.join(
+        ROOT, "build/qemu-10.2.2/unpatched/qemu-system-x86_64"))
+    ap.add_argument("--runs", type=int, default=60)
+    ap.add_argument("--pressure", choices=["churn", "tests", "none"], default="churn")
+    ap.add_argument("--cell", default="random-read/2m/on", help="pattern/page/preempt")
+    ap.add_argument("--out", help="results directory (default build/eexist-repro/<time>)")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("eexist-repro.py must run as root (hugepages, userfaultfd)")
+    pattern, page, preempt = a.cell.split("/")
+    if pattern not in bench.PATTERNS or page not in bench.PAGES or preempt not in bench.PREEMPT:
+        sys.exit("--cell: pattern in %s, page in %s, preempt in %s"
+                 % (bench.PATTERNS, list(bench.PAGES), list(bench.PREEMPT)))
+    binary = os.path.abspath(a.binary)
+    if not os.access(binary, os.X_OK):
+        sys.exit("%s is missing (make bench-e2e builds it)" % binary)
+    outdir = a.out or os.path.join(ROOT, "build", "eexist-repro", time.strftime("%Y%m%d-%H%M%S"))
+    cfg = bench.Config(patterns=[pattern], pages=[page], preempt=[preempt], runs=a.runs,
+                       binaries={k: binary for k in bench.KINDS}, outdir=outdir,
+                       mode="qemu-cap", postcopy_bandwidth=64,
+                       qemu_args=[w for ev in TRACE for w in ("-trace", ev)])
+    os.makedirs(outdir, exist_ok=True)
+    stop = multiprocessing.Event()
+    pressure = None
+    if a.pressure != "none":
+        pressure = multiprocessing.Process(target=churn if a.pressure == "churn" else tests,
+                                           args=(stop,), daemon=True)
+        pressure.start()
+    kind = bench.KINDS[0]
+    reached = hits = 0
+    print("eexist-repro: %d run(s) of %s on %s, pressure %s; results in %s"
+          % (a.runs, a.cell, binary, a.pressure, outdir), flush=True)
+    try:
+        with SignalGuard(), open(os.path.join(outdir, "results.jsonl"), "a") as f:
+            for i in range(a.runs):
+                rec = bench.run_one(cfg, (pattern, page, preempt), kind, i, i)
+                rec.update(classify(rec))
+                reached += rec["reached_postcopy"]
+                hits += bool(rec["eexist_hosts"] or rec["library_refusals"])
+                f.write(json.dumps(rec, default=str) + "\n")
+                f.flush()
+                print("[%d/%d] %s%s; EEXIST so far %d of %d that reached postcopy"
+                      % (i + 1, a.runs, "ok" if rec["ok"] else
+                         "FAILED: %s" % (rec["error"] or "?").splitlines()[0][:120],
+                         " EEXIST at %s (placed before: %s)"
+                         % (",".join(rec["eexist_hosts"]), rec["placed_before"])
+                         if rec["eexist_hosts"] else "", hits, reached), flush=True)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop.set()
+        if pressure:
+            pressure.join(5)
+            if pressure.is_alive():
+                pressure.terminate()
+        cleanup_all()
+    lo, hi = wilson(hits, reached)
+    print("eexist-repro: EEXIST in %d of %d migrations that reached postcopy (%.1f %%, "
+          "95 %% Wilson [%.1f, %.1f] %%); %d run(s) in all"
+          % (hits, reached, 100.0 * hits / reached if reached else 0.0, 100 * lo, 100 * hi,
+             a.runs), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
