@@ -1606,3 +1606,96 @@ fn hugetlb_place_pages_over_present_page() {
 fn hugetlb_placement_errors() {
     with_hugepages("hugetlb_placement_errors", 2, || placement_errors(PAGE_2M));
 }
+
+/// QEMU's destination on a hugetlbfs memfd, without QEMU: precopy writes
+/// every page, the switch's discard punches every other one out of the
+/// file (`ram_block_discard_range`), the memory is registered, and each
+/// punched page is placed.  A placement must find its page missing: an
+/// EEXIST here is the stray EEXIST of docs/QEMU.md, in the kernel, and a
+/// kept page must keep what precopy wrote.  `POSTCOPY_RS_PUNCH_ROUNDS`
+/// sets the rounds (default 20; eexist-repro.py's churn beside a long run
+/// is the kernel half of that search).
+fn memfd_discard_then_place(npages: u64, rounds: u64) {
+    let len = npages * PAGE_2M;
+    for round in 0..rounds {
+        // SAFETY: a new memfd, owned here and closed below.
+        let mfd = unsafe { libc::memfd_create(c"pcrs-discard".as_ptr(), libc::MFD_HUGETLB) };
+        assert!(
+            mfd >= 0,
+            "memfd_create: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: sizing the memfd we own.
+        assert_eq!(unsafe { libc::ftruncate(mfd, len as i64) }, 0);
+        // SAFETY: a new shared mapping of our memfd; nothing else maps it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                mfd,
+                0,
+            )
+        };
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        let base = p as u64;
+        for i in 0..npages {
+            // SAFETY: the first word of page i of our mapping.
+            unsafe {
+                ((base + i * PAGE_2M) as *mut u64).write_volatile(pattern_word(i, 0, 7));
+            }
+        }
+        for i in (1..npages).step_by(2) {
+            // SAFETY: punching whole pages of our own memfd.
+            let rc = unsafe {
+                libc::fallocate(
+                    mfd,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    (i * PAGE_2M) as i64,
+                    PAGE_2M as i64,
+                )
+            };
+            assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
+        }
+        let uffd = postcopy_rs::uffd::Userfaultfd::new(0).expect("userfaultfd");
+        uffd.register(base, len).expect("UFFDIO_REGISTER");
+        let b = Block::new(HostAddr::new(base), len, PAGE_2M, 12, None, false).expect("block");
+        for i in (1..npages).step_by(2) {
+            let buf = pattern_page(i, PAGE_2M, 9);
+            let got = place(uffd.as_fd(), &b, base + i * PAGE_2M, &buf, 1);
+            assert!(
+                got.is_ok(),
+                "round {round}: page {i} discarded, then: {got:?}"
+            );
+        }
+        for i in 0..npages {
+            // SAFETY: every page is present now; reading our own mapping.
+            let w = unsafe { ((base + i * PAGE_2M) as *const u64).read_volatile() };
+            let want = pattern_word(i, 0, if i % 2 == 1 { 9 } else { 7 });
+            assert_eq!(w, want, "round {round}: page {i}");
+        }
+        drop(uffd);
+        // SAFETY: unmapping and closing what this round made.
+        unsafe {
+            libc::munmap(p, len as usize);
+            libc::close(mfd);
+        }
+    }
+}
+
+#[test]
+fn hugetlb_memfd_discarded_pages_are_missing() {
+    let rounds = std::env::var("POSTCOPY_RS_PUNCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    with_hugepages("hugetlb_memfd_discarded_pages_are_missing", 8, || {
+        memfd_discard_then_place(8, rounds)
+    });
+}
