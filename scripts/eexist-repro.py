@@ -21,8 +21,11 @@ postcopy.  --pressure tests runs the library's own hugetlbfs tests
 a loop instead: what ran beside the migrations then.
 
 For each EEXIST the destination's trace says whether QEMU had placed that
-page before (postcopy_place_page*) and whether its block was discarded at
-the switch (ram_discard_range).
+page before (postcopy_place_page*).  The kernel's trace (tracefs,
+pagecache_trace.py; --no-ftrace leaves it off) says for every run which
+path put each 2 MiB page into the destination's memfd after its discard:
+anything but a placement's UFFDIO_COPY is named, with its thread and
+stack, as the page an EEXIST would meet.
 
   eexist-repro.py [--binary QEMU] [--runs N] [--pressure churn|tests|none]
                   [--cell random-read/2m/on] [--out DIR]
@@ -44,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from postcopy_demo.qmp_venv import use_qmp_venv  # noqa: E402
 
 use_qmp_venv()
-from postcopy_demo import eexist  # noqa: E402
+from postcopy_demo import eexist, pagecache_trace  # noqa: E402
 from postcopy_demo.benchstats import wilson  # noqa: E402
 from postcopy_demo.procs import SignalGuard, cleanup_all  # noqa: E402
 from postcopy_demo.scenarios import bench  # noqa: E402
@@ -104,6 +107,41 @@ def classify(rec: dict) -> dict:
             "reached_postcopy": rec.get("dst_state_at_start") is not None}
 
 
+def traced_run(cfg, cell, kind, seq: int, outdir: str, ftrace: bool) -> dict:
+    """bench.run_one, with the kernel's page cache trace around it: which
+    path put each 2 MiB page into the destination's memfd after its
+    discard (pagecache_trace.py)."""
+    tr = pagecache_trace.PageCacheTrace() if ftrace else None
+    note = None
+    if tr:
+        try:
+            tr.start()
+        except pagecache_trace.Unavailable as e:
+            tr, note = None, str(e)
+    try:
+        rec = bench.run_one(cfg, cell, kind, seq, seq)
+    finally:
+        if tr:
+            path = os.path.join(outdir, "pagecache-%03d.txt" % seq)
+            tr.stop(path)
+    if tr:
+        with open(path) as f:
+            rec["pagecache"] = pagecache_trace.destination_adds(pagecache_trace.parse(f.read()))
+    elif note:
+        rec["pagecache_unavailable"] = note
+    return rec
+
+
+def pagecache_line(rec: dict) -> str:
+    pc = rec.get("pagecache")
+    if not pc:
+        return ""
+    return "; after the discard: %s" % "; ".join(
+        "%d deleted, added %s%s" % (v["deleted"], v["adds_by_path"] or "nothing",
+                                    " STRAY %s" % v["strays"] if v["strays"] else "")
+        for v in pc.values())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--binary", default=os.path.join(
@@ -112,6 +150,8 @@ def main() -> int:
     ap.add_argument("--pressure", choices=["churn", "tests", "none"], default="churn")
     ap.add_argument("--cell", default="random-read/2m/on", help="pattern/page/preempt")
     ap.add_argument("--out", help="results directory (default build/eexist-repro/<time>)")
+    ap.add_argument("--no-ftrace", action="store_true",
+                    help="without the kernel's trace of who adds 2 MiB pages to page caches")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("eexist-repro.py must run as root (hugepages, userfaultfd)")
@@ -135,24 +175,26 @@ def main() -> int:
                                            args=(stop,), daemon=True)
         pressure.start()
     kind = bench.KINDS[0]
-    reached = hits = 0
+    reached = hits = strays = 0
     print("eexist-repro: %d run(s) of %s on %s, pressure %s; results in %s"
           % (a.runs, a.cell, binary, a.pressure, outdir), flush=True)
     try:
         with SignalGuard(), open(os.path.join(outdir, "results.jsonl"), "a") as f:
             for i in range(a.runs):
-                rec = bench.run_one(cfg, (pattern, page, preempt), kind, i, i)
+                rec = traced_run(cfg, (pattern, page, preempt), kind, i, outdir, not a.no_ftrace)
                 rec.update(classify(rec))
+                strays += sum(len(v["strays"]) for v in (rec.get("pagecache") or {}).values())
                 reached += rec["reached_postcopy"]
                 hits += bool(rec["eexist_hosts"] or rec["library_refusals"])
                 f.write(json.dumps(rec, default=str) + "\n")
                 f.flush()
-                print("[%d/%d] %s%s; EEXIST so far %d of %d that reached postcopy"
+                print("[%d/%d] %s%s%s; EEXIST so far %d of %d that reached postcopy"
                       % (i + 1, a.runs, "ok" if rec["ok"] else
                          "FAILED: %s" % (rec["error"] or "?").splitlines()[0][:120],
                          " EEXIST at %s (placed before: %s)"
                          % (",".join(rec["eexist_hosts"]), rec["placed_before"])
-                         if rec["eexist_hosts"] else "", hits, reached), flush=True)
+                         if rec["eexist_hosts"] else "", pagecache_line(rec), hits, reached),
+                      flush=True)
     except KeyboardInterrupt:
         return 130
     finally:
@@ -164,9 +206,10 @@ def main() -> int:
         cleanup_all()
     lo, hi = wilson(hits, reached)
     print("eexist-repro: EEXIST in %d of %d migrations that reached postcopy (%.1f %%, "
-          "95 %% Wilson [%.1f, %.1f] %%); %d run(s) in all"
+          "95 %% Wilson [%.1f, %.1f] %%); %d run(s) in all%s"
           % (hits, reached, 100.0 * hits / reached if reached else 0.0, 100 * lo, 100 * hi,
-             a.runs), flush=True)
+             a.runs, "" if a.no_ftrace else "; pages put into a destination's guest RAM "
+             "after its discard by anything but a placement: %d" % strays), flush=True)
     return 0
 
 
