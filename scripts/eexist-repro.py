@@ -118,28 +118,39 @@ def traced_run(cfg, cell, kind, seq: int, outdir: str, ftrace: bool) -> dict:
             tr.start()
         except pagecache_trace.Unavailable as e:
             tr, note = None, str(e)
+    lost = 0
     try:
         rec = bench.run_one(cfg, cell, kind, seq, seq)
     finally:
         if tr:
             path = os.path.join(outdir, "pagecache-%03d.txt" % seq)
-            tr.stop(path)
+            lost = tr.stop(path)
     if tr:
         with open(path) as f:
-            rec["pagecache"] = pagecache_trace.destination_adds(pagecache_trace.parse(f.read()))
+            events, unread = pagecache_trace.parse(f.read())
+        rec["pagecache"] = pagecache_trace.destination_adds(events)
+        rec["pagecache_events"], rec["pagecache_unread"] = len(events), unread
+        rec["pagecache_lost"] = lost
     elif note:
         rec["pagecache_unavailable"] = note
     return rec
 
 
 def pagecache_line(rec: dict) -> str:
-    pc = rec.get("pagecache")
-    if not pc:
-        return ""
-    return "; after the discard: %s" % "; ".join(
-        "%d deleted, added %s%s" % (v["deleted"], v["adds_by_path"] or "nothing",
-                                    " STRAY %s" % v["strays"] if v["strays"] else "")
-        for v in pc.values())
+    if "pagecache" not in rec:
+        return "; not traced: %s" % rec["pagecache_unavailable"] \
+            if rec.get("pagecache_unavailable") else ""
+    bad = ""
+    if rec["pagecache_lost"] or rec["pagecache_unread"]:
+        bad = " (TRACE INCOMPLETE: %d events lost, %d lines unread)" % (
+            rec["pagecache_lost"], rec["pagecache_unread"])
+    if not rec["pagecache"]:
+        return "; no destination file in the trace%s" % bad
+    return "; destination's memfd: %s%s" % ("; ".join(
+        "%d added in precopy, %d deleted, then %s%s" % (
+            v["added_before"], v["deleted"], v["adds_by_path"] or "nothing",
+            " STRAY %s" % v["strays"] if v["strays"] else "")
+        for v in rec["pagecache"].values()), bad)
 
 
 def main() -> int:
@@ -175,7 +186,7 @@ def main() -> int:
                                            args=(stop,), daemon=True)
         pressure.start()
     kind = bench.KINDS[0]
-    reached = hits = strays = 0
+    reached = hits = strays = traced = 0
     print("eexist-repro: %d run(s) of %s on %s, pressure %s; results in %s"
           % (a.runs, a.cell, binary, a.pressure, outdir), flush=True)
     try:
@@ -184,6 +195,7 @@ def main() -> int:
                 rec = traced_run(cfg, (pattern, page, preempt), kind, i, outdir, not a.no_ftrace)
                 rec.update(classify(rec))
                 strays += sum(len(v["strays"]) for v in (rec.get("pagecache") or {}).values())
+                traced += bool(rec.get("pagecache"))
                 reached += rec["reached_postcopy"]
                 hits += bool(rec["eexist_hosts"] or rec["library_refusals"])
                 f.write(json.dumps(rec, default=str) + "\n")
@@ -208,8 +220,9 @@ def main() -> int:
     print("eexist-repro: EEXIST in %d of %d migrations that reached postcopy (%.1f %%, "
           "95 %% Wilson [%.1f, %.1f] %%); %d run(s) in all%s"
           % (hits, reached, 100.0 * hits / reached if reached else 0.0, 100 * lo, 100 * hi,
-             a.runs, "" if a.no_ftrace else "; pages put into a destination's guest RAM "
-             "after its discard by anything but a placement: %d" % strays), flush=True)
+             a.runs, "" if a.no_ftrace else "; in the %d run(s) whose destination's memfd the "
+             "kernel's trace shows, pages put there after its discard by anything but a "
+             "placement: %d" % (traced, strays)), flush=True)
     return 0
 
 

@@ -1607,26 +1607,33 @@ fn hugetlb_placement_errors() {
     with_hugepages("hugetlb_placement_errors", 2, || placement_errors(PAGE_2M));
 }
 
-/// QEMU's destination on a hugetlbfs memfd, without QEMU: precopy writes
-/// every page, the switch's discard punches every other one out of the
-/// file (`ram_block_discard_range`), the memory is registered, and each
-/// punched page is placed.  A placement must find its page missing: an
-/// EEXIST here is the stray EEXIST of docs/QEMU.md, in the kernel, and a
-/// kept page must keep what precopy wrote.  `POSTCOPY_RS_PUNCH_ROUNDS`
-/// sets the rounds (default 20; eexist-repro.py's churn beside a long run
-/// is the kernel half of that search).
-fn memfd_discard_then_place(npages: u64, rounds: u64) {
-    let len = npages * PAGE_2M;
-    for round in 0..rounds {
-        // SAFETY: a new memfd, owned here and closed below.
-        let mfd = unsafe { libc::memfd_create(c"pcrs-discard".as_ptr(), libc::MFD_HUGETLB) };
+/// A shared mapping of a 2 MiB hugetlbfs memfd, unmapped and closed on
+/// drop (a failed assertion included).
+struct SharedHuge {
+    fd: std::os::fd::OwnedFd,
+    base: u64,
+    len: u64,
+}
+
+impl SharedHuge {
+    fn new(len: u64) -> SharedHuge {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a new memfd; ownership passes to the OwnedFd at once.
+        let raw = unsafe {
+            libc::memfd_create(
+                c"pcrs-discard".as_ptr(),
+                libc::MFD_HUGETLB | libc::MFD_HUGE_2MB,
+            )
+        };
         assert!(
-            mfd >= 0,
+            raw >= 0,
             "memfd_create: {}",
             std::io::Error::last_os_error()
         );
+        // SAFETY: `raw` is a descriptor we just opened and nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
         // SAFETY: sizing the memfd we own.
-        assert_eq!(unsafe { libc::ftruncate(mfd, len as i64) }, 0);
+        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) }, 0);
         // SAFETY: a new shared mapping of our memfd; nothing else maps it.
         let p = unsafe {
             libc::mmap(
@@ -1634,7 +1641,7 @@ fn memfd_discard_then_place(npages: u64, rounds: u64) {
                 len as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                mfd,
+                fd.as_raw_fd(),
                 0,
             )
         };
@@ -1644,31 +1651,67 @@ fn memfd_discard_then_place(npages: u64, rounds: u64) {
             "mmap: {}",
             std::io::Error::last_os_error()
         );
-        let base = p as u64;
+        SharedHuge {
+            fd,
+            base: p as u64,
+            len,
+        }
+    }
+
+    fn word(&self, page: u64) -> *mut u64 {
+        assert!(page < self.len / PAGE_2M);
+        (self.base + page * PAGE_2M) as *mut u64
+    }
+
+    /// Punch one page out of the file, as `ram_block_discard_range()` does.
+    fn punch(&self, page: u64) {
+        // SAFETY: punching a whole page of our own memfd.
+        let rc = unsafe {
+            libc::fallocate(
+                self.fd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                (page * PAGE_2M) as i64,
+                PAGE_2M as i64,
+            )
+        };
+        assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for SharedHuge {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, which nothing uses past this point.
+        unsafe {
+            libc::munmap(self.base as *mut libc::c_void, self.len as usize);
+        }
+    }
+}
+
+/// QEMU's destination on a hugetlbfs memfd, without QEMU: precopy writes
+/// every page, the switch's discard punches every other one out of the
+/// file, the memory is registered, and each punched page is placed, one
+/// thread doing all of it in order.  A placement must find its page
+/// missing: an EEXIST here is the stray EEXIST of docs/QEMU.md, in the
+/// kernel's sequential path, and a kept page must keep what precopy
+/// wrote.  `POSTCOPY_RS_PUNCH_ROUNDS` sets the rounds (default 20).
+fn memfd_discard_then_place(npages: u64, rounds: u64) {
+    for round in 0..rounds {
+        let m = SharedHuge::new(npages * PAGE_2M);
         for i in 0..npages {
             // SAFETY: the first word of page i of our mapping.
             unsafe {
-                ((base + i * PAGE_2M) as *mut u64).write_volatile(pattern_word(i, 0, 7));
+                m.word(i).write_volatile(pattern_word(i, 0, 7));
             }
         }
         for i in (1..npages).step_by(2) {
-            // SAFETY: punching whole pages of our own memfd.
-            let rc = unsafe {
-                libc::fallocate(
-                    mfd,
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    (i * PAGE_2M) as i64,
-                    PAGE_2M as i64,
-                )
-            };
-            assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
+            m.punch(i);
         }
         let uffd = postcopy_rs::uffd::Userfaultfd::new(0).expect("userfaultfd");
-        uffd.register(base, len).expect("UFFDIO_REGISTER");
-        let b = Block::new(HostAddr::new(base), len, PAGE_2M, 12, None, false).expect("block");
+        uffd.register(m.base, m.len).expect("UFFDIO_REGISTER");
+        let b = Block::new(HostAddr::new(m.base), m.len, PAGE_2M, 12, None, false).expect("block");
         for i in (1..npages).step_by(2) {
             let buf = pattern_page(i, PAGE_2M, 9);
-            let got = place(uffd.as_fd(), &b, base + i * PAGE_2M, &buf, 1);
+            let got = place(uffd.as_fd(), &b, m.base + i * PAGE_2M, &buf, 1);
             assert!(
                 got.is_ok(),
                 "round {round}: page {i} discarded, then: {got:?}"
@@ -1676,15 +1719,9 @@ fn memfd_discard_then_place(npages: u64, rounds: u64) {
         }
         for i in 0..npages {
             // SAFETY: every page is present now; reading our own mapping.
-            let w = unsafe { ((base + i * PAGE_2M) as *const u64).read_volatile() };
+            let w = unsafe { m.word(i).read_volatile() };
             let want = pattern_word(i, 0, if i % 2 == 1 { 9 } else { 7 });
             assert_eq!(w, want, "round {round}: page {i}");
-        }
-        drop(uffd);
-        // SAFETY: unmapping and closing what this round made.
-        unsafe {
-            libc::munmap(p, len as usize);
-            libc::close(mfd);
         }
     }
 }

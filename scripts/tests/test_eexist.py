@@ -10,18 +10,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from postcopy_demo.benchstats import wilson  # noqa: E402
 from postcopy_demo.eexist import read_log  # noqa: E402
 
-# As QEMU 10.2.2 writes them with -trace ... and -msg timestamp=on.
+# As QEMU 10.2.2 writes them with -trace ... and -msg timestamp=on
+# (uffd_copy_page()'s error_report(), util/userfaultfd.c).
 LOG = """\
 1234@1765000000.000001:ram_discard_range mem0: start: 0 40000000
 1234@1765000001.000001:ram_discard_range mem0: start: 2000000 200000
 1234@1765000002.000001:postcopy_place_page host=0x7f0000200000
 1234@1765000002.000002:postcopy_place_page_zero host=0x7f0000400000
-2026-12-07T16:00:00.000000Z qemu-system-x86_64: postcopy_place_page: File exists \
-copy host: 0x7f0000600000 from: 0x7f1000000000 (size: 2097152)
-2026-12-07T16:00:00.000001Z qemu-system-x86_64: postcopy_place_page: File exists \
-copy host: 0x7f0000200000 from: 0x7f1000000000 (size: 2097152)
-2026-12-07T16:00:00.000002Z qemu-system-x86_64: postcopy_place_page: File exists \
-copy host: 0x7f0000600000 from: 0x7f1000000000 (size: 2097152)
+2026-12-07T16:00:00.000000Z qemu-system-x86_64: uffd_copy_page() failed: \
+dst_addr=0x7f0000600000 src_addr=0x7f1000000000 length=2097152 mode=0 errno=17
+2026-12-07T16:00:00.000001Z qemu-system-x86_64: uffd_copy_page() failed: \
+dst_addr=0x7f0000200000 src_addr=0x7f1000000000 length=2097152 mode=0 errno=17
+2026-12-07T16:00:00.000002Z qemu-system-x86_64: uffd_copy_page() failed: \
+dst_addr=0x7f0000600000 src_addr=0x7f1000000000 length=2097152 mode=0 errno=17
 """
 
 
@@ -34,8 +35,23 @@ class ReadLog(unittest.TestCase):
 
     def test_a_longer_address_is_not_the_same_page(self):
         log = "postcopy_place_page host=0x7f00006000001\n" \
-              "x: File exists copy host: 0x7f0000600000 from: 0x1 (size: 1)\n"
+              "x: uffd_copy_page() failed: dst_addr=0x7f0000600000 src_addr=0x1 length=1 " \
+              "mode=0 errno=17\n"
         self.assertEqual(read_log(log)["placed_before"], [False])
+
+    def test_other_errors_are_not_eexist(self):
+        log = "x: uffd_copy_page() failed: dst_addr=0x7f0000600000 src_addr=0x1 length=1 " \
+              "mode=0 errno=12\nx: uffd_copy_page() failed: dst_addr=0x7f0000800000 " \
+              "src_addr=0x1 length=1 mode=0 errno=170\n"
+        self.assertEqual(read_log(log)["hosts"], [])
+
+    def test_zero_page(self):
+        log = "x: uffd_zero_page() failed: addr=0x7f0000601000 length=4096 mode=0 errno=17\n"
+        self.assertEqual(read_log(log)["hosts"], ["0x7f0000601000"])
+
+    def test_older_qemu_wording(self):
+        log = "x: postcopy_place_page: File exists copy host: 0x7f0000600000 from: 0x1\n"
+        self.assertEqual(read_log(log)["hosts"], ["0x7f0000600000"])
 
     def test_discards_counted(self):
         self.assertEqual(read_log(LOG)["discards"], 2)
