@@ -219,9 +219,14 @@ pub fn with_hugepages(what: &str, n: u64, f: impl FnOnce()) {
 }
 
 /// Hugepages reserved for one test, given back on drop.
+///
+/// Given back by what was added, not by writing back the count read
+/// first: another user of the pool (a QEMU of the end-to-end tests,
+/// scripts/eexist-repro.py) may have raised it meanwhile, and a stale
+/// count would take its pages away.
 pub struct HugePages {
     path: String,
-    prev: u64,
+    added: u64,
 }
 
 impl HugePages {
@@ -253,7 +258,11 @@ impl HugePages {
             );
             return None;
         }
-        let guard = HugePages { path, prev };
+        let now = read(&path).unwrap_or(prev);
+        let guard = HugePages {
+            added: now.saturating_sub(prev).min(n),
+            path,
+        };
         let free = read(&format!("{dir}/free_hugepages")).unwrap_or(0);
         if free < n {
             skip_loudly(
@@ -268,7 +277,12 @@ impl HugePages {
 
 impl Drop for HugePages {
     fn drop(&mut self) {
-        let _ = std::fs::write(&self.path, format!("{}", self.prev));
+        if let Some(now) = std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
+            let _ = std::fs::write(&self.path, format!("{}", now.saturating_sub(self.added)));
+        }
     }
 }
 
