@@ -84,6 +84,11 @@ METRICS = [
      lambda r: r.get("postcopy_requests")),
     ("fault_cpu", "destination's fault thread: CPU per page request", "µs",
      lambda r: _per(r.get("fault_thread_ns"), r.get("postcopy_requests"), 1e3)),
+    # what placing every page costs, against the time there was: a share
+    # well below 100 % says the receiving side is not what the guest waits for
+    ("receive_cpu", "destination's receiving threads (listen, preempt): CPU, % of the "
+     "postcopy phase", "%",
+     lambda r: _per(r.get("receive_threads_ns"), r.get("postcopy_ms"), 1e4)),
     ("postcopy", "postcopy phase, destination (its MIGRATION events)", "ms",
      lambda r: r.get("postcopy_ms")),
     ("source_postcopy", "postcopy phase, source", "ms", lambda r: r.get("source_postcopy_ms")),
@@ -363,14 +368,15 @@ def missing(recs: List[dict]) -> List[str]:
             continue
         # (10.0 has no postcopy-latency; the source's events are a bonus)
         # (records from before the byte counters have no "wire", and from
-        # before the thread sampler no "fault_thread_ns"; a run without a
-        # request has no CPU per request)
+        # before the thread sampler no "fault_thread_ns" or
+        # "receive_threads_ns"; a run without a request has no CPU per request)
         out += ["%s run %d (%s): %s" % (r["cell"], r["seq"], r["kind"], key)
                 for key, _, _, f in METRICS
                 if f(r) is None and key not in ("latency", "source_postcopy", "queue")
                 and not (key in WIRE and "wire" not in r)
                 and not (key == "fault_cpu" and ("fault_thread_ns" not in r
-                                                 or not r.get("postcopy_requests")))]
+                                                 or not r.get("postcopy_requests")))
+                and not (key == "receive_cpu" and "receive_threads_ns" not in r)]
     return out
 
 

@@ -23,6 +23,9 @@ from typing import Dict, Iterable, Optional
 SAMPLE_S = 0.005
 SCAN_S = 0.05
 FAULT_THREAD = "mig/dst/fault"
+# the destination's threads that read postcopy's pages and place them:
+# the main channel's after LISTEN, and the preempt channel's
+RECEIVE_THREADS = ("mig/dst/listen", "mig/dst/preempt")
 
 
 def read_ns(path: str) -> Optional[int]:

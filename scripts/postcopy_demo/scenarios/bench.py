@@ -249,12 +249,16 @@ def run_one(cfg: Config, cell, kind: str, seq: int, pair: int) -> dict:
                 rec["workload"] = src.workload
                 dst = s.start_destination()
                 hooks = WorkloadHooks(s, pattern, rec)
-                cpu = threadcpu.ThreadCPU(dst.proc.pid)
+                cpu = threadcpu.ThreadCPU(dst.proc.pid,
+                                          (threadcpu.FAULT_THREAD,) + threadcpu.RECEIVE_THREADS)
                 cpu.start()
                 try:
                     r = s.migrate(src, dst, hooks=hooks)
                 finally:
-                    rec["fault_thread_ns"] = cpu.stop().get(threadcpu.FAULT_THREAD)
+                    ns = cpu.stop()
+                    rec["fault_thread_ns"] = ns.get(threadcpu.FAULT_THREAD)
+                    got = [ns[n] for n in threadcpu.RECEIVE_THREADS if n in ns]
+                    rec["receive_threads_ns"] = sum(got) if got else None
                 # the destination's postcopy lasts until its last page is placed
                 rec["postcopy_ms"] = postcopy_ms(dst.qmp.events() if dst.qmp else [])
                 src_events = src.qmp.events() if src.qmp else []
