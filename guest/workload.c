@@ -358,7 +358,7 @@ static void bump(counter *c, uint64_t d)
 
 /* Zeroed by `stalls reset` and by `pattern`. */
 struct stall_stats {
-    counter accesses, errors, busy_ns, worst_ns, stalled, stalled_ns;
+    counter errors, busy_ns, worst_ns, stalled, stalled_ns;
     counter hist[HIST_BUCKETS];
 };
 
@@ -414,7 +414,6 @@ static void record(struct worker *w, uint64_t ns)
 {
     struct stall_stats *st = &w->st;
 
-    bump(&st->accesses, 1);
     bump(&st->busy_ns, ns);
     bump(&st->hist[bucket_of(ns)], 1);
     if (ns > get(&st->worst_ns)) {
@@ -521,7 +520,6 @@ static void worker_sync(struct worker *w)
     if (se != w->stats_seen) {
         struct stall_stats *st = &w->st;
 
-        put(&st->accesses, 0);
         put(&st->errors, 0);
         put(&st->busy_ns, 0);
         put(&st->worst_ns, 0);
@@ -940,14 +938,20 @@ static void print_stalls(void)
         memset(&v, 0, sizeof(v));
         /* A worker that has not taken up the reset has done nothing since. */
         if (atomic_load_explicit(&w->stats_ack, memory_order_acquire) == se) {
-            v.accesses = get(&w->st.accesses);
             v.errors = get(&w->st.errors);
             v.busy_ns = get(&w->st.busy_ns);
             v.worst_ns = get(&w->st.worst_ns);
             v.stalled = get(&w->st.stalled);
             v.stalled_ns = get(&w->st.stalled_ns);
+            /*
+             * The worker goes on recording while this reads: its access
+             * count, read apart from the histogram, could differ from the
+             * histogram's sum by the accesses in between.  Every access
+             * bumps one bucket, so the sum is the count.
+             */
             for (unsigned b = 0; b < HIST_BUCKETS; b++) {
                 v.hist[b] = get(&w->st.hist[b]);
+                v.accesses += v.hist[b];
             }
         }
         if (atomic_load_explicit(&w->pat_ack, memory_order_acquire) == pe) {
