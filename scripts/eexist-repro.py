@@ -56,8 +56,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NR = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
 HUGE = 2 << 20
 MAP_HUGETLB = 0x40000
-TRACE = ["postcopy_place_page*", "ram_discard_range", "postcopy_ram_fault_thread_request",
-         "postcopy_ram_incoming_cleanup*"]
+# what eexist.read_log() reads: placements, and the discard's ranges
+TRACE = ["postcopy_place_page*", "ram_discard_range"]
 
 
 def adjust(by: int):

@@ -191,13 +191,13 @@ def destination_adds(events: List[dict]) -> Dict[str, dict]:
     for fl in sorted(placed):
         evs = [e for e in events if e["file"] == fl]
         first = next((i for i, e in enumerate(evs) if e["op"] == "delete"), len(evs))
-        after = [e for e in evs[first:] if e["op"] == "add"]
+        after = [(e, path_of(e["stack"])) for e in evs[first:] if e["op"] == "add"]
         by: Dict[str, int] = {}
-        for e in after:
-            by[path_of(e["stack"])] = by.get(path_of(e["stack"]), 0) + 1
+        for _, path in after:
+            by[path] = by.get(path, 0) + 1
         out[fl] = {"added_before": sum(e["op"] == "add" for e in evs[:first]),
                    "deleted": sum(e["op"] == "delete" for e in evs), "adds_by_path": by,
-                   "strays": [{"comm": e["comm"], "ofs": e["ofs"], "path": path_of(e["stack"]),
+                   "strays": [{"comm": e["comm"], "ofs": e["ofs"], "path": path,
                                "stack": e["stack"][1:8]}
-                              for e in after if path_of(e["stack"]) != "uffdio_copy"]}
+                              for e, path in after if path != "uffdio_copy"]}
     return out
