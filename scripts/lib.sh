@@ -6,7 +6,8 @@
 #   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 #
 # What it gives:
-#   step NAME          announce a step; on any failure the error names it
+#   step NAME          announce a step (under the test command, with the time
+#                      since it started); on any failure the error names it
 #   die MSG...         print "ERROR ... step NAME: MSG" and exit 1
 #   warn MSG...        print a warning to stderr
 #   as_root CMD...     run CMD as root (directly, or through sudo)
@@ -49,7 +50,14 @@ export DEBIAN_FRONTEND=noninteractive
 
 step() {
     PCRS_STEP=$1
-    printf '==> [%s] %s\n' "$PCRS_SCRIPT" "$PCRS_STEP"
+    # Under the test command, each step says how far into it it starts:
+    # CI keeps only the tail of a run that times out.
+    if [ -n "${PCRS_TEST_START:-}" ]; then
+        printf '==> [%s +%s] %s\n' "$PCRS_SCRIPT" \
+            "$(fmt_secs $(($(date +%s) - PCRS_TEST_START)))" "$PCRS_STEP"
+    else
+        printf '==> [%s] %s\n' "$PCRS_SCRIPT" "$PCRS_STEP"
+    fi
 }
 
 die() {

@@ -55,6 +55,9 @@
 cd "$PCRS_ROOT" || exit 1
 
 skipped=target/tmp/skipped-tests.txt
+# Every step below, in this script and the ones it runs, names its start
+# as time since this one (lib.sh's step).
+export PCRS_TEST_START=${PCRS_TEST_START:-$(date +%s)}
 
 step "install dependencies"
 scripts/rust-deps.sh
