@@ -281,11 +281,11 @@ if [ "$KIND" = patched ]; then
     fi
     relink_if_library_changed "$BUILD" "$LIB"
     timed build env PKG_CONFIG_PATH="$LIBPREFIX/lib/pkgconfig" \
-        QEMU_EXTRA_CONFIGURE="--enable-asan --enable-ubsan" nice -n 10 \
+        QEMU_EXTRA_CONFIGURE="--enable-asan --enable-ubsan --enable-debug-info" nice -n 10 \
         scripts/qemu-build.sh "$SRC" "$BUILD" --patches "$SERIES"
     grep -qF "$LIB" "$BUILD/build.ninja" || die "$BUILD does not link $LIB"
 else
-    timed build env -u PKG_CONFIG_PATH QEMU_EXTRA_CONFIGURE="--enable-asan --enable-ubsan" \
+    timed build env -u PKG_CONFIG_PATH QEMU_EXTRA_CONFIGURE="--enable-asan --enable-ubsan --enable-debug-info" \
         nice -n 10 scripts/qemu-build.sh "$SRC" "$BUILD"
 fi
 
