@@ -41,9 +41,11 @@
 #   4. under the machine lock (/tmp/pcrs-vm.lock): per version, every
 #      postcopy qtest migration-test lists (TLS included) and one precopy
 #      qtest on the patched build, 8 at a time, with the library's trace
-#      events on, and the same on the stock-fixes build; each test runs
-#      once; check that the library sent discard runs and placed pages
-#      during postcopy/plain; and the same qtests on the no-library builds;
+#      events on; each test runs once; check that the library sent
+#      discard runs and placed pages during postcopy/plain; the same
+#      qtests on the no-library builds (the stock fixes under Part 2's C);
+#      and postcopy/plain, postcopy/preempt/plain and the precopy qtest on
+#      the stock-fixes build;
 #   5. interoperability, with migration-test's own guest RAM check: per
 #      version, patched source to unpatched destination and back; across
 #      versions, patched 10.0.13 to patched 10.2.2 on the 10.0 machine type
@@ -434,6 +436,10 @@ fresh_qtest_logs() {
     rm -f "$1"/*.log
 }
 
+# The qtests of the build with the stock fixes alone.
+FIXES_QTESTS=(/x86_64/migration/postcopy/plain /x86_64/migration/postcopy/preempt/plain
+    /x86_64/migration/precopy/unix/plain)
+
 vm_tests() {
     local v d
     export QTEST_TRACE=$TRACE
@@ -458,11 +464,16 @@ vm_tests() {
                 QTEST_LABEL="QEMU $v -Dpostcopy_rs=disabled qtests" scripts/qemu-qtest.sh "$d/no-library"
         fi
 
+        # Every postcopy qtest already ran over these fixes, under Part 2's
+        # C (the no-library set above, for the QEMU_C_VERSIONS); here they
+        # run alone, as a maintainer may take them: each fix's own test
+        # below, and these three.
         step "QEMU $v: migration qtests on the stock fixes alone (no library)"
         fresh_qtest_logs "$d/fixes/qtest-logs"
-        check "$v" "QEMU $v: every postcopy qtest and a precopy qtest on the stock fixes alone" \
+        check "$v" "QEMU $v: postcopy (plain, preempt) and a precopy qtest on the stock fixes alone" \
             timed "qtests $v fixes" env -u QTEST_TRACE QTEST_LOGDIR="$d/fixes/qtest-logs" \
-            QTEST_LABEL="QEMU $v stock-fixes qtests" scripts/qemu-qtest.sh "$d/fixes"
+            QTEST_LABEL="QEMU $v stock-fixes qtests" scripts/qemu-qtest.sh "$d/fixes" \
+            "${FIXES_QTESTS[@]}"
 
         step "QEMU $v: interoperability with unpatched QEMU (wire format unchanged)"
         check "$v" "QEMU $v postcopy: patched source -> unpatched destination, guest RAM verified" \
