@@ -43,9 +43,10 @@
 #      qtest on the patched build, 8 at a time, with the library's trace
 #      events on; each test runs once; check that the library sent
 #      discard runs and placed pages during postcopy/plain; the same
-#      qtests on the no-library builds (the stock fixes under Part 2's C);
-#      and postcopy/plain, postcopy/preempt/plain and the precopy qtest on
-#      the stock-fixes build;
+#      qtests on the no-library build of the last of QEMU_C_VERSIONS (the
+#      stock fixes under Part 2's C); and postcopy/plain,
+#      postcopy/preempt/plain and the precopy qtest on the other
+#      no-library builds and on the stock-fixes builds;
 #   5. interoperability, with migration-test's own guest RAM check: per
 #      version, patched source to unpatched destination and back; across
 #      versions, patched 10.0.13 to patched 10.2.2 on the 10.0 machine type
@@ -72,7 +73,9 @@
 #   QEMU_VERSIONS  the versions to test, default "10.0.13 10.2.2"
 #   QEMU_C_VERSIONS  of those, the ones also built and tested with
 #                  -Dpostcopy_rs=disabled, default "10.0.13 10.2.2"
-#                  (the C of each series' Part 2 runs only there)
+#                  (the C of each series' Part 2 runs only there): the
+#                  last through every postcopy qtest, the others
+#                  through three
 #   QEMU_RUST_VERSIONS  of those, the ones whose patched build is
 #                  --enable-rust with the in-tree crate, default "10.2.2"
 #   QTEST_JOBS     qtests run at once (default 8, scripts/qemu-qtest.sh)
@@ -94,8 +97,8 @@ C_VERSIONS=" ${QEMU_C_VERSIONS-10.0.13 10.2.2} "
 # The build option's meson code is the same in every series: configure's
 # refusals are checked on one version, the last of QEMU_C_VERSIONS.
 read -r -a c_list <<<"$C_VERSIONS"
-REFUSE_VERSION=
-[ ${#c_list[@]} -eq 0 ] || REFUSE_VERSION=${c_list[-1]}
+LAST_C_VERSION=
+[ ${#c_list[@]} -eq 0 ] || LAST_C_VERSION=${c_list[-1]}
 RUST_VERSIONS=" ${QEMU_RUST_VERSIONS-10.2.2} "
 LEGACY=${QEMU_LEGACY_VERSION:-10.0.13}
 TRACE='postcopy_rs_*'
@@ -359,7 +362,7 @@ for v in "${VERSIONS[@]}"; do
             nice -n 10 "$d/patched/pyvenv/bin/meson" test -C "$d/patched" --suite rust \
             --print-errorlogs
     fi
-    if [ "$v" = "$REFUSE_VERSION" ]; then
+    if [ "$v" = "$LAST_C_VERSION" ]; then
         check "$v" "QEMU $v: -Dpostcopy_rs=enabled without the library fails configure, naming it" \
             timed configure configure_refuses "$v" missing 'Dependency "postcopy-rs" not found' \
             -u PKG_CONFIG_PATH
@@ -436,8 +439,9 @@ fresh_qtest_logs() {
     rm -f "$1"/*.log
 }
 
-# The qtests of the build with the stock fixes alone.
-FIXES_QTESTS=(/x86_64/migration/postcopy/plain /x86_64/migration/postcopy/preempt/plain
+# The qtests of the builds that run a few: the stock fixes alone, and the
+# -Dpostcopy_rs=disabled builds but the last.
+SMOKE_QTESTS=(/x86_64/migration/postcopy/plain /x86_64/migration/postcopy/preempt/plain
     /x86_64/migration/precopy/unix/plain)
 
 vm_tests() {
@@ -456,24 +460,32 @@ vm_tests() {
         check "$v" "QEMU $v: postcopy/plain: the library sent discard runs and placed pages" \
             rust_ran "$d/patched/qtest-logs/x86_64_migration_postcopy_plain.log"
 
+        # Every postcopy qtest on the C of the last of QEMU_C_VERSIONS, the
+        # series upstream would take; the earlier series' Part 2 is the
+        # same C, rebased: three qtests there.
         if [[ $C_VERSIONS == *" $v "* ]]; then
+            local paths=("${SMOKE_QTESTS[@]}") what="postcopy (plain, preempt) and a precopy qtest"
+            if [ "$v" = "$LAST_C_VERSION" ]; then
+                paths=() what="every postcopy qtest and a precopy qtest"
+            fi
             step "QEMU $v: migration qtests on the series built with -Dpostcopy_rs=disabled"
             fresh_qtest_logs "$d/no-library/qtest-logs"
-            check "$v" "QEMU $v: every postcopy qtest and a precopy qtest with -Dpostcopy_rs=disabled" \
+            check "$v" "QEMU $v: $what with -Dpostcopy_rs=disabled" \
                 timed "qtests $v no-library" env -u QTEST_TRACE QTEST_LOGDIR="$d/no-library/qtest-logs" \
-                QTEST_LABEL="QEMU $v -Dpostcopy_rs=disabled qtests" scripts/qemu-qtest.sh "$d/no-library"
+                QTEST_LABEL="QEMU $v -Dpostcopy_rs=disabled qtests" scripts/qemu-qtest.sh "$d/no-library" \
+                "${paths[@]}"
         fi
 
-        # Every postcopy qtest already ran over these fixes, under Part 2's
-        # C (the no-library set above, for the QEMU_C_VERSIONS); here they
-        # run alone, as a maintainer may take them: each fix's own test
-        # below, and these three.
+        # Every postcopy qtest runs over these fixes under Part 2's C (the
+        # no-library set of the last of QEMU_C_VERSIONS); here they run
+        # alone, as a maintainer may take them: each fix's own test below,
+        # and three qtests.
         step "QEMU $v: migration qtests on the stock fixes alone (no library)"
         fresh_qtest_logs "$d/fixes/qtest-logs"
         check "$v" "QEMU $v: postcopy (plain, preempt) and a precopy qtest on the stock fixes alone" \
             timed "qtests $v fixes" env -u QTEST_TRACE QTEST_LOGDIR="$d/fixes/qtest-logs" \
             QTEST_LABEL="QEMU $v stock-fixes qtests" scripts/qemu-qtest.sh "$d/fixes" \
-            "${FIXES_QTESTS[@]}"
+            "${SMOKE_QTESTS[@]}"
 
         step "QEMU $v: interoperability with unpatched QEMU (wire format unchanged)"
         check "$v" "QEMU $v postcopy: patched source -> unpatched destination, guest RAM verified" \
