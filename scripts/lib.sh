@@ -49,15 +49,12 @@ PCRS_T0=$SECONDS
 export DEBIAN_FRONTEND=noninteractive
 
 step() {
+    local at=""
     PCRS_STEP=$1
     # Under the test command, each step says how far into it it starts:
     # CI keeps only the tail of a run that times out.
-    if [ -n "${PCRS_TEST_START:-}" ]; then
-        printf '==> [%s +%s] %s\n' "$PCRS_SCRIPT" \
-            "$(fmt_secs $(($(date +%s) - PCRS_TEST_START)))" "$PCRS_STEP"
-    else
-        printf '==> [%s] %s\n' "$PCRS_SCRIPT" "$PCRS_STEP"
-    fi
+    [ -z "${PCRS_TEST_START:-}" ] || at=" +$(fmt_secs $(($(date +%s) - PCRS_TEST_START)))"
+    printf '==> [%s%s] %s\n' "$PCRS_SCRIPT" "$at" "$PCRS_STEP"
 }
 
 die() {
