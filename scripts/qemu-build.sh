@@ -212,11 +212,12 @@ if command -v ccache >/dev/null 2>&1; then
     # against the build without the library.  Left out, a file that does
     # include postcopy_rs.h is still told apart by its include list
     # (direct mode) or its preprocessed text.
-    if [ "$PCRS_MODE" != disabled ] &&
-        read -r -a lib_inc < <(pkg-config --cflags-only-I postcopy-rs 2>/dev/null) &&
-        [ ${#lib_inc[@]} -gt 0 ]; then
-        export CCACHE_IGNOREOPTIONS="${CCACHE_IGNOREOPTIONS:+$CCACHE_IGNOREOPTIONS }${lib_inc[*]}"
-    fi
+    # (Not findable is no error: the unpatched build has no library.)
+    lib_inc=
+    [ "$PCRS_MODE" = disabled ] ||
+        lib_inc=$(pkg-config --cflags-only-I postcopy-rs 2>/dev/null || true)
+    [ -z "$lib_inc" ] ||
+        export CCACHE_IGNOREOPTIONS="${CCACHE_IGNOREOPTIONS:+$CCACHE_IGNOREOPTIONS }$lib_inc"
 fi
 if [ -n "${QEMU_EXTRA_CONFIGURE:-}" ]; then
     read -r -a extra <<<"$QEMU_EXTRA_CONFIGURE"
